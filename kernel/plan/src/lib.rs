@@ -1,0 +1,555 @@
+//! The plan: fixed-layout tables that the host build writes and the EL2 kernel reads in place.
+//!
+//! A plan is one little-endian byte string, 8-byte aligned, laid out as
+//!
+//! | where                  | what                                         |
+//! |------------------------|----------------------------------------------|
+//! | 0                      | [`Header`] (magic, format version, platform) |
+//! | `header.cpus`          | one [`CpuRecord`] per platform CPU            |
+//! | `header.partitions`    | one [`PartitionRecord`] per partition         |
+//! | `header.regions`       | every partition's stage-2 [`RegionRecord`]s   |
+//! | `header.spi_routes`    | one [`SpiRoute`] per passthrough SPI          |
+//! | blobs                  | guest images and DTBs, each 16-byte aligned   |
+//!
+//! The kernel parses no text: it checks this layout once with [`Plan::parse`] (magic, version,
+//! every table and blob inside the plan, every enum and index in range) and then reads the
+//! records where they lie. The writer ([`PlanWriter`], feature `alloc`) is the host's half.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+#[cfg(target_endian = "big")]
+compile_error!("the plan is little-endian and read in place: build for a little-endian target");
+
+#[cfg(any(test, feature = "alloc"))]
+extern crate alloc;
+
+mod addr;
+#[cfg(any(test, feature = "alloc"))]
+mod writer;
+
+pub use addr::{AddrRange, Ipa, PhysAddr};
+#[cfg(any(test, feature = "alloc"))]
+pub use writer::{PartitionDraft, PlanWriter};
+
+use core::fmt;
+use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The first eight bytes of every plan.
+pub const MAGIC: [u8; 8] = *b"TRAPLESS";
+/// The layout version this crate reads and writes; bump it on any change to a record.
+pub const FORMAT_VERSION: u32 = 1;
+/// Longest name a [`Name`] holds, in bytes.
+pub const NAME_CAPACITY: usize = 31;
+/// [`CpuRecord::partition`] of a CPU that no partition owns.
+pub const NO_PARTITION: u32 = u32::MAX;
+/// Alignment of every blob inside the plan.
+pub const BLOB_ALIGN: usize = 16;
+/// Most platform CPUs a plan may describe (the kernel keeps a stack and a state slot for each).
+pub const MAX_CPUS: usize = 8;
+/// Most partitions a plan may hold (VMIDs 1..=MAX_PARTITIONS).
+pub const MAX_PARTITIONS: usize = 8;
+
+/// A NUL-padded UTF-8 name of at most [`NAME_CAPACITY`] bytes.
+#[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Name([u8; NAME_CAPACITY + 1]);
+
+impl Name {
+    /// Returns the name, or `None` if it is empty, too long or contains a NUL.
+    pub fn new(name: &str) -> Option<Self> {
+        if name.is_empty() || name.len() > NAME_CAPACITY || name.contains('\0') {
+            return None;
+        }
+        let mut bytes = [0; NAME_CAPACITY + 1];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(Self(bytes))
+    }
+
+    /// The name as text. [`Plan::parse`] has checked it is UTF-8.
+    pub fn as_str(&self) -> &str {
+        self.checked().unwrap_or("<invalid name>")
+    }
+
+    fn checked(&self) -> Option<&str> {
+        let len = self.0.iter().position(|&byte| byte == 0)?;
+        match core::str::from_utf8(&self.0[..len]) {
+            Ok(text) if !text.is_empty() => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a table lies: a byte offset from the start of the plan and a count of records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct TableRef {
+    pub offset: u32,
+    pub count: u32,
+}
+
+/// A run of records inside a table: the index of the first and how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SliceRef {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// A blob of bytes inside the plan and the address it is copied to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct BlobRef {
+    /// Byte offset from the start of the plan.
+    pub offset: u64,
+    pub size: u64,
+    /// Where EL2 copies it (in the owning partition's RAM; IPA = PA).
+    pub load: PhysAddr,
+}
+
+/// How EL2 reaches the firmware's PSCI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    Smc,
+    Hvc,
+}
+
+impl Conduit {
+    /// The value stored in [`PlatformRecord::firmware_conduit`].
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Smc => 0,
+            Self::Hvc => 1,
+        }
+    }
+}
+
+/// What EL2 uses as its own console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleKind {
+    None,
+    Pl011,
+}
+
+impl ConsoleKind {
+    /// The value stored in [`PlatformRecord::console_kind`].
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::None => 0,
+            Self::Pl011 => 1,
+        }
+    }
+}
+
+/// The board facts the kernel needs, copied from `platform.toml`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PlatformRecord {
+    pub name: Name,
+    /// All RAM of the board.
+    pub ram: AddrRange,
+    /// The region the loader places the kernel Image in, with its payload and heap.
+    pub kernel: AddrRange,
+    pub gicd: AddrRange,
+    /// The redistributor region: one frame per CPU, in platform CPU order.
+    pub gicr: AddrRange,
+    /// Distance between two CPUs' redistributor frames (0x2_0000 for GICv3, 0x4_0000 for GICv4).
+    pub gicr_stride: u64,
+    /// EL2's console UART (see [`ConsoleKind`]).
+    pub console: AddrRange,
+    pub console_kind: u32,
+    /// 3 or 4.
+    pub gic_version: u32,
+    /// See [`Conduit`].
+    pub firmware_conduit: u32,
+    pub reserved: u32,
+}
+
+impl PlatformRecord {
+    /// How EL2 calls the firmware's PSCI.
+    pub fn conduit(&self) -> Conduit {
+        if self.firmware_conduit == Conduit::Hvc.code() { Conduit::Hvc } else { Conduit::Smc }
+    }
+
+    /// EL2's console.
+    pub fn console_kind(&self) -> ConsoleKind {
+        if self.console_kind == ConsoleKind::Pl011.code() {
+            ConsoleKind::Pl011
+        } else {
+            ConsoleKind::None
+        }
+    }
+
+    /// The redistributor frame of platform CPU `cpu`.
+    pub fn redistributor(&self, cpu: usize) -> PhysAddr {
+        PhysAddr(self.gicr.base.0 + cpu as u64 * self.gicr_stride)
+    }
+}
+
+/// One platform CPU, in platform order (its index is the CPU index used everywhere else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct CpuRecord {
+    /// Affinity fields as in `MPIDR_EL1` (Aff3 in bits 39:32, Aff2..Aff0 in 23:0).
+    pub mpidr: u64,
+    /// Index of the owning partition, or [`NO_PARTITION`].
+    pub partition: u32,
+    pub reserved: u32,
+}
+
+impl CpuRecord {
+    /// The owning partition's index, if any.
+    pub fn owner(&self) -> Option<usize> {
+        (self.partition != NO_PARTITION).then_some(self.partition as usize)
+    }
+}
+
+/// One partition: what it owns and how it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PartitionRecord {
+    pub name: Name,
+    /// Stage-2 VMID, distinct per partition and never 0.
+    pub vmid: u16,
+    pub reserved: u16,
+    /// The CPU the partition starts on (a platform CPU index it owns).
+    pub boot_cpu: u32,
+    /// Its RAM.
+    pub memory: AddrRange,
+    /// Where its boot CPU starts at EL1.
+    pub entry: Ipa,
+    pub image: BlobRef,
+    /// Its device tree; the boot CPU gets `x0` = `dtb.load`.
+    pub dtb: BlobRef,
+    /// Its stage-2 map: a run of [`Header::regions`].
+    pub regions: SliceRef,
+}
+
+/// How a stage-2 region is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Normal write-back memory, inner shareable, read/write/execute.
+    Ram,
+    /// Device-nGnRE, read/write, never executable.
+    Device,
+}
+
+impl RegionKind {
+    /// The value stored in [`RegionRecord::kind`].
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Ram => 1,
+            Self::Device => 2,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        [Self::Ram, Self::Device].into_iter().find(|kind| kind.code() == code)
+    }
+}
+
+/// One stage-2 mapping of a partition (page-aligned; IPA = PA today, but both are kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RegionRecord {
+    pub ipa: Ipa,
+    pub pa: PhysAddr,
+    pub size: u64,
+    /// See [`RegionKind`].
+    pub kind: u32,
+    pub reserved: u32,
+}
+
+impl RegionRecord {
+    /// How the region is mapped ([`Plan::parse`] has checked the code).
+    pub fn kind(&self) -> RegionKind {
+        RegionKind::from_code(self.kind).unwrap_or(RegionKind::Device)
+    }
+}
+
+/// A shared peripheral interrupt routed to the CPU of the partition that owns its device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SpiRoute {
+    /// GIC INTID (32..1020).
+    pub intid: u32,
+    /// Platform CPU index.
+    pub cpu: u32,
+    /// True (1) for an edge-triggered interrupt, 0 for level.
+    pub edge: u32,
+    pub reserved: u32,
+}
+
+/// The start of every plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// `size_of::<Header>()`, as a second check of the version.
+    pub header_size: u32,
+    /// Bytes in the whole plan, blobs included.
+    pub total_size: u64,
+    pub platform: PlatformRecord,
+    pub cpus: TableRef,
+    pub partitions: TableRef,
+    pub regions: TableRef,
+    pub spi_routes: TableRef,
+}
+
+/// Why a byte string is not a plan this kernel can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// Fewer bytes than a header, or than the header's `total_size`.
+    Truncated { needed: u64, have: u64 },
+    /// The bytes do not start on an 8-byte boundary.
+    Misaligned,
+    /// The first eight bytes are not [`MAGIC`].
+    BadMagic,
+    /// Written by a different layout version.
+    UnsupportedVersion { found: u32, header_size: u32 },
+    /// A table lies (partly) outside the plan or is misaligned.
+    TableOutOfBounds { table: &'static str },
+    /// A partition's image or DTB lies outside the plan.
+    BlobOutOfBounds { partition: usize },
+    /// A name is empty, unterminated or not UTF-8.
+    BadName { what: &'static str, index: usize },
+    /// An enum field holds a value this version does not define.
+    BadValue { field: &'static str, index: usize, value: u64 },
+    /// An index points past the end of the table it refers to.
+    BadIndex { field: &'static str, index: usize },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Truncated { needed, have } => {
+                write!(f, "plan truncated: needs {needed} bytes, has {have}")
+            }
+            Self::Misaligned => f.write_str("plan is not 8-byte aligned"),
+            Self::BadMagic => f.write_str("no plan found (bad magic)"),
+            Self::UnsupportedVersion { found, header_size } => write!(
+                f,
+                "plan format {found} (header {header_size} bytes) is not the format {FORMAT_VERSION} this kernel reads"
+            ),
+            Self::TableOutOfBounds { table } => write!(f, "plan table '{table}' is out of bounds"),
+            Self::BlobOutOfBounds { partition } => {
+                write!(f, "image or DTB of partition #{partition} is out of bounds")
+            }
+            Self::BadName { what, index } => write!(f, "{what} #{index} has an invalid name"),
+            Self::BadValue { field, index, value } => {
+                write!(f, "{field} of record #{index} has invalid value {value:#x}")
+            }
+            Self::BadIndex { field, index } => {
+                write!(f, "{field} of record #{index} points outside its table")
+            }
+        }
+    }
+}
+
+/// A checked plan, read in place.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan<'a> {
+    bytes: &'a [u8],
+    header: &'a Header,
+    cpus: &'a [CpuRecord],
+    partitions: &'a [PartitionRecord],
+    regions: &'a [RegionRecord],
+    spi_routes: &'a [SpiRoute],
+}
+
+impl<'a> Plan<'a> {
+    /// Reads the total size a plan claims from its header, so that a loader can find its end
+    /// before checking the rest.
+    pub fn claimed_size(bytes: &[u8]) -> Result<u64, PlanError> {
+        let (header, _) = Header::ref_from_prefix(bytes).map_err(|_| short_or_misaligned(bytes))?;
+        check_header(header)?;
+        Ok(header.total_size)
+    }
+
+    /// Checks `bytes` (8-byte aligned, at least the plan's `total_size` long) and returns the plan.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, PlanError> {
+        let (header, _) = Header::ref_from_prefix(bytes).map_err(|_| short_or_misaligned(bytes))?;
+        check_header(header)?;
+        if header.total_size > bytes.len() as u64 {
+            return Err(PlanError::Truncated {
+                needed: header.total_size,
+                have: bytes.len() as u64,
+            });
+        }
+        let bytes = &bytes[..header.total_size as usize];
+        let plan = Self {
+            bytes,
+            header,
+            cpus: table(bytes, header.cpus, "cpus")?,
+            partitions: table(bytes, header.partitions, "partitions")?,
+            regions: table(bytes, header.regions, "regions")?,
+            spi_routes: table(bytes, header.spi_routes, "spi-routes")?,
+        };
+        plan.check_records()?;
+        Ok(plan)
+    }
+
+    fn check_records(&self) -> Result<(), PlanError> {
+        if self.cpus.len() > MAX_CPUS {
+            return Err(bad_value("cpu count", 0, self.cpus.len() as u64));
+        }
+        if self.partitions.len() > MAX_PARTITIONS {
+            return Err(bad_value("partition count", 0, self.partitions.len() as u64));
+        }
+        let platform = &self.header.platform;
+        if platform.name.checked().is_none() {
+            return Err(PlanError::BadName { what: "platform", index: 0 });
+        }
+        if !matches!(platform.gic_version, 3 | 4) {
+            return Err(bad_value("gic-version", 0, platform.gic_version.into()));
+        }
+        if platform.console_kind > ConsoleKind::Pl011.code() {
+            return Err(bad_value("console-kind", 0, platform.console_kind.into()));
+        }
+        if platform.firmware_conduit > Conduit::Hvc.code() {
+            return Err(bad_value("firmware-conduit", 0, platform.firmware_conduit.into()));
+        }
+        for (index, cpu) in self.cpus.iter().enumerate() {
+            if cpu.owner().is_some_and(|owner| owner >= self.partitions.len()) {
+                return Err(PlanError::BadIndex { field: "cpu partition", index });
+            }
+        }
+        for (index, region) in self.regions.iter().enumerate() {
+            if RegionKind::from_code(region.kind).is_none() {
+                return Err(bad_value("region kind", index, region.kind.into()));
+            }
+        }
+        for (index, route) in self.spi_routes.iter().enumerate() {
+            if !(32..1020).contains(&route.intid) {
+                return Err(bad_value("spi intid", index, route.intid.into()));
+            }
+            if route.cpu as usize >= self.cpus.len() {
+                return Err(PlanError::BadIndex { field: "spi cpu", index });
+            }
+        }
+        for (index, partition) in self.partitions.iter().enumerate() {
+            if partition.name.checked().is_none() {
+                return Err(PlanError::BadName { what: "partition", index });
+            }
+            if partition.vmid == 0 {
+                return Err(bad_value("vmid", index, 0));
+            }
+            let boot_cpu = partition.boot_cpu as usize;
+            if self.cpus.get(boot_cpu).and_then(CpuRecord::owner) != Some(index) {
+                return Err(PlanError::BadIndex { field: "boot cpu", index });
+            }
+            let SliceRef { first, count } = partition.regions;
+            if first as usize + count as usize > self.regions.len() {
+                return Err(PlanError::BadIndex { field: "regions", index });
+            }
+            for blob in [partition.image, partition.dtb] {
+                if self.blob_bytes(&blob).is_none() {
+                    return Err(PlanError::BlobOutOfBounds { partition: index });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The board facts.
+    pub fn platform(&self) -> &'a PlatformRecord {
+        &self.header.platform
+    }
+
+    /// Every platform CPU, in platform order.
+    pub fn cpus(&self) -> &'a [CpuRecord] {
+        self.cpus
+    }
+
+    /// Every partition.
+    pub fn partitions(&self) -> &'a [PartitionRecord] {
+        self.partitions
+    }
+
+    /// The stage-2 regions of `partition`.
+    pub fn regions(&self, partition: &PartitionRecord) -> &'a [RegionRecord] {
+        let SliceRef { first, count } = partition.regions;
+        &self.regions[first as usize..first as usize + count as usize]
+    }
+
+    /// Every passthrough SPI and the CPU it goes to.
+    pub fn spi_routes(&self) -> &'a [SpiRoute] {
+        self.spi_routes
+    }
+
+    /// The platform CPU indexes owned by partition number `partition`.
+    pub fn cpus_of(&self, partition: usize) -> impl Iterator<Item = usize> + 'a {
+        let cpus = self.cpus;
+        (0..cpus.len()).filter(move |&cpu| cpus[cpu].owner() == Some(partition))
+    }
+
+    /// The bytes of a partition's image or DTB.
+    pub fn blob(&self, blob: &BlobRef) -> &'a [u8] {
+        self.blob_bytes(blob).unwrap_or(&[])
+    }
+
+    fn blob_bytes(&self, blob: &BlobRef) -> Option<&'a [u8]> {
+        let end = blob.offset.checked_add(blob.size)?;
+        self.bytes.get(usize::try_from(blob.offset).ok()?..usize::try_from(end).ok()?)
+    }
+
+    /// Bytes in the whole plan.
+    pub fn total_size(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn short_or_misaligned(bytes: &[u8]) -> PlanError {
+    if bytes.len() < size_of::<Header>() {
+        PlanError::Truncated { needed: size_of::<Header>() as u64, have: bytes.len() as u64 }
+    } else {
+        PlanError::Misaligned
+    }
+}
+
+fn check_header(header: &Header) -> Result<(), PlanError> {
+    if header.magic != MAGIC {
+        return Err(PlanError::BadMagic);
+    }
+    if header.version != FORMAT_VERSION || header.header_size as usize != size_of::<Header>() {
+        return Err(PlanError::UnsupportedVersion {
+            found: header.version,
+            header_size: header.header_size,
+        });
+    }
+    Ok(())
+}
+
+fn table<'a, T: FromBytes + Immutable + KnownLayout>(
+    bytes: &'a [u8],
+    table: TableRef,
+    name: &'static str,
+) -> Result<&'a [T], PlanError> {
+    let start = table.offset as usize;
+    let end = start.checked_add(table.count as usize * size_of::<T>());
+    let slice = end.and_then(|end| bytes.get(start..end));
+    slice
+        .and_then(|slice| <[T]>::ref_from_bytes(slice).ok())
+        .ok_or(PlanError::TableOutOfBounds { table: name })
+}
+
+fn bad_value(field: &'static str, index: usize, value: u64) -> PlanError {
+    PlanError::BadValue { field, index, value }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Round trips through the writer and the checks of the reader.
+
+use super::*;
+use alloc::vec;
+use alloc::vec::Vec;
+
+fn platform() -> PlatformRecord {
+    PlatformRecord {
+        name: Name::new("qemu-virt").unwrap(),
+        ram: AddrRange::new(0x4000_0000, 0x4000_0000),
+        kernel: AddrRange::new(0x4000_0000, 0x200_0000),
+        gicd: AddrRange::new(0x0800_0000, 0x1_0000),
+        gicr: AddrRange::new(0x080a_0000, 0xf6_0000),
+        gicr_stride: 0x2_0000,
+        console: AddrRange::new(0x0900_0000, 0x1000),
+        console_kind: ConsoleKind::Pl011.code(),
+        gic_version: 3,
+        firmware_conduit: Conduit::Smc.code(),
+        reserved: 0,
+    }
+}
+
+fn region(base: u64, size: u64, kind: RegionKind) -> RegionRecord {
+    RegionRecord { ipa: Ipa(base), pa: PhysAddr(base), size, kind: kind.code(), reserved: 0 }
+}
+
+fn draft<'a>(name: &str, vmid: u16, boot_cpu: u32, base: u64, image: &'a [u8], dtb: &'a [u8]) -> PartitionDraft<'a> {
+    PartitionDraft {
+        name: Name::new(name).unwrap(),
+        vmid,
+        boot_cpu,
+        memory: AddrRange::new(base, 0x400_0000),
+        entry: Ipa(base + 0x8_0000),
+        image,
+        image_load: PhysAddr(base + 0x8_0000),
+        dtb,
+        dtb_load: PhysAddr(base + 0x20_0000),
+        regions: vec![
+            region(base, 0x400_0000, RegionKind::Ram),
+            region(0x0900_0000, 0x1000, RegionKind::Device),
+        ],
+    }
+}
+
+/// An 8-byte aligned copy, as the kernel sees the plan.
+fn aligned(bytes: &[u8]) -> Vec<u64> {
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    words.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+fn two_partitions() -> Vec<u8> {
+    static IMAGE: [u8; 100] = [0xaa; 100];
+    PlanWriter {
+        platform: platform(),
+        cpus: vec![
+            CpuRecord { mpidr: 0, partition: 0, reserved: 0 },
+            CpuRecord { mpidr: 1, partition: 1, reserved: 0 },
+            CpuRecord { mpidr: 2, partition: NO_PARTITION, reserved: 0 },
+        ],
+        partitions: vec![
+            draft("alpha", 1, 0, 0x4200_0000, &IMAGE, b"dtb-alpha"),
+            draft("beta", 2, 1, 0x4600_0000, &IMAGE, b"dtb-beta!"),
+        ],
+        spi_routes: vec![SpiRoute { intid: 33, cpu: 0, edge: 0, reserved: 0 }],
+    }
+    .to_bytes()
+}
+
+#[test]
+fn round_trip_keeps_every_record() {
+    let words = aligned(&two_partitions());
+    let plan = Plan::parse(words.as_bytes()).unwrap();
+    assert_eq!(plan.platform().name.as_str(), "qemu-virt");
+    assert_eq!(plan.platform().redistributor(2), PhysAddr(0x080e_0000));
+    assert_eq!(plan.cpus().len(), 3);
+    assert_eq!(plan.cpus()[2].owner(), None);
+    let names: Vec<&str> = plan.partitions().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let beta = &plan.partitions()[1];
+    assert_eq!(beta.vmid, 2);
+    assert_eq!(plan.cpus_of(1).collect::<Vec<_>>(), [1]);
+    assert_eq!(plan.regions(beta)[0].pa, PhysAddr(0x4600_0000));
+    assert_eq!(plan.regions(beta)[1].kind(), RegionKind::Device);
+    assert_eq!(plan.blob(&beta.dtb), b"dtb-beta!");
+    assert_eq!(plan.blob(&beta.image), &[0xaa; 100]);
+    assert_eq!(plan.spi_routes()[0].intid, 33);
+}
+
+#[test]
+fn identical_images_are_stored_once() {
+    let words = aligned(&two_partitions());
+    let plan = Plan::parse(words.as_bytes()).unwrap();
+    let [alpha, beta] = plan.partitions() else { panic!("two partitions") };
+    assert_eq!(alpha.image.offset, beta.image.offset);
+    assert_ne!(alpha.dtb.offset, beta.dtb.offset);
+    assert_eq!(alpha.image.offset as usize % BLOB_ALIGN, 0);
+}
+
+#[test]
+fn claimed_size_is_the_whole_plan() {
+    let bytes = two_partitions();
+    let words = aligned(&bytes);
+    assert_eq!(Plan::claimed_size(words.as_bytes()), Ok(bytes.len() as u64));
+}
+
+fn corrupt(edit: impl FnOnce(&mut Vec<u8>)) -> PlanError {
+    let mut bytes = two_partitions();
+    edit(&mut bytes);
+    let words = aligned(&bytes);
+    Plan::parse(&words.as_bytes()[..bytes.len()]).unwrap_err()
+}
+
+fn header_field(bytes: &mut [u8], offset: usize, value: &[u8]) {
+    bytes[offset..offset + value.len()].copy_from_slice(value);
+}
+
+#[test]
+fn rejects_bad_magic_and_versions() {
+    assert_eq!(corrupt(|b| b[0] = b'X'), PlanError::BadMagic);
+    assert_eq!(
+        corrupt(|b| header_field(b, 8, &2u32.to_le_bytes())),
+        PlanError::UnsupportedVersion { found: 2, header_size: size_of::<Header>() as u32 }
+    );
+}
+
+#[test]
+fn rejects_truncation() {
+    let full = two_partitions().len() as u64;
+    assert_eq!(corrupt(|b| b.truncate(b.len() - 1)), PlanError::Truncated { needed: full, have: full - 1 });
+    assert!(matches!(corrupt(|b| b.truncate(10)), PlanError::Truncated { .. }));
+}
+
+#[test]
+fn rejects_misaligned_bytes() {
+    let bytes = two_partitions();
+    let mut words = aligned(&[&[0u8][..], &bytes].concat());
+    let shifted = &mut words.as_mut_bytes()[1..=bytes.len()];
+    assert_eq!(Plan::parse(shifted).unwrap_err(), PlanError::Misaligned);
+}
+
+#[test]
+fn rejects_tables_and_blobs_out_of_bounds() {
+    let header = size_of::<Header>();
+    // `partitions.count` lies after `cpus` in the header; make it far too large.
+    let partitions_count = header - 3 * size_of::<TableRef>() + 4;
+    assert_eq!(
+        corrupt(|b| header_field(b, partitions_count, &1000u32.to_le_bytes())),
+        PlanError::TableOutOfBounds { table: "partitions" }
+    );
+    let first_partition = header + 3 * size_of::<CpuRecord>();
+    let image_offset = first_partition + 64;
+    assert_eq!(
+        corrupt(|b| header_field(b, image_offset, &u64::MAX.to_le_bytes())),
+        PlanError::BlobOutOfBounds { partition: 0 }
+    );
+}
+
+#[test]
+fn rejects_inconsistent_records() {
+    let header = size_of::<Header>();
+    let first_partition = header + 3 * size_of::<CpuRecord>();
+    // CPU 0 claims an owner that does not exist.
+    assert_eq!(
+        corrupt(|b| header_field(b, header + 8, &7u32.to_le_bytes())),
+        PlanError::BadIndex { field: "cpu partition", index: 0 }
+    );
+    // Partition 0 boots on CPU 1, which belongs to partition 1.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_partition + 36, &1u32.to_le_bytes())),
+        PlanError::BadIndex { field: "boot cpu", index: 0 }
+    );
+    // VMID 0 is the host's.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_partition + 32, &0u16.to_le_bytes())),
+        PlanError::BadValue { field: "vmid", index: 0, value: 0 }
+    );
+    // A name without its terminating NUL.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_partition, &[b'x'; 32])),
+        PlanError::BadName { what: "partition", index: 0 }
+    );
+    let first_region = first_partition + 2 * size_of::<PartitionRecord>();
+    assert_eq!(
+        corrupt(|b| header_field(b, first_region + 24, &9u32.to_le_bytes())),
+        PlanError::BadValue { field: "region kind", index: 0, value: 9 }
+    );
+}
+
+#[test]
+fn names_are_bounded_and_displayed() {
+    assert!(Name::new("").is_none());
+    assert!(Name::new(&"x".repeat(NAME_CAPACITY + 1)).is_none());
+    assert_eq!(Name::new(&"x".repeat(NAME_CAPACITY)).unwrap().as_str().len(), NAME_CAPACITY);
+}
+
+#[test]
+fn addresses_print_grouped() {
+    assert_eq!(alloc::format!("{}", PhysAddr(0x4000_0000)), "0x4000_0000");
+    assert_eq!(alloc::format!("{}", Ipa(0x9)), "0x9");
+    assert_eq!(alloc::format!("{}", PhysAddr(0x1_0000)), "0x1_0000");
+    assert_eq!(alloc::format!("{}", AddrRange::new(0x5000_0000, 0x400_0000)), "[0x5000_0000..0x5400_0000)");
+}
+
+#[test]
+fn ranges_overlap_and_contain() {
+    let a = AddrRange::new(0x1000, 0x1000);
+    assert!(a.overlaps(&AddrRange::new(0x1fff, 1)));
+    assert!(!a.overlaps(&AddrRange::new(0x2000, 1)));
+    assert!(!a.overlaps(&AddrRange::new(0x1000, 0)));
+    assert!(a.contains_span(0x1800, 0x800));
+    assert!(!a.contains_span(0x1800, 0x801));
+    assert!(!a.contains_span(u64::MAX, 2));
+}

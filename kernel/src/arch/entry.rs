@@ -1,0 +1,175 @@
+//! Entry points: the Image header, the boot CPU's and the secondary CPUs' first instructions,
+//! turning the EL2 MMU on, and the first `eret` into a partition.
+
+use crate::arch::vectors::GuestFrame;
+use core::arch::naked_asm;
+use trapless_arm64::blockmap::{IdentityMap, MAIR, TCR_T0SZ};
+use trapless_plan::MAX_CPUS;
+
+trapless_arm64::image_header!(primary_entry, trapless_arm64::image::KERNEL_TEXT_OFFSET);
+
+/// Bytes of EL2 stack per CPU.
+pub const STACK_SIZE: usize = 16 * 1024;
+
+/// One EL2 stack per platform CPU.
+#[repr(C, align(16))]
+pub struct Stacks([[u8; STACK_SIZE]; MAX_CPUS]);
+
+pub static mut STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_CPUS]);
+
+/// The EL2 translation tables: RAM as Normal memory, everything else as Device. Written by the
+/// boot CPU before any CPU turns its MMU on, read only by the table walkers afterwards.
+pub static mut EL2_MAP: IdentityMap = IdentityMap::new();
+
+/// `TCR_EL2`: T0SZ for 39 bits, write-back cacheable inner-shareable walks, 4 KiB granule, and
+/// the RES1 bits 31 and 23. `PS` is filled in from `ID_AA64MMFR0_EL1` at run time.
+const TCR_EL2: u64 = TCR_T0SZ | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (1 << 23) | (1 << 31);
+/// `SCTLR_EL2` with the MMU, alignment-check off, data and instruction caches and SP alignment
+/// checks on, over the RES1 bits of the non-VHE layout.
+const SCTLR_EL2: u64 = 0x30c5_0830 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
+
+/// The boot CPU's entry: `x0` holds the firmware DTB. Relocates the image, clears BSS, takes
+/// stack 0 and calls [`crate::boot::primary_main`] with the MMU still off.
+#[unsafe(naked)]
+#[unsafe(link_section = ".text.entry")]
+unsafe extern "C" fn primary_entry() -> ! {
+    naked_asm!(
+        "mov x19, x0",
+        "adrp x0, __image_start",
+        "add x0, x0, :lo12:__image_start",
+        "adrp x1, __rela_start",
+        "add x1, x1, :lo12:__rela_start",
+        "adrp x2, __rela_end",
+        "add x2, x2, :lo12:__rela_end",
+        "bl {relocate}",
+        "adrp x0, {vectors}",
+        "add x0, x0, :lo12:{vectors}",
+        "msr vbar_el2, x0",
+        "adrp x0, __bss_start",
+        "add x0, x0, :lo12:__bss_start",
+        "adrp x1, __bss_end",
+        "add x1, x1, :lo12:__bss_end",
+        "1:",
+        "cmp x0, x1",
+        "b.hs 2f",
+        "stp xzr, xzr, [x0], #16",
+        "b 1b",
+        "2:",
+        "adrp x0, {stacks}",
+        "add x0, x0, :lo12:{stacks}",
+        "mov x1, #{stack_size}",
+        "add sp, x0, x1",
+        "mov x0, x19",
+        "bl {main}",
+        "b .",
+        relocate = sym trapless_arm64::relocate,
+        vectors = sym crate::arch::vectors::__el2_vectors,
+        stacks = sym STACKS,
+        stack_size = const STACK_SIZE,
+        main = sym crate::boot::primary_main,
+    )
+}
+
+/// Where the firmware starts a secondary CPU (PSCI `CPU_ON` context = its platform index):
+/// takes that CPU's stack, turns the MMU on with the boot CPU's tables and calls
+/// [`crate::boot::secondary_main`].
+#[unsafe(naked)]
+pub unsafe extern "C" fn secondary_entry() -> ! {
+    naked_asm!(
+        "mov x19, x0",
+        "adrp x0, {vectors}",
+        "add x0, x0, :lo12:{vectors}",
+        "msr vbar_el2, x0",
+        "adrp x0, {map}",
+        "add x0, x0, :lo12:{map}",
+        "bl {enable_mmu}",
+        "adrp x0, {stacks}",
+        "add x0, x0, :lo12:{stacks}",
+        "mov x1, #{stack_size}",
+        "madd x0, x19, x1, x0",
+        "add sp, x0, x1",
+        "mov x0, x19",
+        "bl {main}",
+        "b .",
+        vectors = sym crate::arch::vectors::__el2_vectors,
+        map = sym EL2_MAP,
+        enable_mmu = sym enable_mmu,
+        stacks = sym STACKS,
+        stack_size = const STACK_SIZE,
+        main = sym crate::boot::secondary_main,
+    )
+}
+
+/// Turns the EL2 MMU on with the tables rooted at `root` (`x0`). Uses no stack.
+///
+/// # Safety
+///
+/// `root` must be a complete identity map of everything the kernel touches, and the caller's
+/// code and stack must stay where they are once translation is on.
+#[unsafe(naked)]
+pub unsafe extern "C" fn enable_mmu(root: u64) {
+    naked_asm!(
+        "ldr x1, ={mair}",
+        "msr mair_el2, x1",
+        // PS = min(ID_AA64MMFR0_EL1.PARange, 48 bits).
+        "mrs x2, id_aa64mmfr0_el1",
+        "and x2, x2, #0xf",
+        "mov x3, #5",
+        "cmp x2, x3",
+        "csel x2, x2, x3, ls",
+        "ldr x1, ={tcr}",
+        "orr x1, x1, x2, lsl #16",
+        "msr tcr_el2, x1",
+        "msr ttbr0_el2, x0",
+        "isb",
+        "tlbi alle2",
+        "dsb nsh",
+        "isb",
+        "ldr x1, ={sctlr}",
+        "msr sctlr_el2, x1",
+        "isb",
+        "ret",
+        mair = const MAIR,
+        tcr = const TCR_EL2,
+        sctlr = const SCTLR_EL2,
+    )
+}
+
+/// The top of the EL2 stack of platform CPU `cpu`.
+pub fn stack_top(cpu: usize) -> usize {
+    (&raw const STACKS as usize) + (cpu + 1) * STACK_SIZE
+}
+
+/// Enters a partition for the first time on this CPU: loads `frame`, resets the EL2 stack to
+/// `stack_top` (so exits start from an empty stack) and returns to EL1.
+///
+/// # Safety
+///
+/// The per-CPU EL2 state (stage 2, `HCR_EL2`, vectors) must be set up for the partition
+/// `frame` belongs to, and `stack_top` must be this CPU's stack.
+#[unsafe(naked)]
+pub unsafe extern "C" fn enter_guest(frame: &GuestFrame, stack_top: usize) -> ! {
+    naked_asm!(
+        "mov sp, x1",
+        "ldp x2, x3, [x0, #248]",
+        "msr elr_el2, x2",
+        "msr spsr_el2, x3",
+        "ldr x30, [x0, #240]",
+        "ldp x28, x29, [x0, #224]",
+        "ldp x26, x27, [x0, #208]",
+        "ldp x24, x25, [x0, #192]",
+        "ldp x22, x23, [x0, #176]",
+        "ldp x20, x21, [x0, #160]",
+        "ldp x18, x19, [x0, #144]",
+        "ldp x16, x17, [x0, #128]",
+        "ldp x14, x15, [x0, #112]",
+        "ldp x12, x13, [x0, #96]",
+        "ldp x10, x11, [x0, #80]",
+        "ldp x8, x9, [x0, #64]",
+        "ldp x6, x7, [x0, #48]",
+        "ldp x4, x5, [x0, #32]",
+        "ldp x2, x3, [x0, #16]",
+        "ldp x0, x1, [x0]",
+        "eret",
+    )
+}

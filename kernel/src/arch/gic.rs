@@ -1,0 +1,114 @@
+//! The GIC as EL2 owns it (arm-gic): the distributor and every used CPU's redistributor are set
+//! up once, each passthrough SPI is routed to a CPU of the partition that owns its device, and
+//! each CPU interface is drained before a partition gets it. EL2 itself takes no interrupts.
+
+use arm_gic::gicv3::registers::{Gicd, GicrSgi};
+use arm_gic::gicv3::{GicCpuInterface, GicError, GicV3};
+use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
+use core::fmt;
+use core::ptr::NonNull;
+use spin::{Mutex, Once};
+use trapless_plan::{Plan, PhysAddr};
+
+/// The GIC driver, reached only through [`GIC`].
+struct SharedGic(GicV3<'static>);
+
+// SAFETY: the driver holds pointers to the GIC's MMIO frames, which are the same on every CPU
+// (EL2 maps them identically everywhere); all access goes through the `GIC` mutex.
+unsafe impl Send for SharedGic {}
+
+static GIC: Once<Mutex<SharedGic>> = Once::new();
+
+/// Why the GIC does not match the platform description.
+#[derive(Debug)]
+pub enum Error {
+    /// The driver refused the hardware.
+    Driver(GicError),
+    /// The distributor reports another architecture version than the platform says.
+    Version { found: u32, expected: u32 },
+    /// A CPU's redistributor frame belongs to another CPU.
+    Redistributor { cpu: usize, frame: PhysAddr, found_mpidr: u64, expected_mpidr: u64 },
+}
+
+impl From<GicError> for Error {
+    fn from(error: GicError) -> Self {
+        Self::Driver(error)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Driver(error) => write!(f, "GIC driver: {error}"),
+            Self::Version { found, expected } => {
+                write!(f, "the GIC is version {found}, the platform says {expected}")
+            }
+            Self::Redistributor { cpu, frame, found_mpidr, expected_mpidr } => write!(
+                f,
+                "redistributor frame {frame} of CPU {cpu} serves MPIDR {found_mpidr:#x}, the platform says {expected_mpidr:#x}"
+            ),
+        }
+    }
+}
+
+/// Sets up the distributor, checks it and the redistributors of the CPUs partitions use
+/// against the plan, and routes the passthrough SPIs.
+pub fn init(plan: &Plan<'_>) -> Result<(), Error> {
+    let platform = plan.platform();
+    // SAFETY: the plan's GICD and GICR addresses are the platform's, checked against the
+    // firmware's device tree; EL2 maps them as Device memory and this is their only driver.
+    let mut gic = unsafe {
+        let gicd = UniqueMmioPointer::new(NonNull::new(platform.gicd.base.0 as *mut Gicd).unwrap());
+        let gicr = NonNull::new(platform.gicr.base.0 as *mut GicrSgi).unwrap();
+        GicV3::new(gicd, gicr, plan.cpus().len())?
+    };
+    let version = u32::from(gic.distributor().pidr2().arch_rev());
+    if version != platform.gic_version {
+        return Err(Error::Version { found: version, expected: platform.gic_version });
+    }
+    // Only CPUs that partitions use are sure to exist (a QEMU run starts no more).
+    for (cpu, record) in plan.cpus().iter().enumerate().filter(|(_, record)| record.owner().is_some()) {
+        let found_mpidr = gic.gicr_typer(cpu)?.core_mpidr();
+        let expected_mpidr = record.mpidr & trapless_kernel_core::psci::MPIDR_AFFINITY_MASK;
+        if found_mpidr != expected_mpidr {
+            let frame = platform.redistributor(cpu);
+            return Err(Error::Redistributor { cpu, frame, found_mpidr, expected_mpidr });
+        }
+    }
+    gic.distributor().configure_default_settings();
+    for route in plan.spi_routes() {
+        let intid = IntId::spi(route.intid - 32);
+        let trigger = if route.edge != 0 { Trigger::Edge } else { Trigger::Level };
+        let mpidr = plan.cpus()[route.cpu as usize].mpidr;
+        gic.set_trigger(intid, None, trigger)?;
+        gic.distributor().set_routing(intid, Some(mpidr))?;
+        gic.enable_interrupt(intid, None, true)?;
+    }
+    GIC.call_once(|| Mutex::new(SharedGic(gic)));
+    Ok(())
+}
+
+/// Prepares this CPU's GIC state for a partition: system registers on for EL2 and EL1, the
+/// redistributor awake with every SGI and PPI disabled (the partition enables what it uses), and
+/// nothing left pending or active at the CPU interface.
+pub fn init_cpu(cpu: usize) -> Result<(), Error> {
+    GicCpuInterface::enable_system_register_el2(true);
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    {
+        let mut gic = GIC.get().expect("gic::init ran on the boot CPU").lock();
+        let mut redistributor = gic.0.redistributor(cpu)?;
+        match redistributor.mark_core_awake() {
+            Ok(()) | Err(GicError::AlreadyAwake) => {}
+            Err(error) => return Err(error.into()),
+        }
+        redistributor.configure_default_settings();
+    }
+    // Acknowledge and end whatever is pending, then leave group 1 disabled: the partition turns
+    // it on when it is ready for interrupts.
+    GicCpuInterface::enable_group1(true);
+    while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
+        GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
+    }
+    GicCpuInterface::enable_group1(false);
+    Ok(())
+}

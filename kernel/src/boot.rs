@@ -1,0 +1,153 @@
+//! Boot: the boot CPU reads the plan, turns the MMU on, checks the machine against the
+//! platform, loads every partition and starts their first CPUs; secondary CPUs join here.
+
+use crate::arch::{self, entry, firmware, gic, stage2::Stage2Map};
+use crate::{console, firmware_dt, heap, println, state};
+use alloc::vec::Vec;
+use core::mem::size_of;
+use trapless_arm64::blockmap::Regime;
+use trapless_arm64::{cache, layout};
+use trapless_plan::{Header, PartitionRecord, Plan, RegionKind};
+
+/// Smallest heap the kernel starts with.
+const MIN_HEAP: usize = 1 << 20;
+
+/// The boot CPU, from [`entry`] with the MMU off: nothing here may use atomics (locks, the
+/// heap, the console) until [`entry::enable_mmu`] has run.
+pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
+    let payload = layout::image_end();
+    // SAFETY: the packer appends the plan right after the image; a header's worth of bytes is
+    // there whatever it holds, and `claimed_size` checks them before anything else is read.
+    let header = unsafe { core::slice::from_raw_parts(payload as *const u8, size_of::<Header>()) };
+    let Ok(size) = Plan::claimed_size(header) else {
+        // No plan means no console to complain on.
+        arch::halt()
+    };
+    // SAFETY: as above; `parse` checks every table and blob lies within `size` bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(payload as *const u8, size as usize) };
+    let Ok(plan) = Plan::parse(bytes) else { arch::halt() };
+    let platform = plan.platform();
+
+    let ram = platform.ram.base.0..platform.ram.end();
+    // SAFETY: only this CPU runs, and no CPU uses the tables yet.
+    let map = unsafe { &mut *(&raw mut entry::EL2_MAP) };
+    if map.build(ram, Regime::El2).is_err() {
+        arch::halt()
+    }
+    let (image_start, image_end) = (layout::image_start(), layout::image_end());
+    // SAFETY: the image, its BSS, this stack and the tables were all written with the MMU (and
+    // so the data cache) off: no cached copy of them holds anything newer than memory.
+    unsafe { cache::invalidate(image_start, image_end - image_start) };
+    // SAFETY: the map covers all RAM, where the kernel, its stacks and tables lie, identically.
+    unsafe { entry::enable_mmu(map.root()) };
+
+    let heap_start = (payload + plan.total_size()).next_multiple_of(4096);
+    let kernel = platform.kernel;
+    let fits = kernel.contains_span(image_start as u64, (heap_start + MIN_HEAP - image_start) as u64);
+    if fits {
+        // SAFETY: the rest of the kernel region belongs to the kernel alone (the planner keeps
+        // partitions out of it).
+        unsafe { heap::init(heap_start, kernel.end() as usize) };
+    }
+    console::init(platform);
+    if !fits {
+        refuse(&plan, &[alloc::format!(
+            "the kernel was loaded at {image_start:#x} and needs up to {:#x}, outside its region {kernel} in platform {}",
+            heap_start + MIN_HEAP,
+            platform.name
+        )]);
+    }
+    println!(
+        "trapless: EL2 up on platform {}: {} CPUs, {} partitions",
+        platform.name,
+        plan.cpus().len(),
+        plan.partitions().len()
+    );
+    if let Err(problems) = firmware_dt::check(firmware_dtb, &plan) {
+        refuse(&plan, &problems);
+    }
+    if let Err(error) = gic::init(&plan) {
+        refuse(&plan, &[alloc::format!("{error}")]);
+    }
+
+    let this_cpu = current_platform_cpu(&plan);
+    let mut maps = Vec::new();
+    for partition in plan.partitions() {
+        match load(&plan, partition) {
+            Ok(map) => maps.push(map),
+            Err(problem) => refuse(&plan, &[problem]),
+        }
+    }
+    state::publish(plan, maps);
+    for partition in plan.partitions() {
+        let cpu = partition.boot_cpu as usize;
+        state::prepare_start(cpu, partition.entry.0, partition.dtb.load.0);
+        if Some(cpu) != this_cpu && state::start_cpu(cpu, plan.cpus()[cpu].mpidr).is_err() {
+            refuse(&plan, &[alloc::format!("CPU {cpu} of partition {} did not start", partition.name)]);
+        }
+    }
+    match this_cpu {
+        Some(cpu) => state::run_cpu(cpu),
+        None => state::park(),
+    }
+}
+
+/// A secondary CPU, from [`entry::secondary_entry`] with its MMU on and its stack set.
+pub extern "C" fn secondary_main(cpu: usize) -> ! {
+    state::run_cpu(cpu)
+}
+
+/// The platform index of the CPU running this, by its MPIDR.
+fn current_platform_cpu(plan: &Plan<'_>) -> Option<usize> {
+    use aarch64_cpu::registers::Readable;
+    let mpidr = aarch64_cpu::registers::MPIDR_EL1.get() & 0xff_00ff_ffff;
+    plan.cpus().iter().position(|cpu| cpu.mpidr & 0xff_00ff_ffff == mpidr)
+}
+
+/// Clears a partition's RAM, copies its image and DTB in, makes them visible to a CPU with
+/// its MMU off, and builds its stage 2.
+fn load(plan: &Plan<'_>, partition: &PartitionRecord) -> Result<Stage2Map, alloc::string::String> {
+    let name = partition.name;
+    let memory = partition.memory;
+    for (what, blob) in [("image", &partition.image), ("device tree", &partition.dtb)] {
+        if !memory.contains_span(blob.load.0, blob.size) {
+            return Err(alloc::format!("the {what} of partition {name} does not fit its memory {memory}"));
+        }
+    }
+    let regions = plan.regions(partition);
+    let owns_ram = regions
+        .iter()
+        .any(|region| region.kind() == RegionKind::Ram && region.pa == memory.base && region.size == memory.size);
+    if regions.iter().any(|region| region.ipa.0 != region.pa.0) || !owns_ram {
+        return Err(alloc::format!("the stage-2 map of partition {name} is not an identity map of its memory"));
+    }
+
+    let (base, size) = (memory.base.0 as usize, memory.size as usize);
+    // SAFETY: the partition's RAM is its own (the planner checked it overlaps nothing else and
+    // the kernel checked the firmware has it), and no CPU runs the partition yet.
+    unsafe {
+        core::ptr::write_bytes(base as *mut u8, 0, size);
+        for blob in [&partition.image, &partition.dtb] {
+            let bytes = plan.blob(blob);
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), blob.load.0 as *mut u8, bytes.len());
+        }
+    }
+    cache::clean_invalidate(base, size);
+    let map = Stage2Map::new(regions)
+        .map_err(|error| alloc::format!("stage 2 of partition {name}: {error}"))?;
+    let cpus: Vec<usize> = plan.cpus_of(plan.partitions().iter().position(|p| p == partition).unwrap_or(0)).collect();
+    println!(
+        "trapless: partition {name}: CPUs {cpus:?}, memory {memory}, VMID {}, entry {}",
+        partition.vmid, partition.entry
+    );
+    Ok(map)
+}
+
+/// Says why trapless will not start, then powers off.
+fn refuse(plan: &Plan<'_>, problems: &[alloc::string::String]) -> ! {
+    for problem in problems {
+        println!("trapless: refusing to start: {problem}");
+    }
+    firmware::system_off(plan.platform().conduit());
+    arch::halt()
+}

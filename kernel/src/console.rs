@@ -1,0 +1,80 @@
+//! The EL2 console: EL2's own messages and the partitions' hypercall output, written whole
+//! under one lock so lines from different CPUs do not interleave.
+
+use arm_pl011_uart::{PL011Registers, Uart};
+use core::fmt::{self, Write};
+use core::ptr::NonNull;
+use safe_mmio::UniqueMmioPointer;
+use spin::Mutex;
+use trapless_plan::{ConsoleKind, PlatformRecord};
+
+/// The UART, or `None` on a platform without an EL2 console (output is then dropped).
+static CONSOLE: Mutex<Option<Writer>> = Mutex::new(None);
+
+struct Writer(Uart<'static>);
+
+impl Write for Writer {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for line in text.split_inclusive('\n') {
+            match line.strip_suffix('\n') {
+                Some(body) => {
+                    self.0.write_str(body)?;
+                    self.0.write_str("\r\n")?;
+                }
+                None => self.0.write_str(line)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the platform's console UART. Must run once, with the MMU on (the lock is an atomic).
+pub fn init(platform: &PlatformRecord) {
+    if platform.console_kind() != ConsoleKind::Pl011 {
+        return;
+    }
+    let registers = NonNull::new(platform.console.base.0 as *mut PL011Registers).unwrap();
+    // SAFETY: the plan names this PL011 as EL2's console; EL2 maps it as Device memory and this
+    // is the only `Uart` EL2 makes for it. (A partition given the same UART may write it too:
+    // that garbles output but cannot harm EL2.)
+    let uart = Uart::new(unsafe { UniqueMmioPointer::new(registers) });
+    *CONSOLE.lock() = Some(Writer(uart));
+}
+
+/// Writes formatted text.
+pub fn print(args: fmt::Arguments<'_>) {
+    if let Some(writer) = CONSOLE.lock().as_mut() {
+        let _ = writer.write_fmt(args);
+    }
+}
+
+/// Runs `f` with the console held, for output that must not be split (a partition's framed
+/// hypercall output).
+pub fn with<R>(f: impl FnOnce(&mut dyn Write) -> R) -> Option<R> {
+    CONSOLE.lock().as_mut().map(|writer| f(writer))
+}
+
+/// Writes a message even if the console lock is held (by a CPU that will never release it,
+/// because it panicked); used only on the way down.
+pub fn print_on_panic(args: fmt::Arguments<'_>) {
+    for _ in 0..1_000_000 {
+        if let Some(mut console) = CONSOLE.try_lock() {
+            if let Some(writer) = console.as_mut() {
+                let _ = writer.write_fmt(args);
+            }
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: the holder is stuck; interleaved output is better than none on the way down.
+    unsafe { CONSOLE.force_unlock() };
+    print(args);
+}
+
+/// Prints a line on the EL2 console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::console::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}

@@ -1,0 +1,93 @@
+//! What EL2 does when a partition's CPU exits to it: count the exit, then serve PSCI and the
+//! console hypercall, or stop the partition on a fault. Nothing a partition does here can stop
+//! EL2 or another partition.
+
+use crate::arch::el2;
+use crate::arch::vectors::{ExceptionKind, GuestFrame};
+use crate::state::{self, EXITS};
+use trapless_abi::hypercall::CONSOLE_WRITE_MAX;
+use trapless_kernel_core::exits::{ExitClass, exception_class};
+use trapless_kernel_core::fault::{Fault, StopReason, Syndrome};
+use trapless_kernel_core::hypercall::{self, Hypercall};
+use trapless_kernel_core::psci::Decision;
+use trapless_plan::AddrRange;
+
+/// PSCI `INTERNAL_FAILURE`, for a `CPU_ON` the firmware refused.
+const PSCI_INTERNAL_FAILURE: i64 = -6;
+
+/// Called by the vectors with the saved registers of the exiting CPU.
+pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
+    let cpu = el2::current_cpu();
+    let partition = state::owner(cpu);
+    let (esr, far, hpfar) = el2::syndrome();
+    let kind = ExceptionKind::from_raw(kind);
+    let class = match kind {
+        ExceptionKind::Sync => ExitClass::from_esr(esr),
+        ExceptionKind::Irq | ExceptionKind::Fiq | ExceptionKind::SError => ExitClass::Other,
+    };
+    EXITS[partition].record(class);
+    if state::is_stopped(partition) {
+        // A CPU of a stopped partition, faulting on its revoked stage 2.
+        state::park();
+    }
+    match (kind, class) {
+        (ExceptionKind::Sync, ExitClass::Hvc) => serve_call(frame, cpu, partition),
+        (ExceptionKind::Sync, ExitClass::Smc) => {
+            // A trapped SMC returns to itself; step over it.
+            frame.elr += 4;
+            serve_call(frame, cpu, partition);
+        }
+        // With HCR_EL2.IMO/FMO clear no interrupt should come here; if one does, it is not the
+        // partition's fault: resume it.
+        (ExceptionKind::Irq | ExceptionKind::Fiq, _) => {}
+        _ => {
+            let syndrome = Syndrome { esr, far, hpfar, pc: frame.elr };
+            state::stop_partition(partition, StopReason::Fault(Fault::from_syndrome(&syndrome)));
+        }
+    }
+}
+
+/// Serves an `HVC` or `SMC`: PSCI, trapless hypercalls, or `NOT_SUPPORTED`.
+fn serve_call(frame: &mut GuestFrame, cpu: usize, partition: usize) {
+    let function = frame.x[0] as u32;
+    let args = [frame.x[1], frame.x[2], frame.x[3]];
+    let result = match state::serve_psci(cpu, partition, function, args) {
+        Some(Decision::Return(value)) => value,
+        Some(Decision::StartCpu { cpu: target, mpidr, .. }) => match state::start_cpu(target, mpidr) {
+            Ok(()) => 0,
+            Err(()) => PSCI_INTERNAL_FAILURE as u64,
+        },
+        Some(Decision::TurnOff) => state::park(),
+        Some(Decision::Stop(reason)) => state::stop_partition(partition, reason),
+        None => hypercall_result(partition, function, [args[0], args[1]]) as u64,
+    };
+    frame.x[0] = result;
+}
+
+fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
+    let memory: AddrRange = state::kernel().plan.partitions()[partition].memory;
+    match hypercall::decode(function, args, &memory) {
+        Ok(Hypercall::ConsoleWrite { ipa, len }) => {
+            // Copy first: the partition's other CPUs may be writing the buffer as we read it.
+            let mut bytes = [0u8; CONSOLE_WRITE_MAX as usize];
+            for (offset, byte) in bytes[..len as usize].iter_mut().enumerate() {
+                let address = (ipa.0 as usize + offset) as *const u8;
+                // SAFETY: decode checked that [ipa, ipa + len) lies in the partition's RAM,
+                // which EL2 maps identically (IPA = PA). Volatile: the bytes may change under us.
+                *byte = unsafe { address.read_volatile() };
+            }
+            state::console_write(partition, &bytes[..len as usize]);
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// An exception taken from EL2 itself: a kernel bug. Reports it and powers off.
+pub extern "C" fn handle_el2_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    panic!(
+        "exception in EL2: {:?}, class {:#x}, ESR {esr:#x}, ELR {elr:#x}, FAR {far:#x}",
+        ExceptionKind::from_raw(kind),
+        exception_class(esr)
+    );
+}

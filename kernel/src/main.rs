@@ -1,0 +1,28 @@
+//! trapless: a static partitioning kernel for Arm64 at EL2.
+//!
+//! The boot CPU reads the plan the build appended to this image, checks the machine against
+//! it, loads each partition into its own memory with its own stage-2 map and starts it. From
+//! then on EL2 only serves the control path: PSCI, the console hypercall, and faults, which
+//! stop the faulting partition alone. Physical interrupts go straight to the partitions.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot;
+mod console;
+mod exit;
+mod firmware_dt;
+mod heap;
+mod state;
+
+use core::panic::PanicInfo;
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    console::print_on_panic(format_args!("trapless: EL2 panic: {info}\n"));
+    arch::firmware::system_off(trapless_plan::Conduit::Smc);
+    arch::halt()
+}

@@ -1,0 +1,233 @@
+//! What changes while the system runs: which CPUs are on, which partitions have stopped and
+//! why, the exit counters, and each partition's stage-2 map. Also the transitions between those
+//! states: entering a partition, starting and parking CPUs, stopping a partition, powering off.
+
+use crate::arch::{self, el2, entry, firmware, stage2::Stage2Map, vectors::GuestFrame};
+use crate::println;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::{Mutex, Once};
+use trapless_kernel_core::console::LineFramer;
+use trapless_kernel_core::exits::{ExitCounters, ExitSummary};
+use trapless_kernel_core::fault::StopReason;
+use trapless_kernel_core::psci::{self, Caller, Decision, OwnCpu, Power};
+use trapless_plan::{MAX_CPUS, MAX_PARTITIONS, Plan};
+
+/// What the boot CPU set up, read by every CPU afterwards.
+pub struct Kernel {
+    pub plan: Plan<'static>,
+    /// Each partition's stage-2 map, by partition index.
+    stage2: Vec<Mutex<SharedStage2>>,
+    /// Each partition's `VTTBR_EL2`, by partition index.
+    vttbr: Vec<u64>,
+}
+
+/// A stage-2 map, reached only through its mutex.
+struct SharedStage2(Stage2Map);
+
+// SAFETY: the tables are plain memory in EL2's identity map, the same on every CPU; they are
+// only changed through the mutex that wraps this.
+unsafe impl Send for SharedStage2 {}
+
+static KERNEL: Once<Kernel> = Once::new();
+
+#[derive(Clone, Copy)]
+struct CpuSlot {
+    power: Power,
+    /// Where the CPU enters its partition, and its `x0`, once it is on-pending.
+    entry: u64,
+    context: u64,
+}
+
+#[derive(Clone, Copy)]
+struct PartitionSlot {
+    stopped: Option<StopReason>,
+    framer: LineFramer,
+}
+
+struct State {
+    cpus: [CpuSlot; MAX_CPUS],
+    partitions: [PartitionSlot; MAX_PARTITIONS],
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    cpus: [CpuSlot { power: Power::Off, entry: 0, context: 0 }; MAX_CPUS],
+    partitions: [PartitionSlot { stopped: None, framer: LineFramer::new() }; MAX_PARTITIONS],
+});
+
+/// Set once a partition has stopped, so its CPUs' exits can tell without taking the lock.
+static STOPPED: [AtomicBool; MAX_PARTITIONS] = [const { AtomicBool::new(false) }; MAX_PARTITIONS];
+
+/// Every entry to EL2, per partition and exception class.
+pub static EXITS: [ExitCounters; MAX_PARTITIONS] = [const { ExitCounters::new() }; MAX_PARTITIONS];
+
+/// Records what the boot CPU built. Must run once, before any partition starts.
+pub fn publish(plan: Plan<'static>, maps: Vec<Stage2Map>) {
+    let vttbr = plan
+        .partitions()
+        .iter()
+        .zip(&maps)
+        .map(|(partition, map)| el2::vttbr(partition.vmid, map.root()))
+        .collect();
+    let stage2 = maps.into_iter().map(|map| Mutex::new(SharedStage2(map))).collect();
+    KERNEL.call_once(|| Kernel { plan, stage2, vttbr });
+}
+
+/// The state the boot CPU published.
+pub fn kernel() -> &'static Kernel {
+    KERNEL.get().expect("the boot CPU publishes the kernel state before starting any CPU")
+}
+
+/// The partition that owns platform CPU `cpu`. Only CPUs that run partitions enter EL2 after
+/// boot, so every caller has one.
+pub fn owner(cpu: usize) -> usize {
+    kernel().plan.cpus()[cpu].owner().expect("only partition CPUs run after boot")
+}
+
+/// Whether partition `partition` has stopped.
+pub fn is_stopped(partition: usize) -> bool {
+    STOPPED[partition].load(Ordering::Acquire)
+}
+
+/// Marks `cpu` to enter its partition at `entry` with `x0` = `context` (the boot CPU does this
+/// for each partition's first CPU).
+pub fn prepare_start(cpu: usize, entry: u64, context: u64) {
+    STATE.lock().cpus[cpu] = CpuSlot { power: Power::OnPending, entry, context };
+}
+
+/// Runs on a CPU that has just come up (with its MMU on): sets up its EL2 state and GIC
+/// interface for its partition and enters it, or parks the CPU if it has nothing to run.
+pub fn run_cpu(cpu: usize) -> ! {
+    let Some(partition) = kernel().plan.cpus()[cpu].owner() else {
+        park();
+    };
+    el2::configure_cpu(cpu, kernel().vttbr[partition], arch::vectors::table());
+    if let Err(error) = arch::gic::init_cpu(cpu) {
+        panic!("GIC of CPU {cpu}: {error}");
+    }
+    let frame = {
+        let mut state = STATE.lock();
+        let slot = &mut state.cpus[cpu];
+        if slot.power != Power::OnPending || is_stopped(partition) {
+            slot.power = Power::Off;
+            drop(state);
+            park();
+        }
+        slot.power = Power::On;
+        GuestFrame::entering(slot.entry, slot.context)
+    };
+    // SAFETY: this CPU's EL2 state was configured for `partition` above, and the stack is this
+    // CPU's own.
+    unsafe { entry::enter_guest(&frame, entry::stack_top(cpu)) }
+}
+
+/// Serves a PSCI call from `cpu` of `partition`, applying the state change it decides under
+/// the state lock. Returns `None` if `function` is not PSCI.
+pub fn serve_psci(cpu: usize, partition: usize, function: u32, args: [u64; 3]) -> Option<Decision> {
+    let kernel = kernel();
+    let mut state = STATE.lock();
+    let mut own = [OwnCpu { index: 0, mpidr: 0, power: Power::Off }; MAX_CPUS];
+    let mut count = 0;
+    for index in kernel.plan.cpus_of(partition) {
+        own[count] = OwnCpu { index, mpidr: kernel.plan.cpus()[index].mpidr, power: state.cpus[index].power };
+        count += 1;
+    }
+    let memory = kernel.plan.partitions()[partition].memory;
+    let decision = psci::serve(function, args, &Caller { cpu, cpus: &own[..count], memory })?;
+    match decision {
+        Decision::StartCpu { cpu: target, entry, context, .. } => {
+            state.cpus[target] = CpuSlot { power: Power::OnPending, entry, context };
+        }
+        Decision::TurnOff => state.cpus[cpu].power = Power::Off,
+        Decision::Return(_) | Decision::Stop(_) => {}
+    }
+    Some(decision)
+}
+
+/// Asks the firmware to start `cpu` (already marked on-pending); on failure it is marked off
+/// again and the PSCI error for the caller is returned.
+pub fn start_cpu(cpu: usize, mpidr: u64) -> Result<(), ()> {
+    let conduit = kernel().plan.platform().conduit();
+    let entry = entry::secondary_entry as *const () as u64;
+    firmware::cpu_on(conduit, mpidr, entry, cpu as u64).map_err(|error| {
+        println!("trapless: firmware refused to start CPU {cpu}: {error}");
+        STATE.lock().cpus[cpu].power = Power::Off;
+    })
+}
+
+/// Writes `bytes` from `partition` to the console, framed with its name.
+pub fn console_write(partition: usize, bytes: &[u8]) {
+    let name = kernel().plan.partitions()[partition].name;
+    let mut state = STATE.lock();
+    let framer = &mut state.partitions[partition].framer;
+    crate::console::with(|console| {
+        framer.frame(name.as_str(), bytes, |piece| {
+            // Framing leaves only printable ASCII, tabs and newlines.
+            let _ = console.write_str(core::str::from_utf8(piece).unwrap_or("?"));
+        });
+    });
+}
+
+/// Stops `partition` for `reason` (the first reason wins), from one of its CPUs: its stage 2
+/// is revoked so its other CPUs fault into EL2 and park, this CPU parks, and the machine
+/// powers off if it was the last partition running.
+pub fn stop_partition(partition: usize, reason: StopReason) -> ! {
+    let cpu = el2::current_cpu();
+    let (first, all_stopped) = {
+        let mut state = STATE.lock();
+        let first = state.partitions[partition].stopped.is_none();
+        if first {
+            state.partitions[partition].stopped = Some(reason);
+            STOPPED[partition].store(true, Ordering::Release);
+        }
+        state.cpus[cpu].power = Power::Off;
+        let count = kernel().plan.partitions().len();
+        let all_stopped = state.partitions[..count].iter().all(|slot| slot.stopped.is_some());
+        (first, all_stopped)
+    };
+    if first {
+        let name = kernel().plan.partitions()[partition].name;
+        if let StopReason::Fault(fault) = reason {
+            println!("trapless: partition {name} faulted and is stopped: {fault}");
+        }
+        revoke(partition);
+    }
+    if all_stopped {
+        power_off();
+    }
+    park();
+}
+
+/// Takes every mapping from `partition` and flushes its translations from every CPU. Runs on
+/// one of its CPUs, so `VTTBR_EL2` already holds its VMID.
+fn revoke(partition: usize) {
+    if let Err(error) = kernel().stage2[partition].lock().0.revoke() {
+        println!("trapless: revoking stage 2 of partition #{partition} failed: {error}");
+    }
+    el2::invalidate_current_vmid_everywhere();
+}
+
+/// Turns the calling CPU off for good (until a `CPU_ON` brings it back).
+pub fn park() -> ! {
+    firmware::cpu_off(kernel().plan.platform().conduit());
+    arch::halt()
+}
+
+/// Prints why each partition stopped and its exit counts, then powers the machine off.
+fn power_off() -> ! {
+    let kernel = kernel();
+    let reasons: Vec<Option<StopReason>> = {
+        let state = STATE.lock();
+        state.partitions[..kernel.plan.partitions().len()].iter().map(|slot| slot.stopped).collect()
+    };
+    for (index, (partition, reason)) in kernel.plan.partitions().iter().zip(reasons).enumerate() {
+        let name = partition.name.as_str();
+        if let Some(reason) = reason {
+            println!("trapless: partition {name} stopped: {reason}");
+        }
+        println!("{}", ExitSummary { partition: name, counts: EXITS[index].snapshot() });
+    }
+    println!("trapless: every partition has stopped; powering off");
+    firmware::system_off(kernel.plan.platform().conduit());
+    arch::halt()
+}

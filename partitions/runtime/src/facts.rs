@@ -1,0 +1,174 @@
+//! The facts a partition reads from the device tree trapless generated for it.
+
+use core::fmt;
+use core::ops::Range;
+use fdt::Fdt;
+use fdt::node::FdtNode;
+use trapless_abi::dt;
+
+/// Most CPUs a [`Boot`] lists.
+pub const MAX_CPUS: usize = 8;
+
+/// Where the partition's console output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleKind {
+    /// Its own PL011 at this address.
+    Pl011(u64),
+    /// The trapless console hypercall.
+    Hypercall,
+    /// None: output is dropped.
+    None,
+}
+
+/// How the partition calls PSCI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    Hvc,
+    Smc,
+}
+
+/// What the device tree says about this partition.
+#[derive(Clone, Debug)]
+pub struct Boot {
+    /// The partition's name (`/hypervisor` `trapless,partition`).
+    pub name: &'static str,
+    /// Its RAM (`/memory`).
+    pub memory: Range<u64>,
+    /// MPIDRs of its CPUs (`/cpus`), in tree order; the first [`Boot::cpu_count`] are valid.
+    pub cpus: [u64; MAX_CPUS],
+    pub cpu_count: usize,
+    /// `/chosen` `bootargs`, or "".
+    pub bootargs: &'static str,
+    pub console: ConsoleKind,
+    pub psci: Conduit,
+    /// The device tree itself.
+    pub dtb: &'static [u8],
+}
+
+impl Boot {
+    /// MPIDRs of the partition's CPUs.
+    pub fn cpus(&self) -> &[u64] {
+        &self.cpus[..self.cpu_count]
+    }
+
+    /// The value of `key=value` in the boot arguments, if present.
+    pub fn arg(&self, key: &str) -> Option<&'static str> {
+        arg(self.bootargs, key)
+    }
+}
+
+/// The value of `key=value` among whitespace-separated `args`; a bare `key` reads as "".
+pub fn arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
+    args.split_whitespace().find_map(|word| match word.split_once('=') {
+        Some((name, value)) if name == key => Some(value),
+        None if word == key => Some(""),
+        _ => None,
+    })
+}
+
+/// Why the device tree does not describe a trapless partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactsError {
+    /// Not a device tree.
+    Unreadable,
+    /// A node or property every trapless partition tree has is missing.
+    Missing(&'static str),
+    /// More CPUs than [`MAX_CPUS`].
+    TooManyCpus,
+}
+
+impl fmt::Display for FactsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable => f.write_str("the device tree is unreadable"),
+            Self::Missing(what) => write!(f, "the device tree has no {what}"),
+            Self::TooManyCpus => write!(f, "the device tree lists more than {MAX_CPUS} CPUs"),
+        }
+    }
+}
+
+fn text<'a>(node: &FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {
+    let value = node.property(name)?.value;
+    core::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok()
+}
+
+fn cell(node: &FdtNode<'_, '_>, name: &str) -> Option<usize> {
+    node.property(name).and_then(|property| dt::cells(property.value).next()).map(|cell| cell as usize)
+}
+
+fn is_compatible(node: &FdtNode<'_, '_>, compatible: &str) -> bool {
+    node.compatible().is_some_and(|list| list.all().any(|entry| entry == compatible))
+}
+
+/// Reads the facts from the device tree in `dtb`.
+pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
+    let tree = Fdt::new(dtb).map_err(|_| FactsError::Unreadable)?;
+    let root = tree.find_node("/").ok_or(FactsError::Missing("root node"))?;
+    let address_cells = cell(&root, "#address-cells").unwrap_or(2);
+    let size_cells = cell(&root, "#size-cells").unwrap_or(1);
+
+    let hypervisor = tree
+        .find_node(dt::HYPERVISOR_PATH)
+        .filter(|node| is_compatible(node, dt::HYPERVISOR_COMPATIBLE))
+        .ok_or(FactsError::Missing("/hypervisor node"))?;
+    let name = text(&hypervisor, dt::PARTITION_NAME).ok_or(FactsError::Missing("partition name"))?;
+
+    let memory = tree
+        .all_nodes()
+        .filter(|node| text(node, "device_type") == Some("memory"))
+        .find_map(|node| {
+            let value = node.property("reg")?.value;
+            dt::reg_entries(value, address_cells, size_cells).next()
+        })
+        .map(|(base, size)| base..base + size)
+        .ok_or(FactsError::Missing("/memory"))?;
+
+    let cpus_node = tree.find_node("/cpus").ok_or(FactsError::Missing("/cpus"))?;
+    let cpu_cells = cell(&cpus_node, "#address-cells").unwrap_or(1);
+    let mut cpus = [0; MAX_CPUS];
+    let mut cpu_count = 0;
+    for cpu in cpus_node.children().filter(|node| text(node, "device_type") == Some("cpu")) {
+        let Some((mpidr, _)) = cpu.property("reg").and_then(|reg| dt::reg_entries(reg.value, cpu_cells, 0).next())
+        else {
+            continue;
+        };
+        *cpus.get_mut(cpu_count).ok_or(FactsError::TooManyCpus)? = mpidr;
+        cpu_count += 1;
+    }
+
+    let chosen = tree.find_node("/chosen").ok_or(FactsError::Missing("/chosen"))?;
+    let bootargs = text(&chosen, "bootargs").unwrap_or("");
+    let console = match text(&chosen, "stdout-path").map(|path| path.split(':').next().unwrap_or(path)) {
+        Some(dt::HYPERCALL_CONSOLE_PATH) => ConsoleKind::Hypercall,
+        Some(path) => tree
+            .find_node(path)
+            .filter(|node| is_compatible(node, "arm,pl011"))
+            .and_then(|node| node.property("reg"))
+            .and_then(|reg| dt::reg_entries(reg.value, address_cells, size_cells).next())
+            .map_or(ConsoleKind::None, |(base, _)| ConsoleKind::Pl011(base)),
+        None => ConsoleKind::None,
+    };
+
+    let psci = tree
+        .find_node("/psci")
+        .and_then(|node| text(&node, "method"))
+        .map(|method| if method == "smc" { Conduit::Smc } else { Conduit::Hvc })
+        .ok_or(FactsError::Missing("/psci method"))?;
+
+    Ok(Boot { name, memory, cpus, cpu_count, bootargs, console, psci, dtb })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_words_with_optional_values() {
+        let args = "probe=smp target=0x2 quiet";
+        assert_eq!(arg(args, "probe"), Some("smp"));
+        assert_eq!(arg(args, "target"), Some("0x2"));
+        assert_eq!(arg(args, "quiet"), Some(""));
+        assert_eq!(arg(args, "missing"), None);
+        assert_eq!(arg("", "probe"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! The device tree each partition boots with: only what it owns, as the platform describes it.
+//! `docs/device-tree.md` documents the binding; the golden files in `tests/golden/` pin it.
+
+use crate::planner::PartitionPlan;
+use crate::platform::{Platform, Trigger};
+use trapless_abi::dt;
+use trapless_plan::AddrRange;
+use vm_fdt::{FdtWriter, FdtWriterResult};
+
+const GIC_PHANDLE: u32 = 1;
+/// Clock `n` of the platform gets phandle `FIRST_CLOCK_PHANDLE + n`.
+const FIRST_CLOCK_PHANDLE: u32 = 2;
+
+/// `interrupts` cells: SPI / PPI, and the trigger flags of the GIC binding.
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+const IRQ_EDGE_RISING: u32 = 1;
+const IRQ_LEVEL_HIGH: u32 = 4;
+
+/// Two cells each for address and size, as the root node declares.
+fn reg(ranges: &[AddrRange]) -> Vec<u64> {
+    ranges.iter().flat_map(|range| [range.base.0, range.size]).collect()
+}
+
+/// The node path of a platform device in a partition's tree.
+fn device_path(platform: &Platform, device: usize) -> String {
+    let device = &platform.devices[device];
+    format!("/{}@{:x}", device.node, device.reg.base.0)
+}
+
+/// Where the partition's console output goes: its own PL011 if it has one (the platform's
+/// console first), else the console hypercall.
+pub fn stdout_path(platform: &Platform, partition: &PartitionPlan) -> String {
+    let is_pl011 = |&&device: &&usize| platform.devices[device].compatible.iter().any(|c| c == "arm,pl011");
+    let console = platform.console.filter(|console| partition.devices.contains(console));
+    match console.or_else(|| partition.devices.iter().find(is_pl011).copied()) {
+        Some(device) => device_path(platform, device),
+        None => dt::HYPERCALL_CONSOLE_PATH.to_string(),
+    }
+}
+
+/// The device tree blob of `partition`.
+pub fn generate(platform: &Platform, partition: &PartitionPlan) -> Vec<u8> {
+    write(platform, partition).expect("vm-fdt accepts every tree this module writes")
+}
+
+fn write(platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<Vec<u8>> {
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "trapless,partition")?;
+    fdt.property_string("model", &format!("trapless partition {} on {}", partition.name, platform.name))?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("interrupt-parent", GIC_PHANDLE)?;
+
+    let chosen = fdt.begin_node("chosen")?;
+    fdt.property_string("bootargs", &partition.bootargs)?;
+    fdt.property_string("stdout-path", &stdout_path(platform, partition))?;
+    fdt.end_node(chosen)?;
+
+    let hypervisor = fdt.begin_node(dt::HYPERVISOR_PATH.trim_start_matches('/'))?;
+    fdt.property_string("compatible", dt::HYPERVISOR_COMPATIBLE)?;
+    fdt.property_string(dt::PARTITION_NAME, &partition.name)?;
+    fdt.end_node(hypervisor)?;
+
+    let psci = fdt.begin_node("psci")?;
+    fdt.property_string_list("compatible", vec!["arm,psci-1.0".into(), "arm,psci-0.2".into()])?;
+    fdt.property_string("method", dt::PSCI_METHOD)?;
+    fdt.end_node(psci)?;
+
+    let memory = fdt.begin_node(&format!("memory@{:x}", partition.memory.base.0))?;
+    fdt.property_string("device_type", "memory")?;
+    fdt.property_array_u64("reg", &reg(&[partition.memory]))?;
+    fdt.end_node(memory)?;
+
+    write_cpus(&mut fdt, platform, partition)?;
+
+    let timer = fdt.begin_node("timer")?;
+    fdt.property_string("compatible", "arm,armv8-timer")?;
+    let cells: Vec<u32> = platform.timer.iter().flat_map(|&ppi| [GIC_PPI, ppi, IRQ_LEVEL_HIGH]).collect();
+    fdt.property_array_u32("interrupts", &cells)?;
+    fdt.property_null("always-on")?;
+    fdt.end_node(timer)?;
+
+    write_gic(&mut fdt, platform, partition)?;
+
+    let mut clocks: Vec<usize> =
+        partition.devices.iter().flat_map(|&device| platform.devices[device].clocks.iter().copied()).collect();
+    clocks.sort_unstable();
+    clocks.dedup();
+    for clock in clocks {
+        let spec = &platform.clocks[clock];
+        let node = fdt.begin_node(&spec.name)?;
+        fdt.property_string("compatible", "fixed-clock")?;
+        fdt.property_u32("#clock-cells", 0)?;
+        fdt.property_u32("clock-frequency", spec.frequency)?;
+        if let Some(output) = &spec.output_name {
+            fdt.property_string("clock-output-names", output)?;
+        }
+        fdt.property_phandle(FIRST_CLOCK_PHANDLE + clock as u32)?;
+        fdt.end_node(node)?;
+    }
+
+    let mut devices = partition.devices.clone();
+    devices.sort_by_key(|&device| platform.devices[device].reg.base);
+    for device in devices {
+        let spec = &platform.devices[device];
+        let node = fdt.begin_node(device_path(platform, device).trim_start_matches('/'))?;
+        fdt.property_string_list("compatible", spec.compatible.clone())?;
+        fdt.property_array_u64("reg", &reg(&[spec.reg]))?;
+        if !spec.interrupts.is_empty() {
+            let cells: Vec<u32> = spec
+                .interrupts
+                .iter()
+                .flat_map(|interrupt| {
+                    let flags = match interrupt.trigger {
+                        Trigger::LevelHigh => IRQ_LEVEL_HIGH,
+                        Trigger::EdgeRising => IRQ_EDGE_RISING,
+                    };
+                    [GIC_SPI, interrupt.spi, flags]
+                })
+                .collect();
+            fdt.property_array_u32("interrupts", &cells)?;
+        }
+        if !spec.clocks.is_empty() {
+            let phandles: Vec<u32> = spec.clocks.iter().map(|&clock| FIRST_CLOCK_PHANDLE + clock as u32).collect();
+            fdt.property_array_u32("clocks", &phandles)?;
+            fdt.property_string_list("clock-names", spec.clock_names.clone())?;
+        }
+        fdt.end_node(node)?;
+    }
+
+    fdt.end_node(root)?;
+    fdt.finish()
+}
+
+fn write_cpus(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<()> {
+    let mpidrs: Vec<u64> = partition.cpus.iter().map(|&cpu| platform.cpus[cpu]).collect();
+    let wide = mpidrs.iter().any(|&mpidr| mpidr > u64::from(u32::MAX));
+    let cpus = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", if wide { 2 } else { 1 })?;
+    fdt.property_u32("#size-cells", 0)?;
+    for mpidr in mpidrs {
+        let cpu = fdt.begin_node(&format!("cpu@{mpidr:x}"))?;
+        fdt.property_string("device_type", "cpu")?;
+        fdt.property_string("compatible", "arm,armv8")?;
+        if wide {
+            fdt.property_u64("reg", mpidr)?;
+        } else {
+            fdt.property_u32("reg", mpidr as u32)?;
+        }
+        fdt.property_string("enable-method", "psci")?;
+        fdt.end_node(cpu)?;
+    }
+    fdt.end_node(cpus)
+}
+
+/// The GICv3 node: the distributor's address (the binding requires it; the partition cannot
+/// reach it) and one redistributor region per run of consecutive CPUs the partition owns.
+fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<()> {
+    let gic = &platform.gic;
+    let mut cpus = partition.cpus.clone();
+    cpus.sort_unstable();
+    let mut regions: Vec<AddrRange> = Vec::new();
+    for cpu in cpus {
+        let frame = gic.redistributors.base.0 + cpu as u64 * gic.redistributor_stride;
+        match regions.last_mut() {
+            Some(last) if last.end() == frame => last.size += gic.redistributor_stride,
+            _ => regions.push(AddrRange::new(frame, gic.redistributor_stride)),
+        }
+    }
+    let node = fdt.begin_node(&format!("intc@{:x}", gic.distributor.base.0))?;
+    fdt.property_string("compatible", "arm,gic-v3")?;
+    fdt.property_u32("#interrupt-cells", 3)?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    fdt.property_u32("#redistributor-regions", regions.len() as u32)?;
+    let mut ranges = vec![gic.distributor];
+    ranges.extend(regions);
+    fdt.property_array_u64("reg", &reg(&ranges))?;
+    fdt.property_phandle(GIC_PHANDLE)?;
+    fdt.end_node(node)
+}

@@ -1,0 +1,121 @@
+//! The host side of trapless, behind `cargo xtask`: reading and checking platform and system
+//! descriptions, planning a system, generating each partition's device tree, packing one
+//! bootable Image, and booting it in QEMU.
+
+#![forbid(unsafe_code)]
+
+pub mod cargo;
+pub mod diagnostic;
+pub mod dtb;
+pub mod image;
+pub mod pack;
+pub mod planner;
+pub mod platform;
+pub mod qemu;
+pub mod size;
+pub mod system;
+
+use diagnostic::Diagnostics;
+use planner::SystemPlan;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use system::{ImageRef, System};
+
+/// The repository this tool was built from.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tools/ is inside the repository").to_path_buf()
+}
+
+/// The system `cargo xtask run` boots by default.
+pub fn default_system() -> PathBuf {
+    root().join("partitions/systems/qemu-demo.toml")
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The descriptions are wrong: every problem, with file and line.
+    Invalid(Diagnostics),
+    /// Building, packing or running failed.
+    Failed(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(diagnostics) => write!(f, "{diagnostics}"),
+            Self::Failed(message) => writeln!(f, "error: {message}"),
+        }
+    }
+}
+
+impl From<Diagnostics> for Error {
+    fn from(diagnostics: Diagnostics) -> Self {
+        Self::Invalid(diagnostics)
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+/// Checks the system at `path` and plans it: builds the guest crates it names (their sizes
+/// decide whether they fit) and loads every image.
+pub fn plan_system(path: &Path) -> Result<SystemPlan, Error> {
+    let root = root();
+    let system: System = system::load(path, &root)?;
+    let mut guests: Vec<String> = system
+        .partitions
+        .iter()
+        .filter_map(|partition| match &partition.image {
+            ImageRef::Guest(name) => Some(name.clone()),
+            ImageRef::File(_) => None,
+        })
+        .collect();
+    guests.sort();
+    guests.dedup();
+    let guest_paths = cargo::build_guests(&root, &guests)?;
+    let images = planner::load_images(&system, &guest_paths)?;
+    Ok(planner::plan(&system, images)?)
+}
+
+/// A packed system.
+#[derive(Debug)]
+pub struct Built {
+    pub plan: SystemPlan,
+    /// The bootable Image.
+    pub image: PathBuf,
+    /// Where the Image and each partition's `<name>.dtb` were written.
+    pub dir: PathBuf,
+}
+
+/// Plans the system at `path`, builds the kernel, packs the Image and writes it, with every
+/// partition's device tree, to `target/trapless/<system>/`.
+pub fn build_system(path: &Path) -> Result<Built, Error> {
+    let plan = plan_system(path)?;
+    let root = root();
+    let kernel_path = cargo::build_kernel(&root)?;
+    let kernel = std::fs::read(&kernel_path).map_err(|error| format!("{}: {error}", kernel_path.display()))?;
+    let image = pack::pack(&plan, &kernel)?;
+    let dir = root.join("target").join("trapless").join(&plan.name);
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let write = |path: PathBuf, bytes: &[u8]| {
+        std::fs::write(&path, bytes).map_err(|error| format!("{}: {error}", path.display())).map(|()| path)
+    };
+    for partition in &plan.partitions {
+        write(dir.join(format!("{}.dtb", partition.name)), &partition.dtb)?;
+    }
+    let image = write(dir.join("trapless.img"), &image)?;
+    Ok(Built { plan, image, dir })
+}
+
+/// Builds the system at `path` and boots it in QEMU, giving up after `timeout`.
+pub fn run_system(path: &Path, timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
+    let built = build_system(path)?;
+    let command = qemu::command(&built.plan, &built.image)?;
+    let run = qemu::run(command, timeout, echo)?;
+    Ok((built, run))
+}

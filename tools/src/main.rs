@@ -1,0 +1,109 @@
+//! `cargo xtask`: check, build, run and test trapless systems.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use trapless_tools::size::describe;
+use trapless_tools::{Error, build_system, default_system, plan_system, root, run_system};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, check, run and test trapless systems")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a system description and show how it is planned.
+    Check {
+        /// The system TOML file.
+        file: PathBuf,
+    },
+    /// Build a system into one bootable Image (target/trapless/<system>/trapless.img).
+    Build {
+        /// The system TOML file [default: partitions/systems/qemu-demo.toml].
+        #[arg(long)]
+        system: Option<PathBuf>,
+    },
+    /// Build a system and boot it in QEMU; succeeds only if every partition powers off cleanly.
+    Run {
+        /// The system TOML file [default: partitions/systems/qemu-demo.toml].
+        #[arg(long)]
+        system: Option<PathBuf>,
+        /// Give up (and fail) after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Run every test: host unit tests, invalid configs, golden device trees, QEMU boots.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprint!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Check { file } => {
+            let plan = plan_system(&file)?;
+            println!("{}: system '{}' on platform '{}' is valid", file.display(), plan.name, plan.platform.name);
+            for partition in &plan.partitions {
+                let devices: Vec<&str> =
+                    partition.devices.iter().map(|&device| plan.platform.devices[device].name.as_str()).collect();
+                println!(
+                    "  {:<12} CPUs {:?}, memory {} ({}), image {} at {:#x}, device tree at {:#x}, devices [{}]",
+                    partition.name,
+                    partition.cpus,
+                    partition.memory,
+                    describe(partition.memory.size),
+                    describe(partition.image.footprint.next_multiple_of(1024)),
+                    partition.image_load,
+                    partition.dtb_load,
+                    devices.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { system } => {
+            let built = build_system(&system.unwrap_or_else(default_system))?;
+            println!("{}", built.image.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { system, timeout } => {
+            let (built, run) = run_system(&system.unwrap_or_else(default_system), Duration::from_secs(timeout), true)?;
+            match run.verdict(&built.plan) {
+                Ok(()) => {
+                    println!(
+                        "xtask: all {} partitions of '{}' finished and the machine powered off ({:.1?})",
+                        built.plan.partitions.len(),
+                        built.plan.name,
+                        run.elapsed
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(reason) => Err(Error::Failed(format!("{}: {reason}", built.plan.name))),
+            }
+        }
+        Command::Test { args } => {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .current_dir(root())
+                .arg("test")
+                .args(&args)
+                .status()
+                .map_err(|error| format!("cannot run cargo test: {error}"))?;
+            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Packing: the kernel Image with the plan, the guest images and their device trees appended,
+//! as one bootable arm64 Image.
+
+use crate::image::flatten_position_independent;
+use crate::planner::SystemPlan;
+use crate::size::describe;
+use trapless_arm64::image;
+use trapless_plan::{
+    ConsoleKind, CpuRecord, Ipa, Name, NO_PARTITION, PartitionDraft, PhysAddr, PlanWriter,
+    PlatformRecord, RegionRecord, SpiRoute,
+};
+
+/// Heap the kernel needs at least, after its image and payload.
+pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
+
+/// The plan's bytes for `plan`.
+pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
+    let platform = &plan.platform;
+    let console = platform.console.map(|device| platform.devices[device].reg);
+    let record = PlatformRecord {
+        name: Name::new(&platform.name).expect("platform names are checked"),
+        ram: platform.ram,
+        kernel: platform.kernel,
+        gicd: platform.gic.distributor,
+        gicr: platform.gic.redistributors,
+        gicr_stride: platform.gic.redistributor_stride,
+        console: console.unwrap_or_default(),
+        console_kind: if console.is_some() { ConsoleKind::Pl011 } else { ConsoleKind::None }.code(),
+        gic_version: platform.gic.version,
+        firmware_conduit: platform.conduit.code(),
+        reserved: 0,
+    };
+    let cpus = platform
+        .cpus
+        .iter()
+        .enumerate()
+        .map(|(index, &mpidr)| {
+            let owner = plan.partitions.iter().position(|partition| partition.cpus.contains(&index));
+            CpuRecord { mpidr, partition: owner.map_or(NO_PARTITION, |owner| owner as u32), reserved: 0 }
+        })
+        .collect();
+    let mut spi_routes = Vec::new();
+    for partition in &plan.partitions {
+        for &device in &partition.devices {
+            for interrupt in &platform.devices[device].interrupts {
+                spi_routes.push(SpiRoute {
+                    intid: interrupt.spi + 32,
+                    cpu: partition.cpus[0] as u32,
+                    edge: u32::from(interrupt.trigger == crate::platform::Trigger::EdgeRising),
+                    reserved: 0,
+                });
+            }
+        }
+    }
+    let partitions = plan
+        .partitions
+        .iter()
+        .map(|partition| PartitionDraft {
+            name: Name::new(&partition.name).expect("partition names are checked"),
+            vmid: partition.vmid,
+            boot_cpu: partition.cpus[0] as u32,
+            memory: partition.memory,
+            entry: Ipa(partition.entry),
+            image: &partition.image.bytes,
+            image_load: PhysAddr(partition.image_load),
+            dtb: &partition.dtb,
+            dtb_load: PhysAddr(partition.dtb_load),
+            regions: partition
+                .stage2
+                .iter()
+                .map(|region| RegionRecord {
+                    ipa: Ipa(region.range.base.0),
+                    pa: region.range.base,
+                    size: region.range.size,
+                    kind: region.kind.code(),
+                    reserved: 0,
+                })
+                .collect(),
+        })
+        .collect();
+    PlanWriter { platform: record, cpus, partitions, spi_routes }.to_bytes()
+}
+
+/// The bootable Image: the kernel laid out flat with its BSS, then the plan (page aligned),
+/// with the header's `image_size` covering the whole kernel region.
+pub fn pack(plan: &SystemPlan, kernel_elf: &[u8]) -> Result<Vec<u8>, String> {
+    let (mut bytes, footprint) = flatten_position_independent(kernel_elf).map_err(|error| format!("kernel: {error}"))?;
+    bytes.resize(footprint as usize, 0);
+    bytes.extend_from_slice(&plan_bytes(plan));
+    let region = plan.platform.kernel;
+    let load_offset = image::ImageHeader::parse(&bytes).ok_or("the kernel has no Image header")?.text_offset;
+    let needed = load_offset + bytes.len() as u64 + MIN_KERNEL_HEAP;
+    if needed > region.size {
+        return Err(format!(
+            "the kernel region {} of platform '{}' ({}) is too small: the kernel ({}), its plan and images ({}) and a {} heap need {:#x} bytes",
+            region,
+            plan.platform.name,
+            describe(region.size),
+            describe(footprint),
+            describe(bytes.len() as u64 - footprint),
+            describe(MIN_KERNEL_HEAP),
+            needed
+        ));
+    }
+    image::set_image_size(&mut bytes, region.size - load_offset);
+    Ok(bytes)
+}
+

@@ -1,0 +1,212 @@
+//! The planner: from a checked [`System`] to everything the kernel needs: where each
+//! partition's RAM is, its stage-2 map, where its image and device tree go, and its VMID.
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::dtb;
+use crate::image::{GuestImage, Placement};
+use crate::platform::Platform;
+use crate::size::describe;
+use crate::system::{MEMORY_ALIGN, System};
+use std::collections::BTreeMap;
+use trapless_arm64::image::BASE_ALIGN;
+use trapless_plan::{AddrRange, RegionKind};
+
+/// One stage-2 mapping of a partition, with what it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage2Region {
+    pub what: String,
+    pub range: AddrRange,
+    pub kind: RegionKind,
+}
+
+/// A partition, placed.
+#[derive(Clone, Debug)]
+pub struct PartitionPlan {
+    pub name: String,
+    /// Stage-2 VMID: partition index + 1.
+    pub vmid: u16,
+    /// Platform CPU indexes; the first is the boot CPU.
+    pub cpus: Vec<usize>,
+    pub memory: AddrRange,
+    /// Platform device indexes.
+    pub devices: Vec<usize>,
+    pub bootargs: String,
+    pub image: GuestImage,
+    pub image_load: u64,
+    pub entry: u64,
+    pub dtb: Vec<u8>,
+    pub dtb_load: u64,
+    pub stage2: Vec<Stage2Region>,
+}
+
+/// A whole system, placed.
+#[derive(Clone, Debug)]
+pub struct SystemPlan {
+    pub name: String,
+    pub platform: Platform,
+    pub partitions: Vec<PartitionPlan>,
+}
+
+/// Places RAM for every partition: explicit bases are kept (the checker made sure they fit),
+/// the others get the lowest free 2 MiB-aligned range of platform RAM outside the kernel's
+/// region, in the order they are listed. Returns the index of a partition that does not fit.
+pub fn place_memory(platform: &Platform, requests: &[(u64, Option<u64>)]) -> Result<Vec<AddrRange>, usize> {
+    let mut taken: Vec<AddrRange> = vec![platform.kernel];
+    taken.extend(requests.iter().filter_map(|&(size, base)| base.map(|base| AddrRange::new(base, size))));
+    let mut placed = Vec::new();
+    for (index, &(size, base)) in requests.iter().enumerate() {
+        if let Some(base) = base {
+            placed.push(AddrRange::new(base, size));
+            continue;
+        }
+        let mut candidate = platform.ram.base.0.next_multiple_of(MEMORY_ALIGN);
+        let range = loop {
+            let range = AddrRange::new(candidate, size);
+            if !platform.ram.contains_range(&range) {
+                return Err(index);
+            }
+            match taken.iter().filter(|other| other.overlaps(&range)).map(AddrRange::end).max() {
+                Some(end) => candidate = end.next_multiple_of(MEMORY_ALIGN),
+                None => break range,
+            }
+        };
+        taken.push(range);
+        placed.push(range);
+    }
+    Ok(placed)
+}
+
+/// The stage-2 map of a partition: its RAM, its devices, and the redistributor frames of its
+/// CPUs. Nothing else: no GIC distributor, no ITS, no other partition's memory.
+pub fn stage2_map(platform: &Platform, memory: AddrRange, cpus: &[usize], devices: &[usize]) -> Vec<Stage2Region> {
+    let mut regions = vec![Stage2Region { what: "RAM".into(), range: memory, kind: RegionKind::Ram }];
+    for &device in devices {
+        let device = &platform.devices[device];
+        regions.push(Stage2Region { what: format!("device {}", device.name), range: device.reg, kind: RegionKind::Device });
+    }
+    for &cpu in cpus {
+        regions.push(Stage2Region {
+            what: format!("redistributor of CPU {cpu}"),
+            range: platform.gic.redistributor(cpu),
+            kind: RegionKind::Device,
+        });
+    }
+    regions.sort_by_key(|region| region.range.base);
+    regions
+}
+
+/// Where an image goes in `memory`, where it is entered, and where its footprint ends.
+fn image_layout(image: &GuestImage, memory: AddrRange) -> Result<(u64, u64, u64), String> {
+    match image.placement {
+        Placement::Image { text_offset } => {
+            let load = memory.base.0 + text_offset;
+            Ok((load, load, load + image.footprint))
+        }
+        Placement::Fixed { load, entry } => {
+            if !memory.contains_span(load, image.footprint) || !memory.contains_span(entry, 4) {
+                return Err(format!(
+                    "its ELF image loads at {:#x}..{:#x} (entry {entry:#x}), outside its memory {memory}",
+                    load,
+                    load + image.footprint
+                ));
+            }
+            Ok((load, entry, load + image.footprint))
+        }
+    }
+}
+
+/// Plans `system`, given each partition's loaded image (by partition index).
+pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diagnostics> {
+    let platform = &system.platform;
+    let requests: Vec<(u64, Option<u64>)> =
+        system.partitions.iter().map(|partition| (partition.memory.size, partition.memory.base)).collect();
+    let memories = place_memory(platform, &requests).map_err(|index| {
+        let partition = &system.partitions[index];
+        system.error(
+            index,
+            format!(
+                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}",
+                partition.name,
+                describe(partition.memory.size),
+                platform.name,
+                describe(platform.ram.size),
+                describe(platform.kernel.size)
+            ),
+        )
+    })?;
+
+    let mut problems = Vec::new();
+    let mut partitions = Vec::new();
+    for (index, ((partition, memory), image)) in system.partitions.iter().zip(memories).zip(images).enumerate() {
+        let (image_load, entry, image_end) = match image_layout(&image, memory) {
+            Ok(layout) => layout,
+            Err(problem) => {
+                problems.push(system.error(index, format!("partition '{}': {problem}", partition.name)));
+                continue;
+            }
+        };
+        let mut plan = PartitionPlan {
+            name: partition.name.clone(),
+            vmid: index as u16 + 1,
+            cpus: partition.cpus.clone(),
+            memory,
+            devices: partition.devices.clone(),
+            bootargs: partition.bootargs.clone(),
+            image,
+            image_load,
+            entry,
+            dtb: Vec::new(),
+            dtb_load: image_end.next_multiple_of(BASE_ALIGN),
+            stage2: stage2_map(platform, memory, &partition.cpus, &partition.devices),
+        };
+        plan.dtb = dtb::generate(platform, &plan);
+        let needed = plan.dtb_load + plan.dtb.len() as u64 - memory.base.0;
+        if needed > memory.size {
+            problems.push(system.error(
+                index,
+                format!(
+                    "partition '{}' needs {:#x} bytes for its image ({:#x} bytes in memory) and device tree ({:#x} bytes at the next 2 MiB boundary), more than its memory ({})",
+                    partition.name,
+                    needed,
+                    plan.image.footprint,
+                    plan.dtb.len(),
+                    describe(memory.size)
+                ),
+            ));
+        }
+        partitions.push(plan);
+    }
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions })
+}
+
+/// Loads every partition's image, building guest crates through `guest_path`.
+pub fn load_images(
+    system: &System,
+    guest_paths: &BTreeMap<String, std::path::PathBuf>,
+) -> Result<Vec<GuestImage>, Diagnostics> {
+    let mut images = Vec::new();
+    let mut problems = Vec::new();
+    for (index, partition) in system.partitions.iter().enumerate() {
+        let path = match &partition.image {
+            crate::system::ImageRef::Guest(name) => guest_paths.get(name).cloned(),
+            crate::system::ImageRef::File(path) => Some(path.clone()),
+        };
+        let loaded = path
+            .ok_or_else(|| format!("guest '{}' was not built", partition.name))
+            .and_then(|path| crate::image::load(&path));
+        match loaded {
+            Ok(image) => images.push(image),
+            Err(problem) => problems.push(system.error(index, format!("image of partition '{}': {problem}", partition.name))),
+        }
+    }
+    if problems.is_empty() { Ok(images) } else { Err(Diagnostics(problems)) }
+}
+
+impl From<Vec<Diagnostic>> for Diagnostics {
+    fn from(problems: Vec<Diagnostic>) -> Self {
+        Self(problems)
+    }
+}

@@ -1,0 +1,358 @@
+//! `platform/<board>/platform.toml`: the facts of one board, checked into a [`Platform`].
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Source};
+use crate::size::Bytes;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+use trapless_plan::{AddrRange, Conduit};
+
+/// A base address and a size.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeToml {
+    pub base: Bytes,
+    pub size: Bytes,
+}
+
+impl RangeToml {
+    pub fn range(&self) -> AddrRange {
+        AddrRange::new(self.base.0, self.size.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct PlatformToml {
+    name: String,
+    ram: Spanned<RangeToml>,
+    kernel: Spanned<RangeToml>,
+    psci_conduit: Spanned<String>,
+    console: Option<Spanned<String>>,
+    qemu: Option<Qemu>,
+    gic: GicToml,
+    timer: TimerToml,
+    cpu: Vec<Spanned<CpuToml>>,
+    #[serde(default)]
+    clock: Vec<Spanned<Clock>>,
+    #[serde(default)]
+    device: Vec<Spanned<DeviceToml>>,
+}
+
+/// How `cargo xtask run` starts this platform in QEMU.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Qemu {
+    /// `-M` value.
+    pub machine: String,
+    /// `-cpu` value.
+    pub cpu: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct GicToml {
+    version: Spanned<u32>,
+    distributor: RangeToml,
+    redistributors: Spanned<RangeToml>,
+    redistributor_stride: Spanned<Bytes>,
+    its: Option<RangeToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TimerToml {
+    /// PPI numbers (INTID - 16): secure physical, non-secure physical, virtual, hypervisor.
+    interrupts: Spanned<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct CpuToml {
+    mpidr: u64,
+}
+
+/// A fixed clock that devices reference.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Clock {
+    pub name: String,
+    pub frequency: u32,
+    /// `clock-output-names`, if the board's own tree gives one.
+    pub output_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct DeviceToml {
+    name: String,
+    /// The device-tree node name (`serial`, `rtc`, ...); the unit address is added.
+    node: String,
+    compatible: Vec<String>,
+    reg: RangeToml,
+    #[serde(default)]
+    interrupts: Vec<InterruptToml>,
+    #[serde(default)]
+    clocks: Vec<String>,
+    #[serde(default)]
+    clock_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct InterruptToml {
+    spi: u32,
+    trigger: Trigger,
+}
+
+/// How an SPI is signalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    LevelHigh,
+    EdgeRising,
+}
+
+/// The GIC of the board.
+#[derive(Clone, Debug)]
+pub struct Gic {
+    /// 3 or 4.
+    pub version: u32,
+    pub distributor: AddrRange,
+    /// The redistributor region: one frame per CPU, in CPU order.
+    pub redistributors: AddrRange,
+    pub redistributor_stride: u64,
+    pub its: Option<AddrRange>,
+}
+
+/// Bytes of a redistributor that a partition's CPU uses: its RD and SGI frames.
+pub const REDISTRIBUTOR_FRAMES: u64 = 0x2_0000;
+
+impl Gic {
+    /// The RD and SGI frames of CPU `cpu`.
+    pub fn redistributor(&self, cpu: usize) -> AddrRange {
+        AddrRange::new(self.redistributors.base.0 + cpu as u64 * self.redistributor_stride, REDISTRIBUTOR_FRAMES)
+    }
+}
+
+/// A shared peripheral interrupt of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupt {
+    /// SPI number (INTID - 32).
+    pub spi: u32,
+    pub trigger: Trigger,
+}
+
+/// A device that can be passed through to a partition.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub name: String,
+    pub node: String,
+    pub compatible: Vec<String>,
+    pub reg: AddrRange,
+    pub interrupts: Vec<Interrupt>,
+    /// Indexes into [`Platform::clocks`], with their `clock-names`.
+    pub clocks: Vec<usize>,
+    pub clock_names: Vec<String>,
+}
+
+/// A checked platform description.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    pub ram: AddrRange,
+    /// Where the loader puts the kernel Image (2 MiB aligned base), its payload and its heap.
+    pub kernel: AddrRange,
+    pub conduit: Conduit,
+    /// Index into [`Platform::devices`] of EL2's console.
+    pub console: Option<usize>,
+    pub qemu: Option<Qemu>,
+    pub gic: Gic,
+    /// Architected timer PPIs: secure physical, non-secure physical, virtual, hypervisor.
+    pub timer: [u32; 4],
+    /// MPIDR of each CPU; the index is the platform CPU index.
+    pub cpus: Vec<u64>,
+    pub clocks: Vec<Clock>,
+    pub devices: Vec<Device>,
+}
+
+impl Platform {
+    /// Finds a device by name.
+    pub fn device(&self, name: &str) -> Option<usize> {
+        self.devices.iter().position(|device| device.name == name)
+    }
+
+    /// Every MMIO range of the platform that is not RAM, with what it is, for overlap checks.
+    pub fn mmio(&self) -> Vec<(String, AddrRange)> {
+        let mut ranges = vec![
+            ("the GIC distributor".to_string(), self.gic.distributor),
+            ("the GIC redistributors".to_string(), self.gic.redistributors),
+        ];
+        if let Some(its) = self.gic.its {
+            ranges.push(("the GIC ITS".to_string(), its));
+        }
+        ranges.extend(self.devices.iter().map(|device| (format!("device '{}'", device.name), device.reg)));
+        ranges
+    }
+}
+
+/// The platform file for `name`: `platform/<name>/platform.toml` under `root`, or `name` itself
+/// if it is a path to a `.toml` file (relative to `base`).
+pub fn locate(root: &Path, base: &Path, name: &str) -> PathBuf {
+    if name.ends_with(".toml") { base.join(name) } else { root.join("platform").join(name).join("platform.toml") }
+}
+
+const PAGE: u64 = 4096;
+const BLOCK_2M: u64 = 2 << 20;
+
+/// Reads and checks a platform file.
+pub fn load(path: &Path) -> Result<Platform, Diagnostics> {
+    let source = Source::read(path)?;
+    let raw: PlatformToml = toml::from_str(&source.text).map_err(|error| source.toml_error(&error))?;
+    check(&source, raw)
+}
+
+fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
+    let mut problems = Vec::new();
+    let mut problem = |span: &std::ops::Range<usize>, message: String| problems.push(source.error(span, message));
+
+    let ram = raw.ram.get_ref().range();
+    if ram.size == 0 || ram.base.0 % BLOCK_2M != 0 || ram.size % BLOCK_2M != 0 {
+        problem(&raw.ram.span(), format!("RAM {ram} must be non-empty and 2 MiB aligned"));
+    }
+    let kernel = raw.kernel.get_ref().range();
+    if !ram.contains_range(&kernel) || kernel.base.0 % BLOCK_2M != 0 || kernel.size % BLOCK_2M != 0 {
+        problem(&raw.kernel.span(), format!("the kernel region {kernel} must be 2 MiB aligned and inside RAM {ram}"));
+    }
+    let conduit = match raw.psci_conduit.get_ref().as_str() {
+        "smc" => Conduit::Smc,
+        "hvc" => Conduit::Hvc,
+        other => {
+            problem(&raw.psci_conduit.span(), format!("psci-conduit must be \"smc\" or \"hvc\", not \"{other}\""));
+            Conduit::Smc
+        }
+    };
+
+    let version = *raw.gic.version.get_ref();
+    let expected_stride = match version {
+        3 => Some(0x2_0000),
+        4 => Some(0x4_0000),
+        _ => {
+            problem(&raw.gic.version.span(), format!("GIC version {version} is not supported (3 or 4)"));
+            None
+        }
+    };
+    let stride = raw.gic.redistributor_stride.get_ref().0;
+    if expected_stride.is_some_and(|expected| expected != stride) {
+        problem(
+            &raw.gic.redistributor_stride.span(),
+            format!("a GICv{version} redistributor stride is {:#x}, not {stride:#x}", expected_stride.unwrap_or(0)),
+        );
+    }
+    let redistributors = raw.gic.redistributors.get_ref().range();
+    if redistributors.size < raw.cpu.len() as u64 * stride {
+        problem(
+            &raw.gic.redistributors.span(),
+            format!("the redistributor region {redistributors} is too small for {} CPUs", raw.cpu.len()),
+        );
+    }
+    let timer = raw.timer.interrupts.get_ref();
+    let timer: [u32; 4] = match timer.as_slice().try_into() {
+        Ok(ppis) if timer.iter().all(|&ppi| ppi < 16) => ppis,
+        _ => {
+            problem(&raw.timer.interrupts.span(), "timer interrupts must be four PPI numbers (0..16)".to_string());
+            [13, 14, 11, 10]
+        }
+    };
+
+    let mut cpus = Vec::new();
+    for cpu in &raw.cpu {
+        let mpidr = cpu.get_ref().mpidr;
+        if cpus.contains(&mpidr) {
+            problem(&cpu.span(), format!("MPIDR {mpidr:#x} is listed twice"));
+        }
+        cpus.push(mpidr);
+    }
+    if cpus.is_empty() || cpus.len() > trapless_plan::MAX_CPUS {
+        problems.push(Diagnostic {
+            path: source.path.clone(),
+            line: None,
+            message: format!("a platform has 1 to {} CPUs, not {}", trapless_plan::MAX_CPUS, cpus.len()),
+        });
+    }
+
+    let clocks: Vec<Clock> = raw.clock.iter().map(|clock| clock.get_ref().clone()).collect();
+    let mut devices: Vec<Device> = Vec::new();
+    for spanned in &raw.device {
+        let device = spanned.get_ref();
+        let mut problem = |message: String| problems.push(source.error(&spanned.span(), message));
+        if devices.iter().any(|other| other.name == device.name) {
+            problem(format!("device name '{}' is used twice", device.name));
+        }
+        let reg = device.reg.range();
+        if reg.size == 0 || reg.base.0 % PAGE != 0 || reg.size % PAGE != 0 {
+            problem(format!("device '{}' registers {reg} must be whole 4 KiB pages", device.name));
+        }
+        if reg.overlaps(&ram) {
+            problem(format!("device '{}' registers {reg} overlap RAM {ram}", device.name));
+        }
+        let mut clock_indexes = Vec::new();
+        for clock in &device.clocks {
+            match clocks.iter().position(|known| &known.name == clock) {
+                Some(index) => clock_indexes.push(index),
+                None => problem(format!("device '{}' uses clock '{clock}', which is not a [[clock]]", device.name)),
+            }
+        }
+        if device.clock_names.len() != device.clocks.len() {
+            problem(format!("device '{}' needs one clock-names entry per clock", device.name));
+        }
+        for interrupt in &device.interrupts {
+            if interrupt.spi >= 988 {
+                problem(format!("device '{}' has SPI {}, beyond the 988 SPIs a GIC can have", device.name, interrupt.spi));
+            }
+        }
+        devices.push(Device {
+            name: device.name.clone(),
+            node: device.node.clone(),
+            compatible: device.compatible.clone(),
+            reg,
+            interrupts: device.interrupts.iter().map(|i| Interrupt { spi: i.spi, trigger: i.trigger }).collect(),
+            clocks: clock_indexes,
+            clock_names: device.clock_names.clone(),
+        });
+    }
+    let console = raw.console.as_ref().and_then(|console| {
+        let index = devices.iter().position(|device| &device.name == console.get_ref());
+        let is_pl011 = index.is_some_and(|index| devices[index].compatible.iter().any(|c| c == "arm,pl011"));
+        if !is_pl011 {
+            problems.push(source.error(&console.span(), format!("console '{}' is not a PL011 [[device]]", console.get_ref())));
+        }
+        index
+    });
+
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    Ok(Platform {
+        name: raw.name,
+        path: source.path.clone(),
+        ram,
+        kernel,
+        conduit,
+        console,
+        qemu: raw.qemu,
+        gic: Gic {
+            version,
+            distributor: raw.gic.distributor.range(),
+            redistributors,
+            redistributor_stride: stride,
+            its: raw.gic.its.map(|its| its.range()),
+        },
+        timer,
+        cpus,
+        clocks,
+        devices,
+    })
+}
