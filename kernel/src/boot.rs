@@ -58,7 +58,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
         )]);
     }
     println!(
-        "trapless: EL2 up on platform {}: {} CPUs, {} partitions",
+        "trapless: EL2 up on platform {} ({} CPUs); partitions: {}",
         platform.name,
         plan.cpus().len(),
         plan.partitions().len()
@@ -72,8 +72,8 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
 
     let this_cpu = current_platform_cpu(&plan);
     let mut maps = Vec::new();
-    for partition in plan.partitions() {
-        match load(&plan, partition) {
+    for (index, partition) in plan.partitions().iter().enumerate() {
+        match load(&plan, index, partition) {
             Ok(map) => maps.push(map),
             Err(problem) => refuse(&plan, &[problem]),
         }
@@ -106,7 +106,7 @@ fn current_platform_cpu(plan: &Plan<'_>) -> Option<usize> {
 
 /// Clears a partition's RAM, copies its image and DTB in, makes them visible to a CPU with
 /// its MMU off, and builds its stage 2.
-fn load(plan: &Plan<'_>, partition: &PartitionRecord) -> Result<Stage2Map, alloc::string::String> {
+fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<Stage2Map, alloc::string::String> {
     let name = partition.name;
     let memory = partition.memory;
     for (what, blob) in [("image", &partition.image), ("device tree", &partition.dtb)] {
@@ -135,7 +135,7 @@ fn load(plan: &Plan<'_>, partition: &PartitionRecord) -> Result<Stage2Map, alloc
     cache::clean_invalidate(base, size);
     let map = Stage2Map::new(regions)
         .map_err(|error| alloc::format!("stage 2 of partition {name}: {error}"))?;
-    let cpus: Vec<usize> = plan.cpus_of(plan.partitions().iter().position(|p| p == partition).unwrap_or(0)).collect();
+    let cpus: Vec<usize> = plan.cpus_of(index).collect();
     println!(
         "trapless: partition {name}: CPUs {cpus:?}, memory {memory}, VMID {}, entry {}",
         partition.vmid, partition.entry

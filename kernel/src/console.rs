@@ -6,10 +6,14 @@ use core::fmt::{self, Write};
 use core::ptr::NonNull;
 use safe_mmio::UniqueMmioPointer;
 use spin::Mutex;
-use trapless_plan::{ConsoleKind, PlatformRecord};
+use trapless_kernel_core::console::LineFramer;
+use trapless_plan::{ConsoleKind, MAX_PARTITIONS, PlatformRecord};
 
 /// The UART, or `None` on a platform without an EL2 console (output is then dropped).
 static CONSOLE: Mutex<Option<Writer>> = Mutex::new(None);
+/// Where each partition's hypercall output stands (start of a line or not). Taken before
+/// `CONSOLE` when both are needed.
+static FRAMERS: Mutex<[LineFramer; MAX_PARTITIONS]> = Mutex::new([LineFramer::new(); MAX_PARTITIONS]);
 
 struct Writer(Uart<'static>);
 
@@ -48,10 +52,16 @@ pub fn print(args: fmt::Arguments<'_>) {
     }
 }
 
-/// Runs `f` with the console held, for output that must not be split (a partition's framed
-/// hypercall output).
-pub fn with<R>(f: impl FnOnce(&mut dyn Write) -> R) -> Option<R> {
-    CONSOLE.lock().as_mut().map(|writer| f(writer))
+/// Writes `bytes` from partition number `partition`, called `name`, framed so that every line
+/// starts with `[name] ` (see [`LineFramer`]), in one piece.
+pub fn write_framed(partition: usize, name: &str, bytes: &[u8]) {
+    let mut framers = FRAMERS.lock();
+    let mut console = CONSOLE.lock();
+    let Some(writer) = console.as_mut() else { return };
+    framers[partition].frame(name, bytes, |piece| {
+        // Framing leaves only printable ASCII, tabs and newlines.
+        let _ = writer.write_str(core::str::from_utf8(piece).unwrap_or("?"));
+    });
 }
 
 /// Writes a message even if the console lock is held (by a CPU that will never release it,

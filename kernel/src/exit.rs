@@ -76,7 +76,8 @@ fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
                 // which EL2 maps identically (IPA = PA). Volatile: the bytes may change under us.
                 *byte = unsafe { address.read_volatile() };
             }
-            state::console_write(partition, &bytes[..len as usize]);
+            let name = state::kernel().plan.partitions()[partition].name;
+            crate::console::write_framed(partition, name.as_str(), &bytes[..len as usize]);
             0
         }
         Err(code) => code,

@@ -70,7 +70,7 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
     if !ram.iter().any(|range| range.contains_range(&platform.ram)) || total != platform.ram.size {
         let found = ram.iter().map(|range| format!("{range}")).collect::<Vec<_>>().join(", ");
         problems.push(format!(
-            "RAM is {found} ({} MiB), platform {} says {} ({} MiB)",
+            "the firmware's device tree has RAM {found} ({} MiB), platform {} describes {} ({} MiB)",
             total >> 20,
             platform.name,
             platform.ram,
@@ -91,14 +91,17 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
     let platform_mpidrs: Vec<u64> = plan.cpus().iter().map(|cpu| cpu.mpidr & 0xff_00ff_ffff).collect();
     for mpidr in &firmware_cpus {
         if !platform_mpidrs.contains(mpidr) {
-            problems.push(format!("the firmware has CPU MPIDR {mpidr:#x}, which platform {} does not describe", platform.name));
+            problems.push(format!(
+                "the firmware's device tree has a CPU with MPIDR {mpidr:#x}, which platform {} does not describe",
+                platform.name
+            ));
         }
     }
     for (index, cpu) in plan.cpus().iter().enumerate() {
         let mpidr = cpu.mpidr & 0xff_00ff_ffff;
         if let Some(owner) = cpu.owner().filter(|_| !firmware_cpus.contains(&mpidr)) {
             problems.push(format!(
-                "partition {} uses CPU {index} (MPIDR {mpidr:#x}), but the firmware has {} CPUs and not that one",
+                "partition {} uses CPU {index} (MPIDR {mpidr:#x}), which is not among the {} CPUs of the firmware's device tree",
                 plan.partitions()[owner].name,
                 firmware_cpus.len()
             ));

@@ -23,6 +23,6 @@ use core::panic::PanicInfo;
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     console::print_on_panic(format_args!("trapless: EL2 panic: {info}\n"));
-    arch::firmware::system_off(trapless_plan::Conduit::Smc);
+    arch::firmware::system_off(state::firmware_conduit());
     arch::halt()
 }

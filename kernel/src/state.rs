@@ -7,11 +7,10 @@ use crate::println;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::{Mutex, Once};
-use trapless_kernel_core::console::LineFramer;
 use trapless_kernel_core::exits::{ExitCounters, ExitSummary};
 use trapless_kernel_core::fault::StopReason;
 use trapless_kernel_core::psci::{self, Caller, Decision, OwnCpu, Power};
-use trapless_plan::{MAX_CPUS, MAX_PARTITIONS, Plan};
+use trapless_plan::{Conduit, MAX_CPUS, MAX_PARTITIONS, Plan};
 
 /// What the boot CPU set up, read by every CPU afterwards.
 pub struct Kernel {
@@ -39,20 +38,15 @@ struct CpuSlot {
     context: u64,
 }
 
-#[derive(Clone, Copy)]
-struct PartitionSlot {
-    stopped: Option<StopReason>,
-    framer: LineFramer,
-}
-
 struct State {
     cpus: [CpuSlot; MAX_CPUS],
-    partitions: [PartitionSlot; MAX_PARTITIONS],
+    /// Why each partition stopped, once it has.
+    stopped: [Option<StopReason>; MAX_PARTITIONS],
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     cpus: [CpuSlot { power: Power::Off, entry: 0, context: 0 }; MAX_CPUS],
-    partitions: [PartitionSlot { stopped: None, framer: LineFramer::new() }; MAX_PARTITIONS],
+    stopped: [None; MAX_PARTITIONS],
 });
 
 /// Set once a partition has stopped, so its CPUs' exits can tell without taking the lock.
@@ -76,6 +70,11 @@ pub fn publish(plan: Plan<'static>, maps: Vec<Stage2Map>) {
 /// The state the boot CPU published.
 pub fn kernel() -> &'static Kernel {
     KERNEL.get().expect("the boot CPU publishes the kernel state before starting any CPU")
+}
+
+/// How to reach the firmware: the platform's conduit, or SMC before the plan is published.
+pub fn firmware_conduit() -> Conduit {
+    KERNEL.get().map_or(Conduit::Smc, |kernel| kernel.plan.platform().conduit())
 }
 
 /// The partition that owns platform CPU `cpu`. Only CPUs that run partitions enter EL2 after
@@ -155,19 +154,6 @@ pub fn start_cpu(cpu: usize, mpidr: u64) -> Result<(), ()> {
     })
 }
 
-/// Writes `bytes` from `partition` to the console, framed with its name.
-pub fn console_write(partition: usize, bytes: &[u8]) {
-    let name = kernel().plan.partitions()[partition].name;
-    let mut state = STATE.lock();
-    let framer = &mut state.partitions[partition].framer;
-    crate::console::with(|console| {
-        framer.frame(name.as_str(), bytes, |piece| {
-            // Framing leaves only printable ASCII, tabs and newlines.
-            let _ = console.write_str(core::str::from_utf8(piece).unwrap_or("?"));
-        });
-    });
-}
-
 /// Stops `partition` for `reason` (the first reason wins), from one of its CPUs: its stage 2
 /// is revoked so its other CPUs fault into EL2 and park, this CPU parks, and the machine
 /// powers off if it was the last partition running.
@@ -175,14 +161,14 @@ pub fn stop_partition(partition: usize, reason: StopReason) -> ! {
     let cpu = el2::current_cpu();
     let (first, all_stopped) = {
         let mut state = STATE.lock();
-        let first = state.partitions[partition].stopped.is_none();
+        let first = state.stopped[partition].is_none();
         if first {
-            state.partitions[partition].stopped = Some(reason);
+            state.stopped[partition] = Some(reason);
             STOPPED[partition].store(true, Ordering::Release);
         }
         state.cpus[cpu].power = Power::Off;
         let count = kernel().plan.partitions().len();
-        let all_stopped = state.partitions[..count].iter().all(|slot| slot.stopped.is_some());
+        let all_stopped = state.stopped[..count].iter().all(Option::is_some);
         (first, all_stopped)
     };
     if first {
@@ -216,10 +202,7 @@ pub fn park() -> ! {
 /// Prints why each partition stopped and its exit counts, then powers the machine off.
 fn power_off() -> ! {
     let kernel = kernel();
-    let reasons: Vec<Option<StopReason>> = {
-        let state = STATE.lock();
-        state.partitions[..kernel.plan.partitions().len()].iter().map(|slot| slot.stopped).collect()
-    };
+    let reasons = STATE.lock().stopped;
     for (index, (partition, reason)) in kernel.plan.partitions().iter().zip(reasons).enumerate() {
         let name = partition.name.as_str();
         if let Some(reason) = reason {

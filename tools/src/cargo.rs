@@ -18,6 +18,7 @@ pub fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn build(root: &Path, target: &str, packages: &[&str]) -> Result<(), String> {
+    crate::setup::ensure_rust_target(root, target)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -54,7 +54,9 @@ fn write(platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<Vec<
     fdt.property_u32("interrupt-parent", GIC_PHANDLE)?;
 
     let chosen = fdt.begin_node("chosen")?;
-    fdt.property_string("bootargs", &partition.bootargs)?;
+    if !partition.bootargs.is_empty() {
+        fdt.property_string("bootargs", &partition.bootargs)?;
+    }
     fdt.property_string("stdout-path", &stdout_path(platform, partition))?;
     fdt.end_node(chosen)?;
 

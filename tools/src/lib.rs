@@ -12,6 +12,7 @@ pub mod pack;
 pub mod planner;
 pub mod platform;
 pub mod qemu;
+pub mod setup;
 pub mod size;
 pub mod system;
 
@@ -102,8 +103,15 @@ pub fn build_system(path: &Path) -> Result<Built, Error> {
     let image = pack::pack(&plan, &kernel)?;
     let dir = root.join("target").join("trapless").join(&plan.name);
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    // Write then rename, so that a QEMU reading the previous Image never sees half of the next.
     let write = |path: PathBuf, bytes: &[u8]| {
-        std::fs::write(&path, bytes).map_err(|error| format!("{}: {error}", path.display())).map(|()| path)
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = path.with_extension(format!("tmp-{}-{unique}", std::process::id()));
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|error| format!("{}: {error}", path.display()))
+            .map(|()| path)
     };
     for partition in &plan.partitions {
         write(dir.join(format!("{}.dtb", partition.name)), &partition.dtb)?;
@@ -112,10 +120,12 @@ pub fn build_system(path: &Path) -> Result<Built, Error> {
     Ok(Built { plan, image, dir })
 }
 
-/// Builds the system at `path` and boots it in QEMU, giving up after `timeout`.
-pub fn run_system(path: &Path, timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
+/// Builds the system at `path` and boots it in QEMU with `extra` arguments, giving up after
+/// `timeout`; with `echo`, the console is copied to stdout as it comes.
+pub fn run_system(path: &Path, extra: &[String], timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
     let built = build_system(path)?;
-    let command = qemu::command(&built.plan, &built.image)?;
+    setup::ensure_qemu()?;
+    let command = qemu::command(&built.plan, &built.image, extra)?;
     let run = qemu::run(command, timeout, echo)?;
     Ok((built, run))
 }

@@ -81,7 +81,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { system, timeout } => {
-            let (built, run) = run_system(&system.unwrap_or_else(default_system), Duration::from_secs(timeout), true)?;
+            let system = system.unwrap_or_else(default_system);
+            let extra = trapless_tools::qemu::extra_args_from_env();
+            let (built, run) = run_system(&system, &extra, Duration::from_secs(timeout), true)?;
             match run.verdict(&built.plan) {
                 Ok(()) => {
                     println!(
@@ -96,6 +98,8 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
         }
         Command::Test { args } => {
+            trapless_tools::setup::ensure_test_tools()?;
+            trapless_tools::setup::ensure_llvm_tools(&root())?;
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .current_dir(root())

@@ -9,7 +9,7 @@ use crate::size::describe;
 use crate::system::{MEMORY_ALIGN, System};
 use std::collections::BTreeMap;
 use trapless_arm64::image::BASE_ALIGN;
-use trapless_plan::{AddrRange, RegionKind};
+use trapless_plan::{AddrRange, PhysAddr, RegionKind};
 
 /// One stage-2 mapping of a partition, with what it is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,9 +105,9 @@ fn image_layout(image: &GuestImage, memory: AddrRange) -> Result<(u64, u64, u64)
         Placement::Fixed { load, entry } => {
             if !memory.contains_span(load, image.footprint) || !memory.contains_span(entry, 4) {
                 return Err(format!(
-                    "its ELF image loads at {:#x}..{:#x} (entry {entry:#x}), outside its memory {memory}",
-                    load,
-                    load + image.footprint
+                    "its ELF image loads at {} (entry {}), outside its memory {memory}",
+                    AddrRange::new(load, image.footprint),
+                    PhysAddr(entry)
                 ));
             }
             Ok((load, entry, load + image.footprint))
@@ -122,10 +122,18 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         system.partitions.iter().map(|partition| (partition.memory.size, partition.memory.base)).collect();
     let memories = place_memory(platform, &requests).map_err(|index| {
         let partition = &system.partitions[index];
+        // What was taken before it was placed: every explicit base, and the partitions before it.
+        let others: u64 = requests
+            .iter()
+            .enumerate()
+            .filter(|&(other, &(_, base))| other != index && (base.is_some() || other < index))
+            .map(|(_, &(size, _))| size)
+            .sum();
+        let others = if others == 0 { String::new() } else { format!(", other partitions {}", describe(others)) };
         system.error(
             index,
             format!(
-                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}",
+                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}{others}",
                 partition.name,
                 describe(partition.memory.size),
                 platform.name,
@@ -191,11 +199,11 @@ pub fn load_images(
     let mut problems = Vec::new();
     for (index, partition) in system.partitions.iter().enumerate() {
         let path = match &partition.image {
-            crate::system::ImageRef::Guest(name) => guest_paths.get(name).cloned(),
-            crate::system::ImageRef::File(path) => Some(path.clone()),
+            crate::system::ImageRef::Guest(name) => guest_paths.get(name).cloned().ok_or(name),
+            crate::system::ImageRef::File(path) => Ok(path.clone()),
         };
         let loaded = path
-            .ok_or_else(|| format!("guest '{}' was not built", partition.name))
+            .map_err(|guest| format!("guest '{guest}' was not built"))
             .and_then(|path| crate::image::load(&path));
         match loaded {
             Ok(image) => images.push(image),

@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 /// Words appended to every QEMU command line xtask builds (e.g. `-d int -D exits.log`).
 pub const EXTRA_ARGS_VARIABLE: &str = "TRAPLESS_QEMU_EXTRA";
 
+/// The words of `TRAPLESS_QEMU_EXTRA`, if set.
+pub fn extra_args_from_env() -> Vec<String> {
+    std::env::var(EXTRA_ARGS_VARIABLE).map(|extra| extra.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
 /// The QEMU command that boots `image` on `plan`'s platform: as many CPUs as the system uses
-/// and the platform's RAM, then the words of `TRAPLESS_QEMU_EXTRA`.
-pub fn command(plan: &SystemPlan, image: &Path) -> Result<Command, String> {
+/// and the platform's RAM, then `extra` (normally [`extra_args_from_env`]).
+pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Command, String> {
     let platform = &plan.platform;
     let qemu = platform
         .qemu
@@ -27,10 +32,8 @@ pub fn command(plan: &SystemPlan, image: &Path) -> Result<Command, String> {
         .args(["-m", &format!("{}M", platform.ram.size >> 20)])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
-        .arg(image);
-    if let Ok(extra) = std::env::var(EXTRA_ARGS_VARIABLE) {
-        command.args(extra.split_whitespace());
-    }
+        .arg(image)
+        .args(extra);
     Ok(command)
 }
 

@@ -173,14 +173,15 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         });
     }
 
-    // Who claimed what first: (partition name, line).
+    // Who claimed what first: (partition index, partition name, line). The index tells a
+    // partition listing something twice from two partitions that share a name.
     let mut names: Vec<(&str, usize)> = Vec::new();
-    let mut cpu_owner: Vec<Option<(&str, usize)>> = vec![None; platform.cpus.len()];
-    let mut device_owner: Vec<Option<(&str, usize)>> = vec![None; platform.devices.len()];
+    let mut cpu_owner: Vec<Option<(usize, &str, usize)>> = vec![None; platform.cpus.len()];
+    let mut device_owner: Vec<Option<(usize, &str, usize)>> = vec![None; platform.devices.len()];
     let mut placed: Vec<(&str, usize, AddrRange)> = Vec::new();
     let mut partitions = Vec::new();
 
-    for spanned in &raw.partition {
+    for (position, spanned) in raw.partition.iter().enumerate() {
         let partition = spanned.get_ref();
         let name = partition.name.get_ref().as_str();
         let name_span = partition.name.span();
@@ -215,15 +216,15 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
                 continue;
             };
             match *slot {
-                Some((owner, owner_line)) if owner == name => {
+                Some((owner_position, _, owner_line)) if owner_position == position => {
                     problems.push(at(&cpu.span(), format!("partition '{name}' lists CPU {index} twice (line {owner_line})")));
                 }
-                Some((owner, owner_line)) => problems.push(at(
+                Some((_, owner, owner_line)) => problems.push(at(
                     &cpu.span(),
                     format!("CPU {index} of partition '{name}' is already given to partition '{owner}' (line {owner_line})"),
                 )),
                 None => {
-                    *slot = Some((name, line(&cpu.span())));
+                    *slot = Some((position, name, line(&cpu.span())));
                     cpus.push(index as usize);
                 }
             }
@@ -245,12 +246,16 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
                 continue;
             };
             match device_owner[index] {
-                Some((owner, owner_line)) => problems.push(at(
+                Some((owner_position, _, owner_line)) if owner_position == position => problems.push(at(
+                    &device.span(),
+                    format!("partition '{name}' lists device '{device_name}' twice (line {owner_line})"),
+                )),
+                Some((_, owner, owner_line)) => problems.push(at(
                     &device.span(),
                     format!("device '{device_name}' of partition '{name}' is already given to partition '{owner}' (line {owner_line})"),
                 )),
                 None => {
-                    device_owner[index] = Some((name, line(&device.span())));
+                    device_owner[index] = Some((position, name, line(&device.span())));
                     devices.push(index);
                 }
             }

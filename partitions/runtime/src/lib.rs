@@ -19,6 +19,8 @@ pub mod console;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod smp;
+#[cfg(target_os = "none")]
+pub mod time;
 
 pub use facts::{Boot, ConsoleKind};
 

@@ -1,0 +1,134 @@
+//! QEMU boots of real images: each test builds a system, boots it under
+//! `qemu-system-aarch64 -M virt,virtualization=on`, and checks what the console shows. A run
+//! that does not power off within the timeout fails.
+
+use trapless_tests::{boot, check};
+use trapless_tools::qemu::Run;
+
+/// The lines partition `name` printed through the console hypercall.
+fn lines<'a>(run: &'a Run, name: &str) -> Vec<&'a str> {
+    run.partition_lines(name)
+}
+
+#[test]
+fn demo_partitions_print_their_device_tree_facts_and_power_off() {
+    let (built, run) = boot("qemu-demo", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    check(&run, run.output.contains("trapless: every partition has stopped; powering off"), "power-off line");
+    let exits = run.exits();
+    for partition in &built.plan.partitions {
+        let memory = partition.memory;
+        let mpidrs: Vec<u64> = partition.cpus.iter().map(|&cpu| built.plan.platform.cpus[cpu]).collect();
+        let facts = format!(
+            "hello from partition {}: memory {:#x}..{:#x} ({} MiB), {} CPU(s) {:x?}",
+            partition.name,
+            memory.base.0,
+            memory.end(),
+            memory.size >> 20,
+            mpidrs.len(),
+            mpidrs
+        );
+        let printed = lines(&run, &partition.name);
+        check(&run, printed.contains(&facts.as_str()), &format!("{} printed: {facts}", partition.name));
+        let bootargs = format!("{}: bootargs \"{}\"; done, powering off", partition.name, partition.bootargs);
+        check(&run, printed.contains(&bootargs.as_str()), &format!("{} printed: {bootargs}", partition.name));
+        // One console hypercall per line, and PSCI SYSTEM_OFF: nothing else enters EL2.
+        let counted = exits.get(&partition.name).copied().unwrap_or_default();
+        check(&run, counted.hvc == printed.len() as u64 + 1, &format!("{}: hvc exits = lines + 1", partition.name));
+        check(&run, counted.total == counted.hvc, &format!("{}: only hvc exits", partition.name));
+    }
+}
+
+#[test]
+fn el2_exit_counts_agree_with_qemu() {
+    let log = std::env::temp_dir().join(format!("trapless-exits-{}.log", std::process::id()));
+    let (built, run) = boot("qemu-demo", &["-d", "int", "-D", log.to_str().unwrap()]);
+    let qemu_log = std::fs::read_to_string(&log).expect("QEMU wrote its -d int log");
+    let _ = std::fs::remove_file(&log);
+    check(&run, run.verdict(&built.plan).is_ok(), "the demo finishes");
+    // Every exception QEMU took from a partition to EL2, against EL2's own counters.
+    let taken = qemu_log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count();
+    let counted: u64 = run.exits().values().map(|exits| exits.total).sum();
+    check(&run, counted > 0, "EL2 counted exits");
+    check(&run, taken as u64 == counted, &format!("QEMU saw {taken} exceptions to EL2, EL2 counted {counted}"));
+}
+
+#[test]
+fn a_partition_starts_its_own_cpu_but_not_another_partitions() {
+    let (built, run) = boot("smp", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    let duo = lines(&run, "duo");
+    for expected in [
+        "smp: CPU_ON of my CPU 1 (MPIDR 0x1): SUCCESS",
+        "smp: CPU 1 is up",
+        "smp: all 1 other CPUs came up and turned off",
+        "smp: CPU_ON of myself (MPIDR 0x0): ALREADY_ON",
+        "smp: CPU_ON of foreign MPIDR 0x2: INVALID_PARAMETERS",
+        "smp: AFFINITY_INFO of foreign MPIDR 0x2: INVALID_PARAMETERS",
+        "smp: done",
+    ] {
+        check(&run, duo.contains(&expected), &format!("duo printed: {expected}"));
+    }
+    // The bystander owns CPU 2: it ran once, undisturbed, and entered EL2 only for its two
+    // lines and SYSTEM_OFF.
+    let bystander = lines(&run, "bystander");
+    check(&run, bystander.iter().filter(|line| line.ends_with("intact; done")).count() == 1, "bystander finished once");
+    let exits = run.exits()["bystander"];
+    check(&run, exits.total == 3 && exits.hvc == 3, &format!("bystander exits: {exits:?}"));
+}
+
+/// The `PC 0x...` in a fault report.
+fn reported_pc(reason: &str) -> u64 {
+    let pc = reason.split("PC 0x").nth(1).and_then(|rest| rest.split(',').next()).expect("a PC in the report");
+    u64::from_str_radix(&pc.replace('_', ""), 16).expect("a hex PC")
+}
+
+#[test]
+fn a_partition_touching_another_partitions_memory_is_stopped_alone() {
+    let (built, run) = boot("isolation", &[]);
+    check(&run, !run.timed_out(), "QEMU powered off");
+    check(&run, run.status.is_some_and(|status| status.success()), "QEMU exited cleanly");
+    check(&run, run.output.contains("trapless: every partition has stopped; powering off"), "power-off line");
+    let stops = run.stops();
+    for (name, access, ipa) in [("reader", "read", "0x4880_0008"), ("writer", "write", "0x4880_0000")] {
+        let reason = stops.get(name).map(String::as_str).unwrap_or("");
+        let expected = format!("stage-2 data abort: {access} at IPA {ipa} (translation fault), PC ");
+        check(&run, reason.starts_with(&expected), &format!("{name} stopped: {expected}..."));
+        let report = format!("trapless: partition {name} faulted and is stopped: {reason}");
+        check(&run, run.output.lines().any(|line| line == report), &format!("immediate report: {report}"));
+        let memory = built.plan.partitions.iter().find(|p| p.name == name).unwrap().memory;
+        let pc = reported_pc(reason);
+        check(&run, memory.contains_span(pc, 4), &format!("{name}'s PC {pc:#x} lies in its own memory {memory}"));
+        let breach = lines(&run, name).into_iter().any(|line| line.contains("isolation is broken"));
+        check(&run, !breach, &format!("{name} never got past its access"));
+    }
+    check(&run, stops.get("victim").map(String::as_str) == Some("system-off"), "victim finished cleanly");
+    check(&run, lines(&run, "victim").contains(&"work: pattern at 0x48800000 intact; done"), "victim's data intact");
+    let verdict = run.verdict(&built.plan).expect_err("a run with faults is a failed run");
+    check(&run, verdict.contains("partition writer stopped: stage-2 data abort"), &format!("verdict names writer: {verdict}"));
+}
+
+#[test]
+fn a_passthrough_uart_is_written_without_exits() {
+    let (built, run) = boot("uart", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    // Written by the partition straight to its PL011: no "[solo] " prefix from EL2.
+    check(&run, run.output.lines().any(|line| line.starts_with("hello from partition solo: memory")), "direct output");
+    check(&run, run.output.lines().any(|line| line == "solo: console: own PL011 at 0x9000000"), "its own UART");
+    check(&run, lines(&run, "solo").is_empty(), "nothing through the console hypercall");
+    let exits = run.exits()["solo"];
+    check(&run, exits.total == 1 && exits.hvc == 1, &format!("only SYSTEM_OFF enters EL2: {exits:?}"));
+}
+
+#[test]
+fn trapless_refuses_a_machine_that_is_not_its_platform() {
+    let (built, run) = boot("qemu-demo", &["-m", "512M"]);
+    check(&run, !run.timed_out(), "QEMU powered off");
+    let refusal = "trapless: refusing to start: the firmware's device tree has RAM [0x4000_0000..0x6000_0000) (512 MiB), \
+                   platform qemu-virt describes [0x4000_0000..0x8000_0000) (1024 MiB)";
+    check(&run, run.output.lines().any(|line| line == refusal), refusal);
+    for partition in &built.plan.partitions {
+        check(&run, lines(&run, &partition.name).is_empty(), "no partition started");
+    }
+    check(&run, run.verdict(&built.plan).is_err(), "a refused start is a failed run");
+}

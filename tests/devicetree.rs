@@ -1,0 +1,78 @@
+//! Golden device trees: every partition's generated DTB, decompiled by `dtc`, must match
+//! `tests/golden/<system>/<partition>.dts` exactly and decompile without a single warning; and
+//! the guest runtime must read back from it the facts the plan put in.
+//!
+//! After an intended change, rewrite the golden files with `TRAPLESS_BLESS=1 cargo xtask test`
+//! and review the diff.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use trapless_guest::ConsoleKind;
+use trapless_tests::{root, system};
+use trapless_tools::planner::SystemPlan;
+use trapless_tools::{dtb, plan_system};
+
+/// Systems whose device trees are pinned.
+const SYSTEMS: [&str; 3] = ["qemu-demo", "smp", "uart"];
+
+fn decompile(blob: &[u8]) -> (String, String) {
+    let mut child = Command::new("dtc")
+        .args(["-I", "dtb", "-O", "dts", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dtc is installed (device-tree-compiler)");
+    child.stdin.take().unwrap().write_all(blob).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "dtc failed: {}", String::from_utf8_lossy(&output.stderr));
+    (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+}
+
+fn plan(name: &str) -> SystemPlan {
+    plan_system(&system(name)).unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+#[test]
+fn device_trees_match_their_golden_files_without_dtc_warnings() {
+    let bless = std::env::var_os("TRAPLESS_BLESS").is_some();
+    let mut mismatches = Vec::new();
+    for name in SYSTEMS {
+        for partition in &plan(name).partitions {
+            let (dts, warnings) = decompile(&partition.dtb);
+            assert_eq!(warnings, "", "dtc warns about {name}/{}", partition.name);
+            let golden = root().join("tests/golden").join(name).join(format!("{}.dts", partition.name));
+            if bless {
+                std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+                std::fs::write(&golden, &dts).unwrap();
+                continue;
+            }
+            let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+            if dts != expected {
+                mismatches.push(format!("{}:\n--- expected\n{expected}--- generated\n{dts}", golden.display()));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "device trees differ from the golden files:\n{}", mismatches.join("\n"));
+}
+
+#[test]
+fn the_guest_runtime_reads_back_what_the_plan_put_in() {
+    for name in SYSTEMS {
+        let plan = plan(name);
+        for partition in &plan.partitions {
+            let blob: &'static [u8] = Box::leak(partition.dtb.clone().into_boxed_slice());
+            let facts = trapless_guest::facts::read(blob).unwrap_or_else(|error| panic!("{}: {error}", partition.name));
+            assert_eq!(facts.name, partition.name);
+            assert_eq!(facts.memory, partition.memory.base.0..partition.memory.end());
+            let mpidrs: Vec<u64> = partition.cpus.iter().map(|&cpu| plan.platform.cpus[cpu]).collect();
+            assert_eq!(facts.cpus(), mpidrs.as_slice());
+            assert_eq!(facts.bootargs, partition.bootargs);
+            let expected_console = match dtb::stdout_path(&plan.platform, partition).as_str() {
+                "/hypervisor" => ConsoleKind::Hypercall,
+                _ => ConsoleKind::Pl011(plan.platform.devices[plan.platform.console.unwrap()].reg.base.0),
+            };
+            assert_eq!(facts.console, expected_console, "{}", partition.name);
+        }
+    }
+}
