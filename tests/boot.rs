@@ -132,3 +132,19 @@ fn trapless_refuses_a_machine_that_is_not_its_platform() {
     }
     check(&run, run.verdict(&built.plan).is_err(), "a refused start is a failed run");
 }
+
+#[test]
+fn every_cpu_of_a_faulting_partition_stops_with_it() {
+    let (built, run) = boot("stop", &[]);
+    check(&run, !run.timed_out(), "QEMU powered off");
+    check(&run, lines(&run, "pair").contains(&"busy-touch: CPU 1 is spinning"), "CPU 1 was running");
+    let reason = run.stops().get("pair").cloned().unwrap_or_default();
+    check(&run, reason.starts_with("stage-2 data abort: write at IPA 0x4880_0000"), "pair stopped on its write");
+    // The write, then the spinning CPU's first access once its stage 2 was revoked: both
+    // entered EL2, and neither went back.
+    let exits = run.exits()["pair"];
+    check(&run, exits.data_abort + exits.insn_abort == 2, &format!("pair's aborts: {exits:?}"));
+    check(&run, lines(&run, "bystander").contains(&"work: pattern at 0x48800000 intact; done"), "bystander's data intact");
+    check(&run, run.stops().get("bystander").map(String::as_str) == Some("system-off"), "bystander finished");
+    check(&run, run.verdict(&built.plan).is_err(), "a fault fails the run");
+}

@@ -149,13 +149,14 @@ fn invalid_configs_report_exactly_the_expected_errors() {
 #[test]
 fn shipped_systems_are_valid() {
     let root = root();
-    let dir = root.join("partitions/systems");
-    let systems = files_with_extension(&dir, "toml");
-    assert!(!systems.is_empty(), "no systems in {}", dir.display());
     let mut failures = Vec::new();
-    for path in systems.values() {
-        if let Err(diagnostics) = system::load(path, &root) {
-            failures.push(diagnostics.to_string());
+    for dir in [root.join("partitions/systems"), root.join("tests/systems")] {
+        let systems = files_with_extension(&dir, "toml");
+        assert!(!systems.is_empty(), "no systems in {}", dir.display());
+        for path in systems.values() {
+            if let Err(diagnostics) = system::load(path, &root) {
+                failures.push(diagnostics.to_string());
+            }
         }
     }
     assert!(failures.is_empty(), "shipped systems are invalid:\n{}", failures.concat());

@@ -218,3 +218,71 @@ impl From<Vec<Diagnostic>> for Diagnostics {
         Self(problems)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform;
+
+    fn qemu_virt() -> Platform {
+        platform::load(&crate::root().join("platform/qemu-virt/platform.toml")).unwrap()
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn explicit_bases_stay_and_the_rest_fill_the_lowest_free_ram() {
+        let platform = qemu_virt();
+        let placed = place_memory(&platform, &[(64 * MIB, None), (64 * MIB, Some(0x4800_0000)), (128 * MIB, None)]);
+        assert_eq!(
+            placed,
+            Ok(vec![
+                // Right after the kernel's 32 MiB region.
+                AddrRange::new(0x4200_0000, 64 * MIB),
+                AddrRange::new(0x4800_0000, 64 * MIB),
+                // 0x4600_0000 would run into the explicit range: next free is after it.
+                AddrRange::new(0x4c00_0000, 128 * MIB),
+            ])
+        );
+    }
+
+    #[test]
+    fn placement_fails_on_the_partition_that_does_not_fit() {
+        let platform = qemu_virt();
+        assert_eq!(place_memory(&platform, &[(512 * MIB, None), (512 * MIB, None)]), Err(1));
+        assert_eq!(place_memory(&platform, &[(992 * MIB, None)]).map(|placed| placed[0].end()), Ok(0x8000_0000));
+    }
+
+    #[test]
+    fn stage2_holds_ram_devices_and_own_redistributors_only() {
+        let platform = qemu_virt();
+        let uart = platform.device("uart0").unwrap();
+        let memory = AddrRange::new(0x4200_0000, 64 * MIB);
+        let regions = stage2_map(&platform, memory, &[2, 1], &[uart]);
+        let summary: Vec<(u64, u64, RegionKind)> =
+            regions.iter().map(|region| (region.range.base.0, region.range.size, region.kind)).collect();
+        assert_eq!(
+            summary,
+            [
+                (0x080c_0000, 0x2_0000, RegionKind::Device),
+                (0x080e_0000, 0x2_0000, RegionKind::Device),
+                (0x0900_0000, 0x1000, RegionKind::Device),
+                (0x4200_0000, 64 * MIB, RegionKind::Ram),
+            ]
+        );
+        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap(), platform.gic.redistributor(0)] {
+            assert!(regions.iter().all(|region| !region.range.overlaps(&forbidden)), "{forbidden} is mapped");
+        }
+    }
+
+    #[test]
+    fn images_load_at_the_ram_base_and_the_tree_at_the_next_2mib_boundary() {
+        let memory = AddrRange::new(0x4200_0000, 64 * MIB);
+        let image = GuestImage { bytes: vec![0; 4096], placement: Placement::Image { text_offset: 0 }, footprint: 0x20_1000 };
+        assert_eq!(image_layout(&image, memory), Ok((0x4200_0000, 0x4200_0000, 0x4220_1000)));
+        let fixed = GuestImage { placement: Placement::Fixed { load: 0x4300_0000, entry: 0x4300_0040 }, ..image };
+        assert_eq!(image_layout(&fixed, memory), Ok((0x4300_0000, 0x4300_0040, 0x4320_1000)));
+        let outside = GuestImage { placement: Placement::Fixed { load: 0x1000, entry: 0x1000 }, ..fixed };
+        assert!(image_layout(&outside, memory).is_err());
+    }
+}

@@ -316,7 +316,8 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         let base = source.path.parent().unwrap_or(Path::new("."));
         let image = resolve_image(base, image_text);
         let exists = match &image {
-            ImageRef::Guest(guest) => root.join("partitions").join(guest).join("Cargo.toml").is_file(),
+            // A guest is a binary crate: the runtime and the ABI crate beside it are not.
+            ImageRef::Guest(guest) => root.join("partitions").join(guest).join("src/main.rs").is_file(),
             ImageRef::File(path) => path.is_file(),
         };
         if !exists {
@@ -342,6 +343,8 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
     if problems.is_empty() {
         Ok(System { path: source.path.clone(), platform, partitions })
     } else {
+        // In file order, as a reader goes through the file.
+        problems.sort_by_key(|problem| problem.line);
         Err(Diagnostics(problems))
     }
 }

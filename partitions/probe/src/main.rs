@@ -8,6 +8,8 @@
 //! - `probe=smp [foreign=<mpidr>]`: starts each of its other CPUs with PSCI `CPU_ON`, waits for
 //!   them to turn off again, then tries `CPU_ON` / `AFFINITY_INFO` on a CPU it does not own and
 //!   on itself, printing each PSCI result.
+//! - `probe=busy-touch write=<address>`: starts its second CPU spinning forever, then writes an
+//!   address it does not own: trapless must stop the whole partition, the spinning CPU too.
 
 #![no_std]
 #![no_main]
@@ -23,6 +25,7 @@ fn main(boot: &Boot) {
         Some("work") => work(boot),
         Some("touch") => touch(boot),
         Some("smp") => start_cpus(boot),
+        Some("busy-touch") => busy_touch(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -141,4 +144,25 @@ fn start_cpus(boot: &Boot) {
         println!("smp: AFFINITY_INFO of foreign MPIDR {foreign:#x}: {state}");
     }
     println!("smp: done");
+}
+
+/// Rounds the spinning CPU has made.
+static SPINS: AtomicUsize = AtomicUsize::new(0);
+
+fn spin_forever(_: usize) {
+    loop {
+        SPINS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn busy_touch(boot: &Boot) {
+    if let Err(error) = smp::start(1, spin_forever) {
+        println!("busy-touch: CPU_ON of my CPU 1 failed: {error}");
+        psci::system_reset();
+    }
+    while SPINS.load(Ordering::Relaxed) < 1000 {
+        core::hint::spin_loop();
+    }
+    println!("busy-touch: CPU 1 is spinning");
+    touch(boot);
 }
