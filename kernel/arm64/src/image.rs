@@ -12,7 +12,7 @@ pub const FLAGS: u64 = 0b1010;
 /// Bytes in the header.
 pub const HEADER_SIZE: usize = 64;
 /// `R_AARCH64_RELATIVE`: the only dynamic relocation a trapless image may hold. It applies
-/// them itself at entry ([`crate::relocate`]); the packer refuses images with any other kind.
+/// them itself at entry (`relocate_and_clear_bss`); the packer refuses images with any other kind.
 pub const R_AARCH64_RELATIVE: u32 = 1027;
 /// Where the base of an Image must be aligned.
 pub const BASE_ALIGN: u64 = 2 << 20;

@@ -1,11 +1,9 @@
-//! The symbols `linker/image.ld` defines, mirrored once for Rust.
+//! The symbols `linker/image.ld` defines, mirrored once for Rust. (`__rela_start`,
+//! `__rela_end`, `__bss_start` and `__bss_end` are used only by the assembly in
+//! `relocate.rs`.)
 
 unsafe extern "C" {
     static __image_start: u8;
-    static __rela_start: u8;
-    static __rela_end: u8;
-    static __bss_start: u8;
-    static __bss_end: u8;
     static __image_end: u8;
 }
 
@@ -17,14 +15,4 @@ pub fn image_start() -> usize {
 /// One past the last byte of the loaded image, BSS included (page aligned).
 pub fn image_end() -> usize {
     &raw const __image_end as usize
-}
-
-/// The dynamic relocations, `[start..end)`.
-pub fn rela() -> (usize, usize) {
-    (&raw const __rela_start as usize, &raw const __rela_end as usize)
-}
-
-/// The BSS, `[start..end)` (16-byte aligned).
-pub fn bss() -> (usize, usize) {
-    (&raw const __bss_start as usize, &raw const __bss_end as usize)
 }

@@ -16,4 +16,4 @@ pub mod layout;
 mod relocate;
 
 #[cfg(target_arch = "aarch64")]
-pub use relocate::relocate;
+pub use relocate::relocate_and_clear_bss;
