@@ -7,13 +7,13 @@ use alloc::vec::Vec;
 use core::mem::size_of;
 use trapless_arm64::blockmap::Regime;
 use trapless_arm64::{cache, layout};
-use trapless_plan::{Header, PartitionRecord, Plan, RegionKind};
+use trapless_plan::{Header, MIN_KERNEL_HEAP, MPIDR_AFFINITY_MASK, PartitionRecord, Plan, RegionKind};
 
-/// Smallest heap the kernel starts with.
-const MIN_HEAP: usize = 1 << 20;
+/// Smallest heap the kernel starts with (the packer made room for it).
+const MIN_HEAP: usize = MIN_KERNEL_HEAP as usize;
 
 /// The boot CPU, from [`entry`] with the MMU off: nothing here may use atomics (locks, the
-/// heap, the console) until [`entry::enable_mmu`] has run.
+/// heap, the console) until `enable_el2` has turned the MMU on.
 pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     let payload = layout::image_end();
     // SAFETY: the packer appends the plan right after the image; a header's worth of bytes is
@@ -39,7 +39,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     // so the data cache) off: no cached copy of them holds anything newer than memory.
     unsafe { cache::invalidate(image_start, image_end - image_start) };
     // SAFETY: the map covers all RAM, where the kernel, its stacks and tables lie, identically.
-    unsafe { entry::enable_mmu(map.root()) };
+    unsafe { trapless_arm64::mmu::enable_el2(map.root()) };
 
     let heap_start = (payload + plan.total_size()).next_multiple_of(4096);
     let kernel = platform.kernel;
@@ -51,7 +51,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     }
     console::init(platform);
     if !fits {
-        refuse(&plan, &[alloc::format!(
+        refuse(&[alloc::format!(
             "the kernel was loaded at {image_start:#x} and needs up to {:#x}, outside its region {kernel} in platform {}",
             heap_start + MIN_HEAP,
             platform.name
@@ -64,10 +64,10 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
         plan.partitions().len()
     );
     if let Err(problems) = firmware_dt::check(firmware_dtb, &plan) {
-        refuse(&plan, &problems);
+        refuse(&problems);
     }
     if let Err(error) = gic::init(&plan) {
-        refuse(&plan, &[alloc::format!("{error}")]);
+        refuse(&[alloc::format!("{error}")]);
     }
 
     let this_cpu = current_platform_cpu(&plan);
@@ -75,15 +75,17 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     for (index, partition) in plan.partitions().iter().enumerate() {
         match load(&plan, index, partition) {
             Ok(map) => maps.push(map),
-            Err(problem) => refuse(&plan, &[problem]),
+            Err(problem) => refuse(&[problem]),
         }
     }
+    // The tables must be in memory before any CPU walks them.
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
     state::publish(plan, maps);
     for partition in plan.partitions() {
         let cpu = partition.boot_cpu as usize;
         state::prepare_start(cpu, partition.entry.0, partition.dtb.load.0);
         if Some(cpu) != this_cpu && state::start_cpu(cpu, plan.cpus()[cpu].mpidr).is_err() {
-            refuse(&plan, &[alloc::format!("CPU {cpu} of partition {} did not start", partition.name)]);
+            refuse(&[alloc::format!("CPU {cpu} of partition {} did not start", partition.name)]);
         }
     }
     match this_cpu {
@@ -100,8 +102,8 @@ pub extern "C" fn secondary_main(cpu: usize) -> ! {
 /// The platform index of the CPU running this, by its MPIDR.
 fn current_platform_cpu(plan: &Plan<'_>) -> Option<usize> {
     use aarch64_cpu::registers::Readable;
-    let mpidr = aarch64_cpu::registers::MPIDR_EL1.get() & 0xff_00ff_ffff;
-    plan.cpus().iter().position(|cpu| cpu.mpidr & 0xff_00ff_ffff == mpidr)
+    let mpidr = aarch64_cpu::registers::MPIDR_EL1.get() & MPIDR_AFFINITY_MASK;
+    plan.cpus().iter().position(|cpu| cpu.mpidr == mpidr)
 }
 
 /// Clears a partition's RAM, copies its image and DTB in, makes them visible to a CPU with
@@ -144,10 +146,10 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
 }
 
 /// Says why trapless will not start, then powers off.
-fn refuse(plan: &Plan<'_>, problems: &[alloc::string::String]) -> ! {
+fn refuse(problems: &[alloc::string::String]) -> ! {
     for problem in problems {
         println!("trapless: refusing to start: {problem}");
     }
-    firmware::system_off(plan.platform().conduit());
+    firmware::system_off();
     arch::halt()
 }

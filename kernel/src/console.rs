@@ -1,11 +1,13 @@
 //! The EL2 console: EL2's own messages and the partitions' hypercall output, written whole
-//! under one lock so lines from different CPUs do not interleave.
+//! under one fair (ticket) lock so lines from different CPUs do not interleave and no CPU waits
+//! forever for its turn. A UART that stops draining (a partition sharing it may disable it)
+//! costs a bounded wait per character, then output is dropped.
 
 use arm_pl011_uart::{PL011Registers, Uart};
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 use safe_mmio::UniqueMmioPointer;
-use spin::Mutex;
+use spin::mutex::TicketMutex as Mutex;
 use trapless_kernel_core::console::LineFramer;
 use trapless_plan::{ConsoleKind, MAX_PARTITIONS, PlatformRecord};
 
@@ -17,16 +19,28 @@ static FRAMERS: Mutex<[LineFramer; MAX_PARTITIONS]> = Mutex::new([LineFramer::ne
 
 struct Writer(Uart<'static>);
 
+/// How many times a character waits for room in the transmit FIFO before it is dropped.
+const TX_PATIENCE: u32 = 1_000_000;
+
+impl Writer {
+    fn put(&mut self, byte: u8) {
+        for _ in 0..TX_PATIENCE {
+            if !self.0.is_tx_fifo_full() {
+                self.0.write_word(byte);
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
 impl Write for Writer {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        for line in text.split_inclusive('\n') {
-            match line.strip_suffix('\n') {
-                Some(body) => {
-                    self.0.write_str(body)?;
-                    self.0.write_str("\r\n")?;
-                }
-                None => self.0.write_str(line)?,
+        for byte in text.bytes() {
+            if byte == b'\n' {
+                self.put(b'\r');
             }
+            self.put(byte);
         }
         Ok(())
     }
@@ -39,8 +53,8 @@ pub fn init(platform: &PlatformRecord) {
     }
     let registers = NonNull::new(platform.console.base.0 as *mut PL011Registers).unwrap();
     // SAFETY: the plan names this PL011 as EL2's console; EL2 maps it as Device memory and this
-    // is the only `Uart` EL2 makes for it. (A partition given the same UART may write it too:
-    // that garbles output but cannot harm EL2.)
+    // is the only `Uart` EL2 makes for it. (A partition given the same UART may write or
+    // disable it too: that garbles or drops output, and costs EL2 a bounded wait.)
     let uart = Uart::new(unsafe { UniqueMmioPointer::new(registers) });
     *CONSOLE.lock() = Some(Writer(uart));
 }

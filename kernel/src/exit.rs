@@ -1,25 +1,26 @@
-//! What EL2 does when a partition's CPU exits to it: count the exit, then serve PSCI and the
-//! console hypercall, or stop the partition on a fault. Nothing a partition does here can stop
-//! EL2 or another partition.
+//! What EL2 does when a partition's CPU exits to it: count the exit, then serve PSCI, the
+//! console hypercall and the trapped GIC registers, or stop the partition on a fault. What a
+//! partition passes here is checked before use; at worst it stops itself.
 
-use crate::arch::el2;
+use crate::arch::el2::{self, gic_cpu_interface};
 use crate::arch::vectors::{ExceptionKind, GuestFrame};
 use crate::state::{self, EXITS};
+use smccc::psci::error::INTERNAL_FAILURE;
 use trapless_abi::hypercall::CONSOLE_WRITE_MAX;
 use trapless_kernel_core::exits::{ExitClass, exception_class};
 use trapless_kernel_core::fault::{Fault, StopReason, Syndrome};
+use trapless_kernel_core::gic_sysreg::{self, Access};
 use trapless_kernel_core::hypercall::{self, Hypercall};
 use trapless_kernel_core::psci::Decision;
-use trapless_plan::AddrRange;
 
-/// PSCI `INTERNAL_FAILURE`, for a `CPU_ON` the firmware refused.
-const PSCI_INTERNAL_FAILURE: i64 = -6;
+/// `ESR_EL2.ISS`.
+const ISS_MASK: u64 = 0x1ff_ffff;
 
 /// Called by the vectors with the saved registers of the exiting CPU.
 pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
     let cpu = el2::current_cpu();
-    let partition = state::owner(cpu);
-    let (esr, far, hpfar) = el2::syndrome();
+    let partition = state::partition_of(cpu);
+    let esr = el2::esr();
     let kind = ExceptionKind::from_raw(kind);
     let class = match kind {
         ExceptionKind::Sync => ExitClass::from_esr(esr),
@@ -37,14 +38,24 @@ pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
             frame.elr += 4;
             serve_call(frame, cpu, partition);
         }
+        (ExceptionKind::Sync, ExitClass::Sysreg) => match gic_sysreg::decode(esr & ISS_MASK) {
+            Some(access) => {
+                serve_gic_register(frame, cpu, partition, access);
+                frame.elr += 4;
+            }
+            None => stop_on_fault(partition, esr, frame.elr),
+        },
         // With HCR_EL2.IMO/FMO clear no interrupt should come here; if one does, it is not the
         // partition's fault: resume it.
         (ExceptionKind::Irq | ExceptionKind::Fiq, _) => {}
-        _ => {
-            let syndrome = Syndrome { esr, far, hpfar, pc: frame.elr };
-            state::stop_partition(partition, StopReason::Fault(Fault::from_syndrome(&syndrome)));
-        }
+        _ => stop_on_fault(partition, esr, frame.elr),
     }
+}
+
+/// Stops `partition` with a report of the exit it took at `pc`.
+fn stop_on_fault(partition: usize, esr: u64, pc: u64) -> ! {
+    let syndrome = Syndrome { esr, ipa: el2::fault_ipa(esr), pc };
+    state::stop_partition(partition, StopReason::Fault(Fault::from_syndrome(&syndrome)))
 }
 
 /// Serves an `HVC` or `SMC`: PSCI, trapless hypercalls, or `NOT_SUPPORTED`.
@@ -55,7 +66,7 @@ fn serve_call(frame: &mut GuestFrame, cpu: usize, partition: usize) {
         Some(Decision::Return(value)) => value,
         Some(Decision::StartCpu { cpu: target, mpidr, .. }) => match state::start_cpu(target, mpidr) {
             Ok(()) => 0,
-            Err(()) => PSCI_INTERNAL_FAILURE as u64,
+            Err(()) => i64::from(INTERNAL_FAILURE) as u64,
         },
         Some(Decision::TurnOff) => state::park(),
         Some(Decision::Stop(reason)) => state::stop_partition(partition, reason),
@@ -65,7 +76,8 @@ fn serve_call(frame: &mut GuestFrame, cpu: usize, partition: usize) {
 }
 
 fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
-    let memory: AddrRange = state::kernel().plan.partitions()[partition].memory;
+    let name = state::kernel().plan.partitions()[partition].name;
+    let memory = state::kernel().plan.partitions()[partition].memory;
     match hypercall::decode(function, args, &memory) {
         Ok(Hypercall::ConsoleWrite { ipa, len }) => {
             // Copy first: the partition's other CPUs may be writing the buffer as we read it.
@@ -76,11 +88,38 @@ fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
                 // which EL2 maps identically (IPA = PA). Volatile: the bytes may change under us.
                 *byte = unsafe { address.read_volatile() };
             }
-            let name = state::kernel().plan.partitions()[partition].name;
             crate::console::write_framed(partition, name.as_str(), &bytes[..len as usize]);
             0
         }
         Err(code) => code,
+    }
+}
+
+/// Serves a trapped GIC CPU-interface register access: SGIs go only to the partition's own
+/// CPUs; the other registers are accessed on its behalf.
+fn serve_gic_register(frame: &mut GuestFrame, cpu: usize, partition: usize, access: Access) {
+    let Access { register, read, rt } = access;
+    if read {
+        if rt < 31 {
+            frame.x[rt] = gic_cpu_interface::read(register);
+        }
+        return;
+    }
+    let value = if rt < 31 { frame.x[rt] } else { 0 };
+    if !register.is_sgi() {
+        gic_cpu_interface::write(register, value);
+        return;
+    }
+    let plan = &state::kernel().plan;
+    let mut own = [0u64; trapless_plan::MAX_CPUS];
+    let mut count = 0;
+    for index in plan.cpus_of(partition) {
+        own[count] = plan.cpus()[index].mpidr;
+        count += 1;
+    }
+    let caller = plan.cpus()[cpu].mpidr;
+    for &write in gic_sysreg::restrict(value, &own[..count], caller).as_slice() {
+        gic_cpu_interface::write(register, write);
     }
 }
 

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use fdt::Fdt;
 use fdt::node::FdtNode;
 use trapless_abi::dt;
-use trapless_plan::{AddrRange, Plan};
+use trapless_plan::{AddrRange, MPIDR_AFFINITY_MASK, Plan};
 
 /// FDT header magic, big-endian at offset 0.
 const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -86,9 +86,9 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
         .flat_map(|node| node.children())
         .filter(|node| is_device_type(node, "cpu"))
         .flat_map(|node| reg(&node, cpu_cells as usize, 0))
-        .map(|(mpidr, _)| mpidr)
+        .map(|(mpidr, _)| mpidr & MPIDR_AFFINITY_MASK)
         .collect();
-    let platform_mpidrs: Vec<u64> = plan.cpus().iter().map(|cpu| cpu.mpidr & 0xff_00ff_ffff).collect();
+    let platform_mpidrs: Vec<u64> = plan.cpus().iter().map(|cpu| cpu.mpidr).collect();
     for mpidr in &firmware_cpus {
         if !platform_mpidrs.contains(mpidr) {
             problems.push(format!(
@@ -98,7 +98,7 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
         }
     }
     for (index, cpu) in plan.cpus().iter().enumerate() {
-        let mpidr = cpu.mpidr & 0xff_00ff_ffff;
+        let mpidr = cpu.mpidr;
         if let Some(owner) = cpu.owner().filter(|_| !firmware_cpus.contains(&mpidr)) {
             problems.push(format!(
                 "partition {} uses CPU {index} (MPIDR {mpidr:#x}), which is not among the {} CPUs of the firmware's device tree",

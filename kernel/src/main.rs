@@ -19,10 +19,17 @@ mod heap;
 mod state;
 
 use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the first panic: a second one (on another CPU, or while reporting) only stops.
+static PANICKED: AtomicBool = AtomicBool::new(false);
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
+    if PANICKED.swap(true, Ordering::SeqCst) {
+        arch::halt()
+    }
     console::print_on_panic(format_args!("trapless: EL2 panic: {info}\n"));
-    arch::firmware::system_off(state::firmware_conduit());
+    arch::firmware::system_off();
     arch::halt()
 }

@@ -10,7 +10,7 @@ use spin::{Mutex, Once};
 use trapless_kernel_core::exits::{ExitCounters, ExitSummary};
 use trapless_kernel_core::fault::StopReason;
 use trapless_kernel_core::psci::{self, Caller, Decision, OwnCpu, Power};
-use trapless_plan::{Conduit, MAX_CPUS, MAX_PARTITIONS, Plan};
+use trapless_plan::{MAX_CPUS, MAX_PARTITIONS, Plan};
 
 /// What the boot CPU set up, read by every CPU afterwards.
 pub struct Kernel {
@@ -72,14 +72,9 @@ pub fn kernel() -> &'static Kernel {
     KERNEL.get().expect("the boot CPU publishes the kernel state before starting any CPU")
 }
 
-/// How to reach the firmware: the platform's conduit, or SMC before the plan is published.
-pub fn firmware_conduit() -> Conduit {
-    KERNEL.get().map_or(Conduit::Smc, |kernel| kernel.plan.platform().conduit())
-}
-
 /// The partition that owns platform CPU `cpu`. Only CPUs that run partitions enter EL2 after
 /// boot, so every caller has one.
-pub fn owner(cpu: usize) -> usize {
+pub fn partition_of(cpu: usize) -> usize {
     kernel().plan.cpus()[cpu].owner().expect("only partition CPUs run after boot")
 }
 
@@ -100,7 +95,7 @@ pub fn run_cpu(cpu: usize) -> ! {
     let Some(partition) = kernel().plan.cpus()[cpu].owner() else {
         park();
     };
-    el2::configure_cpu(cpu, kernel().vttbr[partition], arch::vectors::table());
+    el2::configure_cpu(cpu, kernel().vttbr[partition]);
     if let Err(error) = arch::gic::init_cpu(cpu) {
         panic!("GIC of CPU {cpu}: {error}");
     }
@@ -143,15 +138,25 @@ pub fn serve_psci(cpu: usize, partition: usize, function: u32, args: [u64; 3]) -
     Some(decision)
 }
 
-/// Asks the firmware to start `cpu` (already marked on-pending); on failure it is marked off
-/// again and the PSCI error for the caller is returned.
+/// How long a CPU that our state already shows off may take to reach the firmware's `CPU_OFF`
+/// (a partition may see it off through `AFFINITY_INFO` and start it again at once).
+const TURNING_OFF_GRACE_MS: u64 = 10;
+
+/// Asks the firmware to start `cpu` (already marked on-pending). If the firmware refuses, the
+/// CPU is marked off again and the caller's `CPU_ON` fails.
 pub fn start_cpu(cpu: usize, mpidr: u64) -> Result<(), ()> {
-    let conduit = kernel().plan.platform().conduit();
     let entry = entry::secondary_entry as *const () as u64;
-    firmware::cpu_on(conduit, mpidr, entry, cpu as u64).map_err(|error| {
-        println!("trapless: firmware refused to start CPU {cpu}: {error}");
-        STATE.lock().cpus[cpu].power = Power::Off;
-    })
+    let deadline = el2::counter() + el2::counter_frequency() * TURNING_OFF_GRACE_MS / 1000;
+    loop {
+        match firmware::cpu_on(mpidr, entry, cpu as u64) {
+            Ok(()) => return Ok(()),
+            Err(smccc::psci::Error::AlreadyOn) if el2::counter() < deadline => core::hint::spin_loop(),
+            Err(_) => {
+                STATE.lock().cpus[cpu].power = Power::Off;
+                return Err(());
+            }
+        }
+    }
 }
 
 /// Stops `partition` for `reason` (the first reason wins), from one of its CPUs: its stage 2
@@ -168,15 +173,17 @@ pub fn stop_partition(partition: usize, reason: StopReason) -> ! {
         }
         state.cpus[cpu].power = Power::Off;
         let count = kernel().plan.partitions().len();
-        let all_stopped = state.stopped[..count].iter().all(Option::is_some);
-        (first, all_stopped)
+        // Only the CPU that records the last stop sees this, so the machine powers off once.
+        let last = first && state.stopped[..count].iter().all(Option::is_some);
+        (first, last)
     };
     if first {
-        let name = kernel().plan.partitions()[partition].name;
+        // Unmap first: the report goes to a console a partition may share, and may be slow.
+        revoke(partition);
         if let StopReason::Fault(fault) = reason {
+            let name = kernel().plan.partitions()[partition].name;
             println!("trapless: partition {name} faulted and is stopped: {fault}");
         }
-        revoke(partition);
     }
     if all_stopped {
         power_off();
@@ -195,7 +202,7 @@ fn revoke(partition: usize) {
 
 /// Turns the calling CPU off for good (until a `CPU_ON` brings it back).
 pub fn park() -> ! {
-    firmware::cpu_off(kernel().plan.platform().conduit());
+    firmware::cpu_off();
     arch::halt()
 }
 
@@ -211,6 +218,6 @@ fn power_off() -> ! {
         println!("{}", ExitSummary { partition: name, counts: EXITS[index].snapshot() });
     }
     println!("trapless: every partition has stopped; powering off");
-    firmware::system_off(kernel.plan.platform().conduit());
+    firmware::system_off();
     arch::halt()
 }

@@ -6,12 +6,10 @@ use crate::planner::SystemPlan;
 use crate::size::describe;
 use trapless_arm64::image;
 use trapless_plan::{
-    ConsoleKind, CpuRecord, Ipa, Name, NO_PARTITION, PartitionDraft, PhysAddr, PlanWriter,
-    PlatformRecord, RegionRecord, SpiRoute,
+    ConsoleKind, CpuRecord, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr,
+    PlanWriter, PlatformRecord, RegionRecord, SpiRoute,
 };
 
-/// Heap the kernel needs at least, after its image and payload.
-pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
 
 /// The plan's bytes for `plan`.
 pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
@@ -27,8 +25,7 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
         console: console.unwrap_or_default(),
         console_kind: if console.is_some() { ConsoleKind::Pl011 } else { ConsoleKind::None }.code(),
         gic_version: platform.gic.version,
-        firmware_conduit: platform.conduit.code(),
-        reserved: 0,
+        reserved: [0; 2],
     };
     let cpus = platform
         .cpus

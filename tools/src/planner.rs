@@ -76,8 +76,11 @@ pub fn place_memory(platform: &Platform, requests: &[(u64, Option<u64>)]) -> Res
     Ok(placed)
 }
 
-/// The stage-2 map of a partition: its RAM, its devices, and the redistributor frames of its
-/// CPUs. Nothing else: no GIC distributor, no ITS, no other partition's memory.
+/// The stage-2 map of a partition: its RAM, its devices, and its CPUs' redistributors: the SGI
+/// frame read/write (SGI and PPI configuration), the RD frame read-only (it holds the LPI table
+/// registers: a partition that could point them elsewhere would have the GIC read and write
+/// memory for it, past stage 2). Nothing else: no GIC distributor, no ITS, no other
+/// partition's memory.
 pub fn stage2_map(platform: &Platform, memory: AddrRange, cpus: &[usize], devices: &[usize]) -> Vec<Stage2Region> {
     let mut regions = vec![Stage2Region { what: "RAM".into(), range: memory, kind: RegionKind::Ram }];
     for &device in devices {
@@ -86,8 +89,13 @@ pub fn stage2_map(platform: &Platform, memory: AddrRange, cpus: &[usize], device
     }
     for &cpu in cpus {
         regions.push(Stage2Region {
-            what: format!("redistributor of CPU {cpu}"),
-            range: platform.gic.redistributor(cpu),
+            what: format!("redistributor RD frame of CPU {cpu}"),
+            range: platform.gic.rd_frame(cpu),
+            kind: RegionKind::DeviceReadOnly,
+        });
+        regions.push(Stage2Region {
+            what: format!("redistributor SGI frame of CPU {cpu}"),
+            range: platform.gic.sgi_frame(cpu),
             kind: RegionKind::Device,
         });
     }
@@ -254,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn stage2_holds_ram_devices_and_own_redistributors_only() {
+    fn stage2_holds_ram_devices_and_own_redistributors_only_with_rd_frames_read_only() {
         let platform = qemu_virt();
         let uart = platform.device("uart0").unwrap();
         let memory = AddrRange::new(0x4200_0000, 64 * MIB);
@@ -264,13 +272,16 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (0x080c_0000, 0x2_0000, RegionKind::Device),
-                (0x080e_0000, 0x2_0000, RegionKind::Device),
+                (0x080c_0000, 0x1_0000, RegionKind::DeviceReadOnly),
+                (0x080d_0000, 0x1_0000, RegionKind::Device),
+                (0x080e_0000, 0x1_0000, RegionKind::DeviceReadOnly),
+                (0x080f_0000, 0x1_0000, RegionKind::Device),
                 (0x0900_0000, 0x1000, RegionKind::Device),
                 (0x4200_0000, 64 * MIB, RegionKind::Ram),
             ]
         );
-        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap(), platform.gic.redistributor(0)] {
+        let cpu0 = AddrRange::new(platform.gic.redistributors.base.0, platform.gic.redistributor_stride);
+        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap(), cpu0] {
             assert!(regions.iter().all(|region| !region.range.overlaps(&forbidden)), "{forbidden} is mapped");
         }
     }

@@ -5,7 +5,7 @@ use crate::size::Bytes;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-use trapless_plan::{AddrRange, Conduit};
+use trapless_plan::{AddrRange, MPIDR_AFFINITY_MASK};
 
 /// A base address and a size.
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -125,13 +125,19 @@ pub struct Gic {
     pub its: Option<AddrRange>,
 }
 
-/// Bytes of a redistributor that a partition's CPU uses: its RD and SGI frames.
-pub const REDISTRIBUTOR_FRAMES: u64 = 0x2_0000;
+/// Bytes of one redistributor frame (RD, SGI, ...).
+pub const REDISTRIBUTOR_FRAME: u64 = 0x1_0000;
 
 impl Gic {
-    /// The RD and SGI frames of CPU `cpu`.
-    pub fn redistributor(&self, cpu: usize) -> AddrRange {
-        AddrRange::new(self.redistributors.base.0 + cpu as u64 * self.redistributor_stride, REDISTRIBUTOR_FRAMES)
+    /// The RD frame of CPU `cpu`: control, and the LPI table registers.
+    pub fn rd_frame(&self, cpu: usize) -> AddrRange {
+        AddrRange::new(self.redistributors.base.0 + cpu as u64 * self.redistributor_stride, REDISTRIBUTOR_FRAME)
+    }
+
+    /// The SGI frame of CPU `cpu`: its SGIs' and PPIs' configuration.
+    pub fn sgi_frame(&self, cpu: usize) -> AddrRange {
+        let rd = self.rd_frame(cpu);
+        AddrRange::new(rd.end(), REDISTRIBUTOR_FRAME)
     }
 }
 
@@ -165,7 +171,6 @@ pub struct Platform {
     pub ram: AddrRange,
     /// Where the loader puts the kernel Image (2 MiB aligned base), its payload and its heap.
     pub kernel: AddrRange,
-    pub conduit: Conduit,
     /// Index into [`Platform::devices`] of EL2's console.
     pub console: Option<usize>,
     pub qemu: Option<Qemu>,
@@ -226,14 +231,13 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     if !ram.contains_range(&kernel) || kernel.base.0 % BLOCK_2M != 0 || kernel.size % BLOCK_2M != 0 {
         problem(&raw.kernel.span(), format!("the kernel region {kernel} must be 2 MiB aligned and inside RAM {ram}"));
     }
-    let conduit = match raw.psci_conduit.get_ref().as_str() {
-        "smc" => Conduit::Smc,
-        "hvc" => Conduit::Hvc,
-        other => {
-            problem(&raw.psci_conduit.span(), format!("psci-conduit must be \"smc\" or \"hvc\", not \"{other}\""));
-            Conduit::Smc
-        }
-    };
+    let conduit = raw.psci_conduit.get_ref();
+    if conduit != "smc" {
+        problem(
+            &raw.psci_conduit.span(),
+            format!("psci-conduit must be \"smc\": EL2 reaches the firmware's PSCI through SMC (an HVC from EL2 comes back to EL2), not \"{conduit}\""),
+        );
+    }
 
     let version = *raw.gic.version.get_ref();
     let expected_stride = match version {
@@ -270,10 +274,17 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let mut cpus = Vec::new();
     for cpu in &raw.cpu {
         let mpidr = cpu.get_ref().mpidr;
-        if cpus.contains(&mpidr) {
+        if mpidr & !MPIDR_AFFINITY_MASK != 0 {
+            problem(
+                &cpu.span(),
+                format!(
+                    "MPIDR {mpidr:#x} has bits outside the affinity fields (mask {MPIDR_AFFINITY_MASK:#x}): give Aff3..Aff0 only"
+                ),
+            );
+        } else if cpus.contains(&mpidr) {
             problem(&cpu.span(), format!("MPIDR {mpidr:#x} is listed twice"));
         }
-        cpus.push(mpidr);
+        cpus.push(mpidr & MPIDR_AFFINITY_MASK);
     }
     if cpus.is_empty() || cpus.len() > trapless_plan::MAX_CPUS {
         problems.push(Diagnostic {
@@ -340,7 +351,6 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         path: source.path.clone(),
         ram,
         kernel,
-        conduit,
         console,
         qemu: raw.qemu,
         gic: Gic {

@@ -27,6 +27,8 @@ const ATTR_DEVICE: u64 = 0 << 2;
 const ATTR_NORMAL: u64 = 1 << 2;
 const INNER_SHAREABLE: u64 = 0b11 << 8;
 const ACCESS_FLAG: u64 = 1 << 10;
+/// `AP[1]`: RES1 in the EL2 regime (it grants EL0 access in EL1&0, which we do not want).
+const AP_EL2_RES1: u64 = 1 << 6;
 const PXN: u64 = 1 << 53;
 const XN: u64 = 1 << 54;
 
@@ -40,6 +42,14 @@ pub enum Regime {
 }
 
 impl Regime {
+    /// Bits every block descriptor of the regime carries.
+    fn common(self) -> u64 {
+        match self {
+            Self::El2 => ACCESS_FLAG | AP_EL2_RES1,
+            Self::El1 => ACCESS_FLAG,
+        }
+    }
+
     fn execute_never(self) -> u64 {
         match self {
             Self::El2 => XN,
@@ -48,11 +58,11 @@ impl Regime {
     }
 
     fn device(self) -> u64 {
-        ATTR_DEVICE | ACCESS_FLAG | self.execute_never()
+        ATTR_DEVICE | self.common() | self.execute_never()
     }
 
     fn normal(self) -> u64 {
-        ATTR_NORMAL | INNER_SHAREABLE | ACCESS_FLAG
+        ATTR_NORMAL | INNER_SHAREABLE | self.common()
     }
 }
 
@@ -132,11 +142,6 @@ impl IdentityMap {
     pub fn root(&self) -> u64 {
         self.level1.as_ptr() as u64
     }
-
-    /// Bytes the tables occupy, from [`root`](Self::root).
-    pub const fn size(&self) -> usize {
-        core::mem::size_of::<Self>()
-    }
 }
 
 #[cfg(test)]
@@ -149,8 +154,8 @@ mod tests {
     fn whole_gigabytes_of_ram_are_normal_blocks() {
         let mut map = IdentityMap::new();
         map.build(GIB..3 * GIB, Regime::El2).unwrap();
-        assert_eq!(map.level1[0], BLOCK | ATTR_DEVICE | ACCESS_FLAG | XN);
-        assert_eq!(map.level1[1], GIB | BLOCK | ATTR_NORMAL | INNER_SHAREABLE | ACCESS_FLAG);
+        assert_eq!(map.level1[0], BLOCK | ATTR_DEVICE | ACCESS_FLAG | AP_EL2_RES1 | XN);
+        assert_eq!(map.level1[1], GIB | BLOCK | ATTR_NORMAL | INNER_SHAREABLE | ACCESS_FLAG | AP_EL2_RES1);
         assert_eq!(map.level1[2] & OUTPUT, 2 * GIB);
         assert_eq!(map.level1[3] & XN, XN);
         assert_eq!(map.level1[511] & OUTPUT, 511 * GIB);

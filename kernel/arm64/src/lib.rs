@@ -7,6 +7,7 @@
 
 pub mod blockmap;
 pub mod image;
+pub mod mmu;
 
 #[cfg(target_arch = "aarch64")]
 pub mod cache;

@@ -2,17 +2,15 @@
 
 use crate::exits::exception_class;
 use core::fmt;
-use trapless_plan::Ipa;
+use trapless_plan::{Ipa, VirtAddr};
 
-/// The registers EL2 reads when a partition's CPU exits.
+/// What EL2 knows about a partition's CPU's exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syndrome {
     /// `ESR_EL2`.
     pub esr: u64,
-    /// `FAR_EL2`: the faulting virtual address (stage-1 input).
-    pub far: u64,
-    /// `HPFAR_EL2`: the faulting IPA's page, for stage-2 faults.
-    pub hpfar: u64,
+    /// The IPA an abort was for, where the hardware says it (see [`needs_ipa_lookup`]).
+    pub ipa: Option<Ipa>,
     /// `ELR_EL2`: the PC of the exit.
     pub pc: u64,
 }
@@ -21,11 +19,11 @@ pub struct Syndrome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// A data access to an IPA the partition does not own.
-    DataAbort { write: bool, ipa: Option<Ipa>, status: FaultStatus, pc: u64, esr: u64 },
+    DataAbort { write: bool, ipa: Option<Ipa>, status: FaultStatus, pc: VirtAddr, esr: u64 },
     /// An instruction fetch from an IPA the partition may not execute.
-    InsnAbort { ipa: Option<Ipa>, status: FaultStatus, pc: u64, esr: u64 },
-    /// An exception class EL2 does not serve.
-    Unexpected { class: u64, pc: u64, esr: u64 },
+    InsnAbort { ipa: Option<Ipa>, status: FaultStatus, pc: VirtAddr, esr: u64 },
+    /// An exception class EL2 does not serve, or a system register it does not emulate.
+    Unexpected { class: u64, pc: VirtAddr, esr: u64 },
 }
 
 /// The fault status code of an abort (`ESR_EL2.ISS.xFSC`), as far as a report needs it.
@@ -52,10 +50,34 @@ impl FaultStatus {
         }
     }
 
-    /// Whether `HPFAR_EL2` holds the faulting IPA for this status.
-    fn has_ipa(self) -> bool {
-        matches!(self, Self::Translation | Self::AccessFlag | Self::Permission)
+}
+
+/// Where EL2 finds the IPA of a stage-2 abort with syndrome `esr`: `HPFAR_EL2` holds it for
+/// translation and access-flag faults and for any fault on a stage-1 table walk (`S1PTW`);
+/// for a permission fault it may be UNKNOWN, so EL2 translates `FAR_EL2` itself. Other
+/// aborts carry no IPA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpaSource {
+    Hpfar,
+    TranslateFar,
+    None,
+}
+
+/// See [`IpaSource`].
+pub fn needs_ipa_lookup(esr: u64) -> IpaSource {
+    let s1ptw = esr & (1 << 7) != 0;
+    match FaultStatus::from_iss(esr) {
+        FaultStatus::Translation | FaultStatus::AccessFlag => IpaSource::Hpfar,
+        FaultStatus::Permission if s1ptw => IpaSource::Hpfar,
+        FaultStatus::Permission => IpaSource::TranslateFar,
+        _ if s1ptw => IpaSource::Hpfar,
+        _ => IpaSource::None,
     }
+}
+
+/// The IPA in `HPFAR_EL2` (IPA bits 51:12 in its bits 43:4) plus the page offset from `FAR_EL2`.
+pub fn ipa_from_hpfar(hpfar: u64, far: u64) -> Ipa {
+    Ipa((((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff))
 }
 
 impl fmt::Display for FaultStatus {
@@ -77,11 +99,10 @@ const EC_DATA_ABORT_LOWER: u64 = 0x24;
 impl Fault {
     /// Decodes the exit that stops a partition.
     pub fn from_syndrome(syndrome: &Syndrome) -> Self {
-        let Syndrome { esr, far, hpfar, pc } = *syndrome;
+        let Syndrome { esr, ipa, pc } = *syndrome;
+        let pc = VirtAddr(pc);
         let iss = esr & 0x1ff_ffff;
         let status = FaultStatus::from_iss(iss);
-        // HPFAR_EL2.FIPA (bits 43:4) holds IPA bits 51:12; the page offset comes from FAR_EL2.
-        let ipa = status.has_ipa().then(|| Ipa((((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff)));
         match exception_class(esr) {
             EC_DATA_ABORT_LOWER => {
                 Self::DataAbort { write: iss & (1 << 6) != 0, ipa, status, pc, esr }
@@ -102,7 +123,7 @@ impl fmt::Display for Fault {
                     Some(ipa) => write!(f, "at IPA {ipa}")?,
                     None => f.write_str("at an unknown IPA")?,
                 }
-                write!(f, " ({status}), PC {}, ESR {esr:#x}", Ipa(pc))
+                write!(f, " ({status}), PC {pc}, ESR {esr:#x}")
             }
             Self::InsnAbort { ipa, status, pc, esr } => {
                 f.write_str("stage-2 instruction abort: fetch ")?;
@@ -110,10 +131,10 @@ impl fmt::Display for Fault {
                     Some(ipa) => write!(f, "at IPA {ipa}")?,
                     None => f.write_str("at an unknown IPA")?,
                 }
-                write!(f, " ({status}), PC {}, ESR {esr:#x}", Ipa(pc))
+                write!(f, " ({status}), PC {pc}, ESR {esr:#x}")
             }
             Self::Unexpected { class, pc, esr } => {
-                write!(f, "unexpected exception class {class:#x}, PC {}, ESR {esr:#x}", Ipa(pc))
+                write!(f, "unexpected exception class {class:#x}, PC {pc}, ESR {esr:#x}")
             }
         }
     }
@@ -132,13 +153,6 @@ pub enum StopReason {
     Fault(Fault),
 }
 
-impl StopReason {
-    /// Whether the partition finished as it meant to.
-    pub fn is_clean(&self) -> bool {
-        matches!(self, Self::SystemOff)
-    }
-}
-
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -154,61 +168,60 @@ impl fmt::Display for StopReason {
 mod tests {
     use super::*;
 
+    const DATA_ABORT: u64 = 0x24 << 26;
+    const INSN_ABORT: u64 = 0x20 << 26;
+
+    fn fault(esr: u64, ipa: Option<u64>, pc: u64) -> Fault {
+        Fault::from_syndrome(&Syndrome { esr, ipa: ipa.map(Ipa), pc })
+    }
+
     #[test]
     fn data_abort_report_names_ipa_access_and_pc() {
-        // EC 0x24, IL, ISV clear, WnR set, DFSC = translation fault level 1.
-        let esr = (0x24 << 26) | (1 << 25) | (1 << 6) | 0x05;
-        let fault = Fault::from_syndrome(&Syndrome {
-            esr,
-            far: 0x4800_0123,
-            hpfar: 0x4800_0 << 4,
-            pc: 0x4208_0f3c,
-        });
+        // IL, WnR, DFSC = translation fault level 1.
+        let esr = DATA_ABORT | (1 << 25) | (1 << 6) | 0x05;
         assert_eq!(
-            fault.to_string(),
+            fault(esr, Some(0x4800_0123), 0x4208_0f3c).to_string(),
             "stage-2 data abort: write at IPA 0x4800_0123 (translation fault), PC 0x4208_0f3c, ESR 0x92000045"
         );
     }
 
     #[test]
     fn read_abort_and_insn_abort() {
-        let read = Fault::from_syndrome(&Syndrome {
-            esr: (0x24 << 26) | 0x0f,
-            far: 0x10,
-            hpfar: 0x900_0 << 4,
-            pc: 0x100,
-        });
+        let esr = DATA_ABORT | 0x0f;
         assert_eq!(
-            read,
-            Fault::DataAbort {
-                write: false,
-                ipa: Some(Ipa(0x900_0010)),
-                status: FaultStatus::Permission,
-                pc: 0x100,
-                esr: (0x24 << 26) | 0x0f,
-            }
+            fault(esr, Some(0x900_0010), 0x100),
+            Fault::DataAbort { write: false, ipa: Some(Ipa(0x900_0010)), status: FaultStatus::Permission, pc: VirtAddr(0x100), esr }
         );
-        let fetch = Fault::from_syndrome(&Syndrome { esr: (0x20 << 26) | 0x06, far: 0, hpfar: 0x5 << 4, pc: 0x5000 });
+        let fetch = fault(INSN_ABORT | 0x06, Some(0x5000), 0x5000);
         assert!(fetch.to_string().starts_with("stage-2 instruction abort: fetch at IPA 0x5000 (translation fault)"));
     }
 
     #[test]
-    fn ipa_is_unknown_when_hpfar_is_not_valid() {
-        let fault = Fault::from_syndrome(&Syndrome { esr: (0x24 << 26) | 0x10, far: 0x1234, hpfar: 0xdead0, pc: 0 });
-        assert!(fault.to_string().contains("at an unknown IPA (external abort)"));
+    fn an_abort_without_an_ipa_says_so() {
+        let report = fault(DATA_ABORT | 0x10, None, 0).to_string();
+        assert!(report.contains("at an unknown IPA (external abort)"), "{report}");
+    }
+
+    #[test]
+    fn the_ipa_comes_from_hpfar_or_a_lookup() {
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | 0x07), IpaSource::Hpfar);
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | 0x09), IpaSource::Hpfar);
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | 0x0f), IpaSource::TranslateFar);
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | (1 << 7) | 0x0f), IpaSource::Hpfar);
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | 0x10), IpaSource::None);
+        assert_eq!(needs_ipa_lookup(DATA_ABORT | (1 << 7) | 0x10), IpaSource::Hpfar);
+        assert_eq!(ipa_from_hpfar(0x4800_0 << 4, 0x1234_5abc), Ipa(0x4800_0abc));
     }
 
     #[test]
     fn unexpected_classes_name_their_class() {
-        let fault = Fault::from_syndrome(&Syndrome { esr: 0x18 << 26, far: 0, hpfar: 0, pc: 0x4000 });
-        assert_eq!(fault.to_string(), "unexpected exception class 0x18, PC 0x4000, ESR 0x60000000");
+        assert_eq!(fault(0x18 << 26, None, 0x4000).to_string(), "unexpected exception class 0x18, PC 0x4000, ESR 0x60000000");
     }
 
     #[test]
-    fn only_system_off_is_clean() {
-        assert!(StopReason::SystemOff.is_clean());
-        assert!(!StopReason::SystemReset.is_clean());
-        assert!(!StopReason::AllCpusOff.is_clean());
+    fn stop_reasons_read_as_the_runner_expects() {
+        assert_eq!(StopReason::SystemOff.to_string(), "system-off");
+        assert_eq!(StopReason::SystemReset.to_string(), "system-reset");
         assert_eq!(StopReason::AllCpusOff.to_string(), "all CPUs off");
     }
 }

@@ -1,6 +1,6 @@
 //! The EL2 kernel's logic that needs no hardware, built and tested on the host: how exits are
-//! classified and counted, what the PSCI server answers, how faults and stops are reported, and
-//! how partition console output is framed. The aarch64 half (`trapless-kernel`) executes what
+//! classified and counted, what the PSCI server answers, how faults and stops are reported, which
+//! trapped GIC registers it serves and how, and how partition console output is framed. The aarch64 half (`trapless-kernel`) executes what
 //! these modules decide.
 
 #![cfg_attr(not(test), no_std)]
@@ -9,5 +9,6 @@
 pub mod console;
 pub mod exits;
 pub mod fault;
+pub mod gic_sysreg;
 pub mod hypercall;
 pub mod psci;

@@ -3,14 +3,14 @@
 
 use crate::fault::StopReason;
 use smccc::psci::{self, error};
-use trapless_plan::AddrRange;
+use trapless_plan::{AddrRange, MPIDR_AFFINITY_MASK};
 
 /// The PSCI version served: 1.0.
 pub const VERSION: u64 = 0x1_0000;
 /// `MIGRATE_INFO_TYPE`: no Trusted OS, so nothing ever needs migrating.
 const MIGRATE_NOT_REQUIRED: u64 = 2;
-/// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
-pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+/// `CPU_SUSPEND` power state (original format): bit 16 set asks for a power-down state.
+const POWER_STATE_POWERDOWN: u64 = 1 << 16;
 
 /// Power state of one CPU as PSCI `AFFINITY_INFO` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +76,7 @@ pub fn serve(function: u32, args: [u64; 3], caller: &Caller<'_>) -> Option<Decis
     let decision = match function {
         psci::PSCI_VERSION => Decision::Return(VERSION),
         psci::PSCI_FEATURES => features(low(args[0]) as u32),
+        psci::PSCI_CPU_SUSPEND_32 | psci::PSCI_CPU_SUSPEND_64 => cpu_suspend(low(args[0])),
         psci::PSCI_CPU_ON_64 => cpu_on(args[0], args[1], args[2], caller),
         psci::PSCI_CPU_ON_32 => cpu_on(low(args[0]), low(args[1]), low(args[2]), caller),
         psci::PSCI_CPU_OFF => cpu_off(caller),
@@ -96,9 +97,11 @@ fn is_psci(function: u32) -> bool {
 }
 
 fn features(function: u32) -> Decision {
-    const SERVED: [u32; 10] = [
+    const SERVED: [u32; 12] = [
         psci::PSCI_VERSION,
         psci::PSCI_FEATURES,
+        psci::PSCI_CPU_SUSPEND_32,
+        psci::PSCI_CPU_SUSPEND_64,
         psci::PSCI_CPU_ON_32,
         psci::PSCI_CPU_ON_64,
         psci::PSCI_CPU_OFF,
@@ -108,7 +111,14 @@ fn features(function: u32) -> Decision {
         psci::PSCI_SYSTEM_OFF,
         psci::PSCI_SYSTEM_RESET,
     ];
+    // For CPU_SUSPEND, 0 also says: original power-state format, platform-coordinated.
     if SERVED.contains(&function) { Decision::Return(0) } else { error(error::NOT_SUPPORTED) }
+}
+
+/// Standby states are served by returning at once (PSCI allows any wake-up to end a standby
+/// early); trapless offers no power-down state, so asking for one is an invalid parameter.
+fn cpu_suspend(power_state: u64) -> Decision {
+    if power_state & POWER_STATE_POWERDOWN != 0 { error(error::INVALID_PARAMETERS) } else { Decision::Return(0) }
 }
 
 /// The caller's CPU with this PSCI target affinity, if it owns one. Bits outside the affinity
@@ -176,12 +186,11 @@ mod tests {
         let own = cpus([Power::On, Power::Off]);
         assert_eq!(call(psci::PSCI_VERSION, [0; 3], &own), Decision::Return(0x1_0000));
         assert_eq!(call(psci::PSCI_FEATURES, [psci::PSCI_CPU_ON_64.into(), 0, 0], &own), Decision::Return(0));
-        assert_eq!(
-            call(psci::PSCI_FEATURES, [psci::PSCI_CPU_SUSPEND_64.into(), 0, 0], &own),
-            err(error::NOT_SUPPORTED)
-        );
+        assert_eq!(call(psci::PSCI_FEATURES, [psci::PSCI_CPU_SUSPEND_64.into(), 0, 0], &own), Decision::Return(0));
+        assert_eq!(call(psci::PSCI_FEATURES, [psci::PSCI_SYSTEM_SUSPEND_64.into(), 0, 0], &own), err(error::NOT_SUPPORTED));
         assert_eq!(call(psci::PSCI_MIGRATE_INFO_TYPE, [0; 3], &own), Decision::Return(2));
-        assert_eq!(call(psci::PSCI_CPU_SUSPEND_64, [0; 3], &own), err(error::NOT_SUPPORTED));
+        assert_eq!(call(psci::PSCI_CPU_SUSPEND_64, [0x0, 0x4400_0000, 0], &own), Decision::Return(0));
+        assert_eq!(call(psci::PSCI_CPU_SUSPEND_32, [1 << 16, 0x4400_0000, 0], &own), err(error::INVALID_PARAMETERS));
         assert_eq!(call(psci::PSCI_SYSTEM_RESET2_64, [0; 3], &own), err(error::NOT_SUPPORTED));
     }
 

@@ -49,6 +49,10 @@ address!(
     /// An intermediate physical address: what a partition sees as physical (stage-2 input).
     Ipa
 );
+address!(
+    /// A virtual address (stage-1 input), such as a partition's PC.
+    VirtAddr
+);
 
 /// A half-open range of physical addresses, `[base..base + size)`.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable)]

@@ -28,7 +28,7 @@ mod addr;
 #[cfg(any(test, feature = "alloc"))]
 mod writer;
 
-pub use addr::{AddrRange, Ipa, PhysAddr};
+pub use addr::{AddrRange, Ipa, PhysAddr, VirtAddr};
 #[cfg(any(test, feature = "alloc"))]
 pub use writer::{PartitionDraft, PlanWriter};
 
@@ -50,6 +50,11 @@ pub const BLOB_ALIGN: usize = 16;
 pub const MAX_CPUS: usize = 8;
 /// Most partitions a plan may hold (VMIDs 1..=MAX_PARTITIONS).
 pub const MAX_PARTITIONS: usize = 8;
+/// The affinity fields of an MPIDR (Aff3 in bits 39:32, Aff2..Aff0 in 23:0): all a CPU record,
+/// a PSCI target or a GIC route may hold.
+pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+/// Heap the kernel needs at least, between the end of the plan and the end of its region.
+pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
 
 /// A NUL-padded UTF-8 name of at most [`NAME_CAPACITY`] bytes.
 #[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -120,23 +125,6 @@ pub struct BlobRef {
     pub load: PhysAddr,
 }
 
-/// How EL2 reaches the firmware's PSCI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Conduit {
-    Smc,
-    Hvc,
-}
-
-impl Conduit {
-    /// The value stored in [`PlatformRecord::firmware_conduit`].
-    pub const fn code(self) -> u32 {
-        match self {
-            Self::Smc => 0,
-            Self::Hvc => 1,
-        }
-    }
-}
-
 /// What EL2 uses as its own console.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -173,17 +161,10 @@ pub struct PlatformRecord {
     pub console_kind: u32,
     /// 3 or 4.
     pub gic_version: u32,
-    /// See [`Conduit`].
-    pub firmware_conduit: u32,
-    pub reserved: u32,
+    pub reserved: [u32; 2],
 }
 
 impl PlatformRecord {
-    /// How EL2 calls the firmware's PSCI.
-    pub fn conduit(&self) -> Conduit {
-        if self.firmware_conduit == Conduit::Hvc.code() { Conduit::Hvc } else { Conduit::Smc }
-    }
-
     /// EL2's console.
     pub fn console_kind(&self) -> ConsoleKind {
         if self.console_kind == ConsoleKind::Pl011.code() {
@@ -203,7 +184,7 @@ impl PlatformRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct CpuRecord {
-    /// Affinity fields as in `MPIDR_EL1` (Aff3 in bits 39:32, Aff2..Aff0 in 23:0).
+    /// Affinity fields only ([`MPIDR_AFFINITY_MASK`]).
     pub mpidr: u64,
     /// Index of the owning partition, or [`NO_PARTITION`].
     pub partition: u32,
@@ -245,6 +226,9 @@ pub enum RegionKind {
     Ram,
     /// Device-nGnRE, read/write, never executable.
     Device,
+    /// Device-nGnRE, read-only, never executable (a redistributor's RD frame: its LPI table
+    /// registers must stay EL2's).
+    DeviceReadOnly,
 }
 
 impl RegionKind {
@@ -253,11 +237,12 @@ impl RegionKind {
         match self {
             Self::Ram => 1,
             Self::Device => 2,
+            Self::DeviceReadOnly => 3,
         }
     }
 
     fn from_code(code: u32) -> Option<Self> {
-        [Self::Ram, Self::Device].into_iter().find(|kind| kind.code() == code)
+        [Self::Ram, Self::Device, Self::DeviceReadOnly].into_iter().find(|kind| kind.code() == code)
     }
 }
 
@@ -420,12 +405,12 @@ impl<'a> Plan<'a> {
         if platform.console_kind > ConsoleKind::Pl011.code() {
             return Err(bad_value("console-kind", 0, platform.console_kind.into()));
         }
-        if platform.firmware_conduit > Conduit::Hvc.code() {
-            return Err(bad_value("firmware-conduit", 0, platform.firmware_conduit.into()));
-        }
         for (index, cpu) in self.cpus.iter().enumerate() {
             if cpu.owner().is_some_and(|owner| owner >= self.partitions.len()) {
                 return Err(PlanError::BadIndex { field: "cpu partition", index });
+            }
+            if cpu.mpidr & !MPIDR_AFFINITY_MASK != 0 {
+                return Err(bad_value("cpu mpidr", index, cpu.mpidr));
             }
         }
         for (index, region) in self.regions.iter().enumerate() {

@@ -15,8 +15,7 @@ fn platform() -> PlatformRecord {
         console: AddrRange::new(0x0900_0000, 0x1000),
         console_kind: ConsoleKind::Pl011.code(),
         gic_version: 3,
-        firmware_conduit: Conduit::Smc.code(),
-        reserved: 0,
+        reserved: [0; 2],
     }
 }
 
@@ -174,6 +173,11 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, first_partition + 32, &0u16.to_le_bytes())),
         PlanError::BadValue { field: "vmid", index: 0, value: 0 }
+    );
+    // An MPIDR with more than its affinity fields (bit 31 of MPIDR_EL1 is RES1).
+    assert_eq!(
+        corrupt(|b| header_field(b, header, &0x8000_0000u64.to_le_bytes())),
+        PlanError::BadValue { field: "cpu mpidr", index: 0, value: 0x8000_0000 }
     );
     // A name without its terminating NUL.
     assert_eq!(

@@ -1,9 +1,10 @@
 //! Entry points: the Image header, the boot CPU's and the secondary CPUs' first instructions,
-//! turning the EL2 MMU on, and the first `eret` into a partition.
+//! their stacks and translation tables, and the first `eret` into a partition.
 
 use crate::arch::vectors::GuestFrame;
 use core::arch::naked_asm;
-use trapless_arm64::blockmap::{IdentityMap, MAIR, TCR_T0SZ};
+use trapless_arm64::blockmap::IdentityMap;
+use trapless_arm64::mmu;
 use trapless_plan::MAX_CPUS;
 
 trapless_arm64::image_header!(primary_entry, trapless_arm64::image::KERNEL_TEXT_OFFSET);
@@ -11,36 +12,37 @@ trapless_arm64::image_header!(primary_entry, trapless_arm64::image::KERNEL_TEXT_
 /// Bytes of EL2 stack per CPU.
 pub const STACK_SIZE: usize = 16 * 1024;
 
-/// One EL2 stack per platform CPU.
+/// An EL2 stack.
 #[repr(C, align(16))]
-pub struct Stacks([[u8; STACK_SIZE]; MAX_CPUS]);
+pub struct Stack([u8; STACK_SIZE]);
 
-pub static mut STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_CPUS]);
+/// One EL2 stack per platform CPU, which it uses whenever it runs its partition's exits.
+pub static mut STACKS: [Stack; MAX_CPUS] = [const { Stack([0; STACK_SIZE]) }; MAX_CPUS];
+
+/// The boot CPU's stack until it enters its partition (on its own [`STACKS`] entry) or turns
+/// off: which platform CPU boots is the firmware's choice, so it cannot borrow one of those.
+static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 /// The EL2 translation tables: RAM as Normal memory, everything else as Device. Written by the
 /// boot CPU before any CPU turns its MMU on, read only by the table walkers afterwards.
 pub static mut EL2_MAP: IdentityMap = IdentityMap::new();
 
-/// `TCR_EL2`: T0SZ for 39 bits, write-back cacheable inner-shareable walks, 4 KiB granule, and
-/// the RES1 bits 31 and 23. `PS` is filled in from `ID_AA64MMFR0_EL1` at run time.
-const TCR_EL2: u64 = TCR_T0SZ | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (1 << 23) | (1 << 31);
-/// `SCTLR_EL2` with the MMU, alignment-check off, data and instruction caches and SP alignment
-/// checks on, over the RES1 bits of the non-VHE layout.
-const SCTLR_EL2: u64 = 0x30c5_0830 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
-
-/// The boot CPU's entry: `x0` holds the firmware DTB. Relocates the image, clears BSS, takes
-/// stack 0 and calls [`crate::boot::primary_main`] with the MMU still off.
+/// The boot CPU's entry: `x0` holds the firmware DTB. Makes sure EL2 is in its non-VHE form,
+/// relocates the image, clears BSS, takes the boot stack and calls [`crate::boot::primary_main`]
+/// with the MMU still off.
 #[unsafe(naked)]
 #[unsafe(link_section = ".text.entry")]
 unsafe extern "C" fn primary_entry() -> ! {
     naked_asm!(
         "mov x19, x0",
+        "msr hcr_el2, xzr",
+        "isb",
         "bl {relocate}",
         "adrp x0, {vectors}",
         "add x0, x0, :lo12:{vectors}",
         "msr vbar_el2, x0",
-        "adrp x0, {stacks}",
-        "add x0, x0, :lo12:{stacks}",
+        "adrp x0, {stack}",
+        "add x0, x0, :lo12:{stack}",
         "mov x1, #{stack_size}",
         "add sp, x0, x1",
         "mov x0, x19",
@@ -48,7 +50,7 @@ unsafe extern "C" fn primary_entry() -> ! {
         "b .",
         relocate = sym trapless_arm64::relocate_and_clear_bss,
         vectors = sym crate::arch::vectors::__el2_vectors,
-        stacks = sym STACKS,
+        stack = sym BOOT_STACK,
         stack_size = const STACK_SIZE,
         main = sym crate::boot::primary_main,
     )
@@ -61,6 +63,8 @@ unsafe extern "C" fn primary_entry() -> ! {
 pub unsafe extern "C" fn secondary_entry() -> ! {
     naked_asm!(
         "mov x19, x0",
+        "msr hcr_el2, xzr",
+        "isb",
         "adrp x0, {vectors}",
         "add x0, x0, :lo12:{vectors}",
         "msr vbar_el2, x0",
@@ -77,45 +81,10 @@ pub unsafe extern "C" fn secondary_entry() -> ! {
         "b .",
         vectors = sym crate::arch::vectors::__el2_vectors,
         map = sym EL2_MAP,
-        enable_mmu = sym enable_mmu,
+        enable_mmu = sym mmu::enable_el2,
         stacks = sym STACKS,
         stack_size = const STACK_SIZE,
         main = sym crate::boot::secondary_main,
-    )
-}
-
-/// Turns the EL2 MMU on with the tables rooted at `root` (`x0`). Uses no stack.
-///
-/// # Safety
-///
-/// `root` must be a complete identity map of everything the kernel touches, and the caller's
-/// code and stack must stay where they are once translation is on.
-#[unsafe(naked)]
-pub unsafe extern "C" fn enable_mmu(root: u64) {
-    naked_asm!(
-        "ldr x1, ={mair}",
-        "msr mair_el2, x1",
-        // PS = min(ID_AA64MMFR0_EL1.PARange, 48 bits).
-        "mrs x2, id_aa64mmfr0_el1",
-        "and x2, x2, #0xf",
-        "mov x3, #5",
-        "cmp x2, x3",
-        "csel x2, x2, x3, ls",
-        "ldr x1, ={tcr}",
-        "orr x1, x1, x2, lsl #16",
-        "msr tcr_el2, x1",
-        "msr ttbr0_el2, x0",
-        "isb",
-        "tlbi alle2",
-        "dsb nsh",
-        "isb",
-        "ldr x1, ={sctlr}",
-        "msr sctlr_el2, x1",
-        "isb",
-        "ret",
-        mair = const MAIR,
-        tcr = const TCR_EL2,
-        sctlr = const SCTLR_EL2,
     )
 }
 

@@ -1,30 +1,20 @@
-//! PSCI calls from EL2 to the firmware (EL3, or QEMU's built-in PSCI), over the platform's
-//! conduit.
+//! PSCI calls from EL2 to the firmware (EL3, or QEMU's built-in PSCI). From EL2 the only
+//! conduit is `SMC`: an `HVC` would come back to EL2 itself.
 
+use smccc::Smc;
 use smccc::psci;
-use smccc::{Hvc, Smc};
-use trapless_plan::Conduit;
 
 /// Starts the CPU with affinity `mpidr` at `entry` (a physical address) with `x0` = `context`.
-pub fn cpu_on(conduit: Conduit, mpidr: u64, entry: u64, context: u64) -> Result<(), psci::Error> {
-    match conduit {
-        Conduit::Smc => psci::cpu_on::<Smc>(mpidr, entry, context),
-        Conduit::Hvc => psci::cpu_on::<Hvc>(mpidr, entry, context),
-    }
+pub fn cpu_on(mpidr: u64, entry: u64, context: u64) -> Result<(), psci::Error> {
+    psci::cpu_on::<Smc>(mpidr, entry, context)
 }
 
 /// Turns the calling CPU off. Returns only if the firmware refuses.
-pub fn cpu_off(conduit: Conduit) {
-    let _ = match conduit {
-        Conduit::Smc => psci::cpu_off::<Smc>(),
-        Conduit::Hvc => psci::cpu_off::<Hvc>(),
-    };
+pub fn cpu_off() {
+    let _ = psci::cpu_off::<Smc>();
 }
 
 /// Powers the machine off. Returns only if the firmware refuses.
-pub fn system_off(conduit: Conduit) {
-    let _ = match conduit {
-        Conduit::Smc => psci::system_off::<Smc>(),
-        Conduit::Hvc => psci::system_off::<Hvc>(),
-    };
+pub fn system_off() {
+    let _ = psci::system_off::<Smc>();
 }

@@ -56,7 +56,9 @@ impl fmt::Display for Error {
 pub fn init(plan: &Plan<'_>) -> Result<(), Error> {
     let platform = plan.platform();
     // SAFETY: the plan's GICD and GICR addresses are the platform's, checked against the
-    // firmware's device tree; EL2 maps them as Device memory and this is their only driver.
+    // firmware's device tree, and EL2 maps them as Device memory. This is the distributor's
+    // only driver. Partitions drive their own CPUs' SGI frames (RD frames are read-only to
+    // them), but only once EL2 has finished with that CPU's redistributor in `init_cpu`.
     let mut gic = unsafe {
         let gicd = UniqueMmioPointer::new(NonNull::new(platform.gicd.base.0 as *mut Gicd).unwrap());
         let gicr = NonNull::new(platform.gicr.base.0 as *mut GicrSgi).unwrap();
@@ -69,7 +71,7 @@ pub fn init(plan: &Plan<'_>) -> Result<(), Error> {
     // Only CPUs that partitions use are sure to exist (a QEMU run starts no more).
     for (cpu, record) in plan.cpus().iter().enumerate().filter(|(_, record)| record.owner().is_some()) {
         let found_mpidr = gic.gicr_typer(cpu)?.core_mpidr();
-        let expected_mpidr = record.mpidr & trapless_kernel_core::psci::MPIDR_AFFINITY_MASK;
+        let expected_mpidr = record.mpidr;
         if found_mpidr != expected_mpidr {
             let frame = platform.redistributor(cpu);
             return Err(Error::Redistributor { cpu, frame, found_mpidr, expected_mpidr });
@@ -103,12 +105,15 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
         }
         redistributor.configure_default_settings();
     }
-    // Acknowledge and end whatever is pending, then leave group 1 disabled: the partition turns
-    // it on when it is ready for interrupts.
+    // Acknowledge and end whatever is pending (with the priority mask fully open, or nothing
+    // is signalled), then leave group 1 disabled and the mask closed, as at reset: the partition
+    // opens them when it is ready for interrupts.
+    GicCpuInterface::set_priority_mask(0xff);
     GicCpuInterface::enable_group1(true);
     while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
         GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
     }
     GicCpuInterface::enable_group1(false);
+    GicCpuInterface::set_priority_mask(0);
     Ok(())
 }

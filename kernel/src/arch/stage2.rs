@@ -26,6 +26,12 @@ fn attributes(kind: RegionKind) -> Attributes {
                 | Attributes::SH_INNER
         }
         RegionKind::Device => common | Attributes::MEMATTR_DEVICE_nGnRE | Attributes::XN,
+        RegionKind::DeviceReadOnly => {
+            (common - Attributes::S2AP_ACCESS_RW)
+                | Attributes::S2AP_ACCESS_RO
+                | Attributes::MEMATTR_DEVICE_nGnRE
+                | Attributes::XN
+        }
     }
 }
 
@@ -39,6 +45,10 @@ impl Stage2Map {
             let range = MemoryRegion::new(start, start + region.size as usize);
             tables.map_range(&range, attributes(region.kind()))?;
         }
+        // From now on CPUs may walk the tables: changes must do break-before-make and TLB
+        // maintenance, which aarch64-paging does for a mapping it knows is active. (EL2 loads
+        // VTTBR_EL2 itself; the mapping is never activated through the library or dropped.)
+        tables.mark_active();
         Ok(Self { tables })
     }
 
@@ -47,7 +57,8 @@ impl Stage2Map {
         self.tables.root_address().0 as u64
     }
 
-    /// Removes every mapping. The caller must then invalidate the VMID's TLB entries.
+    /// Removes every mapping, invalidating each removed one's TLB entries for the VMID in
+    /// `VTTBR_EL2` (the caller runs on one of the partition's CPUs) before freeing its tables.
     pub fn revoke(&mut self) -> Result<(), MapError> {
         self.tables.map_range(&MemoryRegion::new(0, SPAN as usize), Attributes::empty())
     }

@@ -168,11 +168,6 @@ pub unsafe extern "C" fn resume_guest() -> ! {
 }
 
 unsafe extern "C" {
-    /// The vector table (in the assembly above).
+    /// The vector table (in the assembly above), for `VBAR_EL2`.
     pub static __el2_vectors: u8;
-}
-
-/// The address of the vector table, for `VBAR_EL2`.
-pub fn table() -> u64 {
-    &raw const __el2_vectors as u64
 }

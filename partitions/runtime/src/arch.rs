@@ -3,8 +3,8 @@
 use crate::facts::{self, Boot};
 use crate::{console, psci};
 use core::arch::{asm, global_asm, naked_asm};
-use trapless_arm64::blockmap::{IdentityMap, MAIR, Regime, TCR_T0SZ};
-use trapless_arm64::{cache, layout};
+use trapless_arm64::blockmap::{IdentityMap, Regime};
+use trapless_arm64::{cache, layout, mmu};
 
 /// Bytes of stack for each CPU.
 pub const STACK_SIZE: usize = 32 * 1024;
@@ -20,12 +20,6 @@ static mut MAP: IdentityMap = IdentityMap::new();
 
 /// `CPACR_EL1.FPEN`: FP/SIMD on at EL1 and EL0 (the runtime is hard-float Rust).
 const CPACR_FPEN: u64 = 0b11 << 20;
-/// `TCR_EL1`: T0SZ for 39 bits, write-back inner-shareable walks, 4 KiB granule, TTBR1 walks
-/// off (`EPD1`); `IPS` is filled in at run time.
-const TCR_EL1: u64 = TCR_T0SZ | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (1 << 23);
-/// `SCTLR_EL1`: MMU, data and instruction caches, SP alignment check, over the RES1 bits.
-const SCTLR_EL1: u64 = 0x30d0_0800 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
-
 /// The boot CPU's first instruction after the header: `x0` holds the device tree.
 #[unsafe(naked)]
 pub unsafe extern "C" fn start() -> ! {
@@ -76,38 +70,9 @@ pub unsafe extern "C" fn secondary_start() -> ! {
         "b .",
         fpen = const CPACR_FPEN,
         map = sym MAP,
-        enable_mmu = sym enable_mmu,
+        enable_mmu = sym mmu::enable_el1,
         vectors = sym __guest_vectors,
         main = sym crate::smp::secondary_main,
-    )
-}
-
-/// Turns the EL1 MMU on with the tables at `root`. Uses no stack.
-#[unsafe(naked)]
-unsafe extern "C" fn enable_mmu(root: u64) {
-    naked_asm!(
-        "ldr x1, ={mair}",
-        "msr mair_el1, x1",
-        "mrs x2, id_aa64mmfr0_el1",
-        "and x2, x2, #0xf",
-        "mov x3, #5",
-        "cmp x2, x3",
-        "csel x2, x2, x3, ls",
-        "ldr x1, ={tcr}",
-        "orr x1, x1, x2, lsl #32",
-        "msr tcr_el1, x1",
-        "msr ttbr0_el1, x0",
-        "isb",
-        "tlbi vmalle1",
-        "dsb nsh",
-        "isb",
-        "ldr x1, ={sctlr}",
-        "msr sctlr_el1, x1",
-        "isb",
-        "ret",
-        mair = const MAIR,
-        tcr = const TCR_EL1,
-        sctlr = const SCTLR_EL1,
     )
 }
 
@@ -132,7 +97,7 @@ extern "C" fn boot_main(dtb: usize) -> ! {
     // off, so no cached line of them is newer than memory.
     unsafe { cache::invalidate(start, end - start) };
     // SAFETY: the map covers our RAM, where this code, its stack and its tables lie.
-    unsafe { enable_mmu(map.root()) };
+    unsafe { mmu::enable_el1(map.root()) };
 
     console::init(boot.console);
     psci::init(boot.psci);

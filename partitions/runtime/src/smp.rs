@@ -3,6 +3,7 @@
 use crate::arch::{STACK_SIZE, Stack, secondary_start};
 use crate::facts::{Boot, MAX_CPUS};
 use crate::psci;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use trapless_arm64::cache;
 
@@ -16,6 +17,9 @@ pub(crate) struct BootRecord {
 }
 
 static mut STACKS: [Stack; MAX_CPUS] = [const { Stack([0; STACK_SIZE]) }; MAX_CPUS];
+/// Set while a CPU's boot record is being written or read: from `start` until the started CPU
+/// has copied its record, or `CPU_ON` has failed.
+static STARTING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static mut RECORDS: [BootRecord; MAX_CPUS] =
     [const { BootRecord { stack_top: 0, entry: idle, index: 0 } }; MAX_CPUS];
 /// The partition's CPUs' MPIDRs, from the device tree.
@@ -34,8 +38,11 @@ pub fn start(index: usize, entry: fn(usize)) -> Result<(), psci::Error> {
     if index >= count {
         return Err(psci::Error::InvalidParameters);
     }
-    // SAFETY: slot `index` belongs to CPU `index`, which is off (PSCI refuses to start a CPU
-    // that is on or on-pending, and it only reads the slot after this call succeeds).
+    if STARTING[index].swap(true, Ordering::Acquire) {
+        return Err(psci::Error::OnPending);
+    }
+    // SAFETY: `STARTING[index]` gives this call slot `index` alone: no other `start` writes it,
+    // and the CPU it was for last time copied it out before the flag was cleared.
     let record = unsafe {
         let stack_top = (&raw const STACKS[index]) as u64 + STACK_SIZE as u64;
         let record = &mut *(&raw mut RECORDS[index]);
@@ -44,11 +51,19 @@ pub fn start(index: usize, entry: fn(usize)) -> Result<(), psci::Error> {
     };
     let address = record as *const BootRecord as usize;
     cache::clean_invalidate(address, core::mem::size_of::<BootRecord>());
-    psci::cpu_on(cpus[index], secondary_start as *const () as u64, address as u64)
+    let result = psci::cpu_on(cpus[index], secondary_start as *const () as u64, address as u64);
+    if result.is_err() {
+        STARTING[index].store(false, Ordering::Release);
+    }
+    result
 }
 
-/// A secondary CPU in Rust, MMU on.
-pub(crate) extern "C" fn secondary_main(record: &BootRecord) -> ! {
-    (record.entry)(record.index);
+/// A secondary CPU in Rust, MMU on, with the address of its boot record.
+pub(crate) extern "C" fn secondary_main(record: *const BootRecord) -> ! {
+    // SAFETY: `start` wrote the record and holds it for us until we clear `STARTING`; we copy
+    // what we need first and do not look at it again.
+    let (entry, index) = unsafe { ((*record).entry, (*record).index) };
+    STARTING[index].store(false, Ordering::Release);
+    entry(index);
     psci::cpu_off()
 }
