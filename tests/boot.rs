@@ -65,6 +65,7 @@ fn a_partition_starts_its_own_cpu_but_not_another_partitions() {
         "smp: CPU_ON of myself (MPIDR 0x0): ALREADY_ON",
         "smp: CPU_ON of foreign MPIDR 0x2: INVALID_PARAMETERS",
         "smp: AFFINITY_INFO of foreign MPIDR 0x2: INVALID_PARAMETERS",
+        "smp: 300 on/off cycles of CPU 1, 0 failed",
         "smp: done",
     ] {
         check(&run, duo.contains(&expected), &format!("duo printed: {expected}"));
@@ -90,9 +91,14 @@ fn a_partition_touching_another_partitions_memory_is_stopped_alone() {
     check(&run, run.status.is_some_and(|status| status.success()), "QEMU exited cleanly");
     check(&run, run.output.contains("trapless: every partition has stopped; powering off"), "power-off line");
     let stops = run.stops();
-    for (name, access, ipa) in [("reader", "read", "0x4880_0008"), ("writer", "write", "0x4880_0000")] {
+    for (name, access, ipa, status) in [
+        ("reader", "read", "0x4880_0008", "translation fault"),
+        ("writer", "write", "0x4880_0000", "translation fault"),
+        // Its own RD frame, mapped read-only: the IPA comes from translating the faulting VA.
+        ("rdwriter", "write", "0x810_0070", "permission fault"),
+    ] {
         let reason = stops.get(name).map(String::as_str).unwrap_or("");
-        let expected = format!("stage-2 data abort: {access} at IPA {ipa} (translation fault), PC ");
+        let expected = format!("stage-2 data abort: {access} at IPA {ipa} ({status}), PC ");
         check(&run, reason.starts_with(&expected), &format!("{name} stopped: {expected}..."));
         let report = format!("trapless: partition {name} faulted and is stopped: {reason}");
         check(&run, run.output.lines().any(|line| line == report), &format!("immediate report: {report}"));
@@ -106,6 +112,19 @@ fn a_partition_touching_another_partitions_memory_is_stopped_alone() {
     check(&run, lines(&run, "victim").contains(&"work: pattern at 0x48800000 intact; done"), "victim's data intact");
     let verdict = run.verdict(&built.plan).expect_err("a run with faults is a failed run");
     check(&run, verdict.contains("partition writer stopped: stage-2 data abort"), &format!("verdict names writer: {verdict}"));
+}
+
+#[test]
+fn sgis_reach_only_the_senders_own_cpus() {
+    let (built, run) = boot("sgi", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    // One request named the sender's CPU 1 and the listener's CPU 2; then "all but self".
+    check(&run, lines(&run, "sender").contains(&"sgi: my CPU 1 received SGI 1 x1 and SGI 2 x1"), "own CPU got both");
+    check(&run, lines(&run, "listener").contains(&"sgi-listen: received 0 SGIs, 0 unhandled interrupts"), "listener got none");
+    // Each SGI request and each CPU's priority-mask write enters EL2 once: CPU 1's mask, two
+    // requests and the wake-up.
+    let sender = run.exits()["sender"];
+    check(&run, sender.sysreg == 4, &format!("sender's system-register exits: {sender:?}"));
 }
 
 #[test]

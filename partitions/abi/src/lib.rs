@@ -1,6 +1,6 @@
 //! The contract between trapless and its partitions: hypercall numbers and the names used in the
 //! device trees trapless generates. The host tools, the EL2 kernel and the guest runtime all take
-//! these from here, so the three cannot drift apart. `docs/device-tree.md` describes the binding.
+//! these from here, so the three cannot drift apart. `docs/partitions.md` describes the contract.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

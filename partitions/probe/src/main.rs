@@ -5,18 +5,24 @@
 //!   middle of its RAM) with a pattern, spins for a while, checks the pattern and reports.
 //! - `probe=touch read=<address>` / `write=<address>`: accesses an address it does not own.
 //!   trapless must stop it; if the access returns, it reports the breach and resets.
-//! - `probe=smp [foreign=<mpidr>]`: starts each of its other CPUs with PSCI `CPU_ON`, waits for
-//!   them to turn off again, then tries `CPU_ON` / `AFFINITY_INFO` on a CPU it does not own and
-//!   on itself, printing each PSCI result.
+//! - `probe=smp [foreign=<mpidr>] [cycles=<n>]`: starts each of its other CPUs with PSCI
+//!   `CPU_ON`, waits for them to turn off again, then tries `CPU_ON` / `AFFINITY_INFO` on a CPU
+//!   it does not own and on itself, printing each PSCI result; then turns its second CPU on and
+//!   off `n` times, starting it again as soon as `AFFINITY_INFO` says it is off.
 //! - `probe=busy-touch write=<address>`: starts its second CPU spinning forever, then writes an
 //!   address it does not own: trapless must stop the whole partition, the spinning CPU too.
+//! - `probe=sgi foreign=<mpidr>`: sends SGIs to its second CPU and, in the same register write,
+//!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
+//! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
+//!   arrived (a partition that owns no sender must get none).
 
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 use trapless_guest::psci::{self, AffinityState};
-use trapless_guest::{Boot, println, smp, time};
+use core::sync::atomic::AtomicBool;
+use trapless_guest::{Boot, irq, println, smp, time};
 
 trapless_guest::entry!(main);
 
@@ -26,6 +32,8 @@ fn main(boot: &Boot) {
         Some("touch") => touch(boot),
         Some("smp") => start_cpus(boot),
         Some("busy-touch") => busy_touch(boot),
+        Some("sgi") => sgi(boot),
+        Some("sgi-listen") => sgi_listen(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -143,6 +151,18 @@ fn start_cpus(boot: &Boot) {
         };
         println!("smp: AFFINITY_INFO of foreign MPIDR {foreign:#x}: {state}");
     }
+    if let Some(cycles) = address(boot, "cycles") {
+        let mut failures = 0;
+        for _ in 0..cycles {
+            if smp::start(1, |_| {}).is_err() {
+                failures += 1;
+            }
+            while !matches!(psci::affinity_info(boot.cpus[1]), Ok(AffinityState::Off)) {
+                core::hint::spin_loop();
+            }
+        }
+        println!("smp: {cycles} on/off cycles of CPU 1, {failures} failed");
+    }
     println!("smp: done");
 }
 
@@ -165,4 +185,91 @@ fn busy_touch(boot: &Boot) {
     }
     println!("busy-touch: CPU 1 is spinning");
     touch(boot);
+}
+
+/// SGIs the probe sends: to one CPU, to "all but self", and to wake the listener up.
+const SGI_ONE: u32 = 1;
+const SGI_OTHERS: u32 = 2;
+const SGI_WAKE: u32 = 3;
+
+/// SGIs received on this partition's CPUs, by INTID.
+static RECEIVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+static LISTENING: AtomicBool = AtomicBool::new(false);
+static FINISHED: AtomicBool = AtomicBool::new(false);
+
+fn count_sgi(intid: u32) {
+    RECEIVED[intid as usize].fetch_add(1, Ordering::SeqCst);
+}
+
+/// Registers the counting handler for our SGIs, enables them on this CPU and unmasks IRQs.
+fn listen(boot: &Boot) {
+    for intid in [SGI_ONE, SGI_OTHERS, SGI_WAKE] {
+        let enabled = irq::register(intid, count_sgi).and_then(|()| irq::enable_private(boot, intid));
+        if let Err(error) = enabled {
+            println!("sgi: cannot listen for SGI {intid}: {error:?}");
+            psci::system_reset();
+        }
+    }
+    irq::init_cpu();
+}
+
+/// The boot information the second CPU needs, set once before it starts.
+static BOOT: spin::Once<Boot> = spin::Once::new();
+
+fn sgi_receiver(_: usize) {
+    let Some(boot) = BOOT.get() else { return };
+    listen(boot);
+    LISTENING.store(true, Ordering::SeqCst);
+    while !FINISHED.load(Ordering::SeqCst) {
+        irq::wait();
+    }
+}
+
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = time::now() + time::frequency();
+    while !condition() {
+        if time::now() > deadline {
+            println!("sgi: gave up waiting for {what}");
+            psci::system_reset();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+fn sgi(boot: &Boot) {
+    let Some(foreign) = address(boot, "foreign") else {
+        println!("sgi: give foreign=<mpidr>");
+        psci::system_reset();
+    };
+    BOOT.call_once(|| boot.clone());
+    if let Err(error) = smp::start(1, sgi_receiver) {
+        println!("sgi: CPU_ON of my CPU 1 failed: {error}");
+        psci::system_reset();
+    }
+    wait_until("CPU 1 to listen", || LISTENING.load(Ordering::SeqCst));
+    irq::send_sgi(SGI_ONE as u8, &[boot.cpus[1], foreign]);
+    irq::send_sgi_to_others(SGI_OTHERS as u8);
+    wait_until("CPU 1's SGIs", || {
+        RECEIVED[SGI_ONE as usize].load(Ordering::SeqCst) >= 1 && RECEIVED[SGI_OTHERS as usize].load(Ordering::SeqCst) >= 1
+    });
+    // Anything more would have arrived by now.
+    time::delay_us(50_000);
+    println!(
+        "sgi: my CPU 1 received SGI {SGI_ONE} x{} and SGI {SGI_OTHERS} x{}",
+        RECEIVED[SGI_ONE as usize].load(Ordering::SeqCst),
+        RECEIVED[SGI_OTHERS as usize].load(Ordering::SeqCst)
+    );
+    FINISHED.store(true, Ordering::SeqCst);
+    irq::send_sgi(SGI_WAKE as u8, &[boot.cpus[1]]);
+    while !matches!(psci::affinity_info(boot.cpus[1]), Ok(AffinityState::Off)) {
+        time::delay_us(1000);
+    }
+    println!("sgi: done");
+}
+
+fn sgi_listen(boot: &Boot) {
+    listen(boot);
+    time::delay_us(400_000);
+    let received: usize = RECEIVED.iter().map(|count| count.load(Ordering::SeqCst)).sum();
+    println!("sgi-listen: received {received} SGIs, {} unhandled interrupts", irq::unhandled());
 }

@@ -109,11 +109,16 @@ extern "C" fn boot_main(dtb: usize) -> ! {
     psci::system_off()
 }
 
-/// Any exception: trapless guests built on this runtime take none yet, so report and reset.
+/// Any exception but an IRQ at EL1: a bug in the guest, reported before the partition resets.
 extern "C" fn exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
     crate::println!("guest: unexpected exception {kind} at PC {elr:#x}: ESR {esr:#x}, FAR {far:#x}");
     psci::system_reset()
 }
+
+/// Bytes an IRQ entry saves: `x0`..`x18`, `x29`, `x30` (0..168), `ELR_EL1`, `SPSR_EL1`
+/// (168), `FPCR`, `FPSR` (184), then `q0`..`q31` (208..720). The interrupted code may be anywhere, so every register the
+/// Rust handler may change is saved, FP/SIMD included.
+const IRQ_FRAME: usize = 720;
 
 global_asm!(
     r#"
@@ -126,27 +131,128 @@ global_asm!(
     b {exception}
 .endm
 
+.macro irq_vector
+    .balign 0x80
+    sub sp, sp, #{frame}
+    stp x0, x1, [sp, #0]
+    b {irq_entry}
+.endm
+
 .pushsection .text.vectors, "ax"
 .balign 0x800
 .global __guest_vectors
 __guest_vectors:
-    .irp kind, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    // Current EL with SP_EL0.
+    guest_vector 0
+    guest_vector 1
+    guest_vector 2
+    guest_vector 3
+    // Current EL with SP_EL1: the runtime's own code.
+    guest_vector 4
+    irq_vector
+    guest_vector 6
+    guest_vector 7
+    // Lower EL: the runtime runs nothing at EL0.
+    .irp kind, 8, 9, 10, 11, 12, 13, 14, 15
     guest_vector \kind
     .endr
 .popsection
 "#,
     exception = sym exception,
+    frame = const IRQ_FRAME,
+    irq_entry = sym irq_entry,
 );
+
+/// The rest of the IRQ vector: `x0`/`x1` are saved at `[sp]`.
+#[unsafe(naked)]
+unsafe extern "C" fn irq_entry() {
+    naked_asm!(
+        "stp x2, x3, [sp, #16]",
+        "stp x4, x5, [sp, #32]",
+        "stp x6, x7, [sp, #48]",
+        "stp x8, x9, [sp, #64]",
+        "stp x10, x11, [sp, #80]",
+        "stp x12, x13, [sp, #96]",
+        "stp x14, x15, [sp, #112]",
+        "stp x16, x17, [sp, #128]",
+        "str x18, [sp, #144]",
+        "stp x29, x30, [sp, #152]",
+        "mrs x0, elr_el1",
+        "mrs x1, spsr_el1",
+        "stp x0, x1, [sp, #168]",
+        "mrs x0, fpcr",
+        "mrs x1, fpsr",
+        "stp x0, x1, [sp, #184]",
+        "add x0, sp, #208",
+        "stp q0, q1, [x0, #0]",
+        "stp q2, q3, [x0, #32]",
+        "stp q4, q5, [x0, #64]",
+        "stp q6, q7, [x0, #96]",
+        "stp q8, q9, [x0, #128]",
+        "stp q10, q11, [x0, #160]",
+        "stp q12, q13, [x0, #192]",
+        "stp q14, q15, [x0, #224]",
+        "stp q16, q17, [x0, #256]",
+        "stp q18, q19, [x0, #288]",
+        "stp q20, q21, [x0, #320]",
+        "stp q22, q23, [x0, #352]",
+        "stp q24, q25, [x0, #384]",
+        "stp q26, q27, [x0, #416]",
+        "stp q28, q29, [x0, #448]",
+        "stp q30, q31, [x0, #480]",
+        "bl {handle}",
+        "add x0, sp, #208",
+        "ldp q0, q1, [x0, #0]",
+        "ldp q2, q3, [x0, #32]",
+        "ldp q4, q5, [x0, #64]",
+        "ldp q6, q7, [x0, #96]",
+        "ldp q8, q9, [x0, #128]",
+        "ldp q10, q11, [x0, #160]",
+        "ldp q12, q13, [x0, #192]",
+        "ldp q14, q15, [x0, #224]",
+        "ldp q16, q17, [x0, #256]",
+        "ldp q18, q19, [x0, #288]",
+        "ldp q20, q21, [x0, #320]",
+        "ldp q22, q23, [x0, #352]",
+        "ldp q24, q25, [x0, #384]",
+        "ldp q26, q27, [x0, #416]",
+        "ldp q28, q29, [x0, #448]",
+        "ldp q30, q31, [x0, #480]",
+        "ldp x0, x1, [sp, #184]",
+        "msr fpcr, x0",
+        "msr fpsr, x1",
+        "ldp x0, x1, [sp, #168]",
+        "msr elr_el1, x0",
+        "msr spsr_el1, x1",
+        "ldp x29, x30, [sp, #152]",
+        "ldr x18, [sp, #144]",
+        "ldp x16, x17, [sp, #128]",
+        "ldp x14, x15, [sp, #112]",
+        "ldp x12, x13, [sp, #96]",
+        "ldp x10, x11, [sp, #80]",
+        "ldp x8, x9, [sp, #64]",
+        "ldp x6, x7, [sp, #48]",
+        "ldp x4, x5, [sp, #32]",
+        "ldp x2, x3, [sp, #16]",
+        "ldp x0, x1, [sp, #0]",
+        "add sp, sp, #{frame}",
+        "eret",
+        handle = sym crate::irq::handle_irq,
+        frame = const IRQ_FRAME,
+    )
+}
 
 unsafe extern "C" {
     static __guest_vectors: u8;
 }
 
-/// Stops this CPU until an interrupt (or forever, with interrupts masked).
+/// Stops this CPU until an interrupt arrives (it wakes even if IRQs are masked, without
+/// taking it).
 pub fn wait_for_interrupt() {
     // SAFETY: WFI only waits.
     unsafe { asm!("wfi", options(nomem, nostack)) };
 }
+
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

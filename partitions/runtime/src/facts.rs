@@ -41,6 +41,10 @@ pub struct Boot {
     pub bootargs: &'static str,
     pub console: ConsoleKind,
     pub psci: Conduit,
+    /// The redistributor regions of the GICv3 node (its `reg` after the distributor); the first
+    /// [`Boot::redistributor_region_count`] are valid.
+    pub redistributor_regions: [Range<u64>; MAX_CPUS],
+    pub redistributor_region_count: usize,
     /// The device tree itself.
     pub dtb: &'static [u8],
 }
@@ -49,6 +53,11 @@ impl Boot {
     /// MPIDRs of the partition's CPUs.
     pub fn cpus(&self) -> &[u64] {
         &self.cpus[..self.cpu_count]
+    }
+
+    /// Where the partition's CPUs' redistributors are.
+    pub fn redistributor_regions(&self) -> &[Range<u64>] {
+        &self.redistributor_regions[..self.redistributor_region_count]
     }
 
     /// The value of `key=value` in the boot arguments, if present.
@@ -149,13 +158,33 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         None => ConsoleKind::None,
     };
 
+    let gic = tree.find_compatible(&["arm,gic-v3"]).ok_or(FactsError::Missing("GICv3 node"))?;
+    let mut redistributor_regions = [const { 0..0 }; MAX_CPUS];
+    let mut redistributor_region_count = 0;
+    let gic_reg = gic.property("reg").ok_or(FactsError::Missing("GICv3 reg"))?;
+    for (base, size) in dt::reg_entries(gic_reg.value, address_cells, size_cells).skip(1) {
+        *redistributor_regions.get_mut(redistributor_region_count).ok_or(FactsError::TooManyCpus)? = base..base + size;
+        redistributor_region_count += 1;
+    }
+
     let psci = tree
         .find_node("/psci")
         .and_then(|node| text(&node, "method"))
         .map(|method| if method == "smc" { Conduit::Smc } else { Conduit::Hvc })
         .ok_or(FactsError::Missing("/psci method"))?;
 
-    Ok(Boot { name, memory, cpus, cpu_count, bootargs, console, psci, dtb })
+    Ok(Boot {
+        name,
+        memory,
+        cpus,
+        cpu_count,
+        bootargs,
+        console,
+        psci,
+        redistributor_regions,
+        redistributor_region_count,
+        dtb,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
+pub mod irq;
+#[cfg(target_os = "none")]
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod smp;
