@@ -1,7 +1,7 @@
 //! The EL2 kernel's logic that needs no hardware, built and tested on the host: how exits are
-//! classified and counted, what the PSCI server answers, how faults and stops are reported, which
-//! trapped GIC registers it serves and how, and how partition console output is framed. The aarch64 half (`trapless-kernel`) executes what
-//! these modules decide.
+//! classified and counted, what the PSCI server answers, how faults and stops are reported,
+//! which trapped GIC registers it serves and how, and how partition console output is framed.
+//! The aarch64 half (`trapless-kernel`) carries out what these modules decide.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
