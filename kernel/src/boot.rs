@@ -30,6 +30,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
 
     let ram = platform.ram.base.0..platform.ram.end();
     // SAFETY: only this CPU runs, and no CPU uses the tables yet.
+    #[allow(clippy::deref_addrof, reason = "a reference to a static mut must come from a raw pointer")]
     let map = unsafe { &mut *(&raw mut entry::EL2_MAP) };
     if map.build(ram, Regime::El2).is_err() {
         arch::halt()

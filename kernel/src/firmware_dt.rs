@@ -21,7 +21,7 @@ fn be32(address: usize) -> u32 {
 /// The device tree the firmware passed in `x0`, if there is one.
 fn firmware_tree(address: usize, plan: &Plan<'_>) -> Result<Fdt<'static>, String> {
     let ram = plan.platform().ram;
-    if address % 8 != 0 || !ram.contains_span(address as u64, 8) || be32(address) != FDT_MAGIC {
+    if !address.is_multiple_of(8) || !ram.contains_span(address as u64, 8) || be32(address) != FDT_MAGIC {
         return Err(format!("the firmware passed no device tree (x0 = {address:#x})"));
     }
     let size = be32(address + 4) as usize;

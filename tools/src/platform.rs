@@ -224,11 +224,11 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let mut problem = |span: &std::ops::Range<usize>, message: String| problems.push(source.error(span, message));
 
     let ram = raw.ram.get_ref().range();
-    if ram.size == 0 || ram.base.0 % BLOCK_2M != 0 || ram.size % BLOCK_2M != 0 {
+    if ram.size == 0 || !ram.base.0.is_multiple_of(BLOCK_2M) || !ram.size.is_multiple_of(BLOCK_2M) {
         problem(&raw.ram.span(), format!("RAM {ram} must be non-empty and 2 MiB aligned"));
     }
     let kernel = raw.kernel.get_ref().range();
-    if !ram.contains_range(&kernel) || kernel.base.0 % BLOCK_2M != 0 || kernel.size % BLOCK_2M != 0 {
+    if !ram.contains_range(&kernel) || !kernel.base.0.is_multiple_of(BLOCK_2M) || !kernel.size.is_multiple_of(BLOCK_2M) {
         problem(&raw.kernel.span(), format!("the kernel region {kernel} must be 2 MiB aligned and inside RAM {ram}"));
     }
     let conduit = raw.psci_conduit.get_ref();

@@ -41,7 +41,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// `n MiB`-style text for messages: the largest unit that divides `bytes` exactly.
 pub fn describe(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes != 0 && bytes % (1 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }

@@ -110,7 +110,7 @@ impl IdentityMap {
         if ram.start >= ram.end || ram.end > SPAN {
             return Err(MapError::OutOfRange(ram));
         }
-        if ram.start % BLOCK_2M != 0 || ram.end % BLOCK_2M != 0 {
+        if !ram.start.is_multiple_of(BLOCK_2M) || !ram.end.is_multiple_of(BLOCK_2M) {
             return Err(MapError::Misaligned(ram));
         }
         let mut next_level2 = 0;
@@ -171,11 +171,11 @@ mod tests {
         assert_eq!(map.level1[2] & OUTPUT, map.level2[1].as_ptr() as u64);
         let device = ATTR_DEVICE | ACCESS_FLAG | PXN | XN;
         let normal = ATTR_NORMAL | INNER_SHAREABLE | ACCESS_FLAG;
-        assert_eq!(map.level2[0][5], GIB + 5 * BLOCK_2M | BLOCK | device);
-        assert_eq!(map.level2[0][6], GIB + 6 * BLOCK_2M | BLOCK | normal);
+        assert_eq!(map.level2[0][5], (GIB + 5 * BLOCK_2M) | BLOCK | device);
+        assert_eq!(map.level2[0][6], (GIB + 6 * BLOCK_2M) | BLOCK | normal);
         assert_eq!(map.level2[0][511] & !OUTPUT, BLOCK | normal);
-        assert_eq!(map.level2[1][1], 2 * GIB + BLOCK_2M | BLOCK | normal);
-        assert_eq!(map.level2[1][2], 2 * GIB + 2 * BLOCK_2M | BLOCK | device);
+        assert_eq!(map.level2[1][1], (2 * GIB + BLOCK_2M) | BLOCK | normal);
+        assert_eq!(map.level2[1][2], (2 * GIB + 2 * BLOCK_2M) | BLOCK | device);
     }
 
     #[test]

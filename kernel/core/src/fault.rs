@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(needs_ipa_lookup(DATA_ABORT | (1 << 7) | 0x0f), IpaSource::Hpfar);
         assert_eq!(needs_ipa_lookup(DATA_ABORT | 0x10), IpaSource::None);
         assert_eq!(needs_ipa_lookup(DATA_ABORT | (1 << 7) | 0x10), IpaSource::Hpfar);
-        assert_eq!(ipa_from_hpfar(0x4800_0 << 4, 0x1234_5abc), Ipa(0x4800_0abc));
+        assert_eq!(ipa_from_hpfar(0x4_8000 << 4, 0x1234_5abc), Ipa(0x4800_0abc));
     }
 
     #[test]

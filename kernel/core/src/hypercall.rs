@@ -45,6 +45,6 @@ mod tests {
 
     #[test]
     fn unknown_functions_are_not_supported() {
-        assert_eq!(decode(0xC600_00ff, [0, 0], &MEMORY), Err(NOT_SUPPORTED));
+        assert_eq!(decode(0xc600_00ff, [0, 0], &MEMORY), Err(NOT_SUPPORTED));
     }
 }

@@ -138,7 +138,7 @@ fn cpu_on(target: u64, entry: u64, context: u64, caller: &Caller<'_>) -> Decisio
     match cpu.power {
         Power::On => error(error::ALREADY_ON),
         Power::OnPending => error(error::ON_PENDING),
-        Power::Off if !caller.memory.contains_span(entry, 4) || entry % 4 != 0 => {
+        Power::Off if !caller.memory.contains_span(entry, 4) || !entry.is_multiple_of(4) => {
             error(error::INVALID_ADDRESS)
         }
         Power::Off => Decision::StartCpu { cpu: cpu.index, mpidr: cpu.mpidr, entry, context },

@@ -153,7 +153,7 @@ fn translate_stage1(va: u64) -> Option<Ipa> {
         );
     }
     // PAR_EL1.F (bit 0) set means the translation failed; else PA bits 47:12.
-    (par & 1 == 0).then(|| Ipa((par & 0xffff_ffff_f000) | (va & 0xfff)))
+    (par & 1 == 0).then_some(Ipa((par & 0xffff_ffff_f000) | (va & 0xfff)))
 }
 
 /// This CPU's platform index, as [`configure_cpu`] recorded it.

@@ -59,6 +59,10 @@ unsafe extern "C" fn primary_entry() -> ! {
 /// Where the firmware starts a secondary CPU (PSCI `CPU_ON` context = its platform index):
 /// takes that CPU's stack, turns the MMU on with the boot CPU's tables and calls
 /// [`crate::boot::secondary_main`].
+///
+/// # Safety
+///
+/// Only the firmware's `CPU_ON` enters here, with `x0` = the index of the CPU it starts.
 #[unsafe(naked)]
 pub unsafe extern "C" fn secondary_entry() -> ! {
     naked_asm!(

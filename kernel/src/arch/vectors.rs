@@ -23,7 +23,7 @@ pub struct GuestFrame {
 
 /// Bytes of a [`GuestFrame`] on the stack.
 pub const FRAME_SIZE: usize = core::mem::size_of::<GuestFrame>();
-const _: () = assert!(FRAME_SIZE == 272 && FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE == 272 && FRAME_SIZE.is_multiple_of(16));
 
 /// What kind of exception reached a vector (the `x1` argument of the handlers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

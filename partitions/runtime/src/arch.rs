@@ -21,6 +21,10 @@ static mut MAP: IdentityMap = IdentityMap::new();
 /// `CPACR_EL1.FPEN`: FP/SIMD on at EL1 and EL0 (the runtime is hard-float Rust).
 const CPACR_FPEN: u64 = 0b11 << 20;
 /// The boot CPU's first instruction after the header: `x0` holds the device tree.
+///
+/// # Safety
+///
+/// Only the loader enters here, once, as the arm64 boot protocol says.
 #[unsafe(naked)]
 pub unsafe extern "C" fn start() -> ! {
     naked_asm!(
@@ -50,6 +54,10 @@ pub unsafe extern "C" fn start() -> ! {
 
 /// Where a secondary CPU starts (PSCI `CPU_ON` context = its [`crate::smp`] boot record):
 /// FP on, its stack, the boot CPU's tables and vectors, then [`crate::smp::secondary_main`].
+///
+/// # Safety
+///
+/// Only PSCI `CPU_ON` enters here, with `x0` = a boot record that [`crate::smp::start`] wrote.
 #[unsafe(naked)]
 pub unsafe extern "C" fn secondary_start() -> ! {
     naked_asm!(
@@ -88,6 +96,7 @@ extern "C" fn boot_main(dtb: usize) -> ! {
         psci::system_reset_with(facts::Conduit::Hvc)
     };
     // SAFETY: only this CPU runs, and no CPU uses the tables yet.
+    #[allow(clippy::deref_addrof, reason = "a reference to a static mut must come from a raw pointer")]
     let map = unsafe { &mut *(&raw mut MAP) };
     if map.build(boot.memory.clone(), Regime::El1).is_err() {
         psci::system_reset_with(boot.psci)

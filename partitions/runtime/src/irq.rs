@@ -107,7 +107,7 @@ fn own_affinity() -> u64 {
     let mpidr: u64;
     // SAFETY: reading MPIDR_EL1 has no side effects.
     unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    ((mpidr >> 8) & 0xff_0000_00) | (mpidr & 0xff_ffff)
+    ((mpidr >> 8) & 0xff00_0000) | (mpidr & 0xff_ffff)
 }
 
 /// The SGI frame of this CPU's redistributor, found by its `GICR_TYPER` affinity.

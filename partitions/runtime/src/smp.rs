@@ -45,7 +45,7 @@ pub fn start(index: usize, entry: fn(usize)) -> Result<(), psci::Error> {
     // and the CPU it was for last time copied it out before the flag was cleared.
     let record = unsafe {
         let stack_top = (&raw const STACKS[index]) as u64 + STACK_SIZE as u64;
-        let record = &mut *(&raw mut RECORDS[index]);
+        let record = &mut RECORDS[index];
         *record = BootRecord { stack_top, entry, index };
         record
     };
