@@ -45,7 +45,7 @@ fn files_with_extension(dir: &Path, extension: &str) -> BTreeMap<String, PathBuf
 /// What checking and planning the system at `path` reports, with `root/` removed from paths;
 /// `None` if the system is valid.
 fn actual_output(path: &Path, root: &Path) -> Option<String> {
-    let output = match system::load(path, root) {
+    let output = match system::load(path, root, None) {
         Err(diagnostics) => diagnostics.to_string(),
         Ok(system) => match planner::load_images(&system, &BTreeMap::new()) {
             Err(diagnostics) => diagnostics.to_string(),
@@ -154,7 +154,7 @@ fn shipped_systems_are_valid() {
         let systems = files_with_extension(&dir, "toml");
         assert!(!systems.is_empty(), "no systems in {}", dir.display());
         for path in systems.values() {
-            if let Err(diagnostics) = system::load(path, &root) {
+            if let Err(diagnostics) = system::load(path, &root, None) {
                 failures.push(diagnostics.to_string());
             }
         }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use trapless_guest::ConsoleKind;
 use trapless_tests::{root, system};
 use trapless_tools::planner::SystemPlan;
-use trapless_tools::{dtb, plan_system};
+use trapless_tools::{Target, dtb, plan_system};
 
 /// Systems whose device trees are pinned.
 const SYSTEMS: [&str; 3] = ["qemu-demo", "smp", "uart"];
@@ -30,7 +30,7 @@ fn decompile(blob: &[u8]) -> (String, String) {
 }
 
 fn plan(name: &str) -> SystemPlan {
-    plan_system(&system(name)).unwrap_or_else(|error| panic!("{name}: {error}"))
+    plan_system(Target::system(&system(name))).unwrap_or_else(|error| panic!("{name}: {error}"))
 }
 
 #[test]

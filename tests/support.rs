@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use trapless_tools::qemu::Run;
-use trapless_tools::{Built, run_system};
+use trapless_tools::{Built, Target, run_system};
 
 /// How long a QEMU boot in a test may take before it counts as a hang.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -24,10 +24,15 @@ pub fn system(name: &str) -> PathBuf {
 
 /// Builds and boots a system with extra QEMU arguments; panics if it cannot be built or run.
 pub fn boot(name: &str, extra: &[&str]) -> (Built, Run) {
+    boot_file(&system(name), None, extra)
+}
+
+/// Builds and boots the system at `path`, on `platform` if given, with extra QEMU arguments.
+pub fn boot_file(path: &std::path::Path, platform: Option<&str>, extra: &[&str]) -> (Built, Run) {
     let extra: Vec<String> = extra.iter().map(|word| word.to_string()).collect();
-    match run_system(&system(name), &extra, BOOT_TIMEOUT, false) {
+    match run_system(Target { system: path, platform }, &extra, BOOT_TIMEOUT, false) {
         Ok(result) => result,
-        Err(error) => panic!("{name}: {error}"),
+        Err(error) => panic!("{}: {error}", path.display()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Boot: the boot CPU reads the plan, turns the MMU on, checks the machine against the
 //! platform, loads every partition and starts their first CPUs; secondary CPUs join here.
 
-use crate::arch::{self, entry, firmware, gic, stage2::Stage2Map};
+use crate::arch::{self, entry, firmware, gic, lpi, stage2::Stage2Map};
 use crate::{console, firmware_dt, heap, println, state};
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -67,8 +67,9 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     if let Err(problems) = firmware_dt::check(firmware_dtb, &plan) {
         refuse(&problems);
     }
-    if let Err(error) = gic::init(&plan) {
-        refuse(&[alloc::format!("{error}")]);
+    let gic_id_bits = gic::init(&plan).unwrap_or_else(|error| refuse(&[alloc::format!("{error}")]));
+    if let Err(error) = lpi::init(&plan, gic_id_bits) {
+        refuse(&[alloc::format!("doorbells: {error}")]);
     }
 
     let this_cpu = current_platform_cpu(&plan);

@@ -1,8 +1,9 @@
 //! The device tree each partition boots with: only what it owns, as the platform describes it.
 //! `docs/device-tree.md` documents the binding; the golden files in `tests/golden/` pin it.
 
+use crate::doorbell::DoorbellPlan;
 use crate::planner::PartitionPlan;
-use crate::platform::{Platform, Trigger};
+use crate::platform::{GITS_TRANSLATER, Platform, Trigger};
 use trapless_abi::dt;
 use trapless_plan::AddrRange;
 use vm_fdt::{FdtWriter, FdtWriterResult};
@@ -39,12 +40,12 @@ pub fn stdout_path(platform: &Platform, partition: &PartitionPlan) -> String {
     }
 }
 
-/// The device tree blob of `partition`.
-pub fn generate(platform: &Platform, partition: &PartitionPlan) -> Vec<u8> {
-    write(platform, partition).expect("vm-fdt accepts every tree this module writes")
+/// The device tree blob of `partition`, partition number `index` among those `doorbells` join.
+pub fn generate(platform: &Platform, partition: &PartitionPlan, index: usize, doorbells: &[DoorbellPlan]) -> Vec<u8> {
+    write(platform, partition, index, doorbells).expect("vm-fdt accepts every tree this module writes")
 }
 
-fn write(platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<Vec<u8>> {
+fn write(platform: &Platform, partition: &PartitionPlan, index: usize, doorbells: &[DoorbellPlan]) -> FdtWriterResult<Vec<u8>> {
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
     fdt.property_string("compatible", "trapless,partition")?;
@@ -85,6 +86,7 @@ fn write(platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<Vec<
     fdt.end_node(timer)?;
 
     write_gic(&mut fdt, platform, partition)?;
+    write_doorbells(&mut fdt, platform, index, doorbells)?;
 
     let mut clocks: Vec<usize> =
         partition.devices.iter().flat_map(|&device| platform.devices[device].clocks.iter().copied()).collect();
@@ -183,5 +185,43 @@ fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan
     ranges.extend(regions);
     fdt.property_array_u64("reg", &reg(&ranges))?;
     fdt.property_phandle(GIC_PHANDLE)?;
+    fdt.end_node(node)
+}
+
+/// The doorbells node: where to ring and with which EventIDs (for doorbells the partition
+/// rings), and which LPI on which CPU each incoming doorbell raises. See `docs/doorbells.md`.
+fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorbells: &[DoorbellPlan]) -> FdtWriterResult<()> {
+    let rings: Vec<&DoorbellPlan> = doorbells.iter().filter(|doorbell| doorbell.from == index).collect();
+    let receives: Vec<&DoorbellPlan> = doorbells.iter().filter(|doorbell| doorbell.to == index).collect();
+    let Some(its) = platform.gic.its.filter(|_| !rings.is_empty() || !receives.is_empty()) else {
+        return Ok(());
+    };
+    let page = its.doorbell_page();
+    let name = if rings.is_empty() { "doorbells".to_string() } else { format!("doorbells@{:x}", page.base.0) };
+    let node = fdt.begin_node(&name)?;
+    fdt.property_string("compatible", "trapless,doorbells")?;
+    if !rings.is_empty() {
+        fdt.property_array_u64("reg", &reg(&[page]))?;
+        fdt.property_u32("trapless,translater", GITS_TRANSLATER as u32)?;
+        fdt.property_string_list("trapless,ring-names", rings.iter().map(|doorbell| doorbell.name.clone()).collect())?;
+        let events: Vec<u32> = rings.iter().map(|doorbell| doorbell.event).collect();
+        fdt.property_array_u32("trapless,ring-events", &events)?;
+    }
+    if !receives.is_empty() {
+        fdt.property_string_list(
+            "trapless,receive-names",
+            receives.iter().map(|doorbell| doorbell.name.clone()).collect(),
+        )?;
+        // Each: the LPI, and the affinity of the CPU that takes it packed as in GICR_TYPER
+        // (Aff3.Aff2.Aff1.Aff0, a byte each).
+        let lpis: Vec<u32> = receives
+            .iter()
+            .flat_map(|doorbell| {
+                let mpidr = platform.cpus[doorbell.cpu];
+                [doorbell.lpi, (((mpidr >> 8) & 0xff00_0000) | (mpidr & 0xff_ffff)) as u32]
+            })
+            .collect();
+        fdt.property_array_u32("trapless,receive-lpis", &lpis)?;
+    }
     fdt.end_node(node)
 }

@@ -6,6 +6,7 @@
 
 pub mod cargo;
 pub mod diagnostic;
+pub mod doorbell;
 pub mod dtb;
 pub mod image;
 pub mod pack;
@@ -63,11 +64,25 @@ impl From<String> for Error {
     }
 }
 
-/// Checks the system at `path` and plans it: builds the guest crates it names (their sizes
+/// Which system to build, and on which platform if not its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub system: &'a Path,
+    pub platform: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// The system at `path` on the platform it names.
+    pub fn system(path: &'a Path) -> Self {
+        Self { system: path, platform: None }
+    }
+}
+
+/// Checks the target's system and plans it: builds the guest crates it names (their sizes
 /// decide whether they fit) and loads every image.
-pub fn plan_system(path: &Path) -> Result<SystemPlan, Error> {
+pub fn plan_system(target: Target<'_>) -> Result<SystemPlan, Error> {
     let root = root();
-    let system: System = system::load(path, &root)?;
+    let system: System = system::load(target.system, &root, target.platform)?;
     let mut guests: Vec<String> = system
         .partitions
         .iter()
@@ -93,15 +108,19 @@ pub struct Built {
     pub dir: PathBuf,
 }
 
-/// Plans the system at `path`, builds the kernel, packs the Image and writes it, with every
-/// partition's device tree, to `target/trapless/<system>/`.
-pub fn build_system(path: &Path) -> Result<Built, Error> {
-    let plan = plan_system(path)?;
+/// Plans the target, builds the kernel, packs the Image and writes it, with every partition's
+/// device tree, to `target/trapless/<system>/` (`<system>-<platform>` for another platform).
+pub fn build_system(target: Target<'_>) -> Result<Built, Error> {
+    let plan = plan_system(target)?;
     let root = root();
     let kernel_path = cargo::build_kernel(&root)?;
     let kernel = std::fs::read(&kernel_path).map_err(|error| format!("{}: {error}", kernel_path.display()))?;
     let image = pack::pack(&plan, &kernel)?;
-    let dir = root.join("target").join("trapless").join(&plan.name);
+    let folder = match target.platform {
+        Some(platform) => format!("{}-{platform}", plan.name),
+        None => plan.name.clone(),
+    };
+    let dir = root.join("target").join("trapless").join(folder);
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
     // Write then rename, so that a QEMU reading the previous Image never sees half of the next.
     let write = |path: PathBuf, bytes: &[u8]| {
@@ -120,10 +139,10 @@ pub fn build_system(path: &Path) -> Result<Built, Error> {
     Ok(Built { plan, image, dir })
 }
 
-/// Builds the system at `path` and boots it in QEMU with `extra` arguments, giving up after
-/// `timeout`; with `echo`, the console is copied to stdout as it comes.
-pub fn run_system(path: &Path, extra: &[String], timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
-    let built = build_system(path)?;
+/// Builds the target and boots it in QEMU with `extra` arguments, giving up after `timeout`;
+/// with `echo`, the console is copied to stdout as it comes.
+pub fn run_system(target: Target<'_>, extra: &[String], timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
+    let built = build_system(target)?;
     setup::ensure_qemu()?;
     let command = qemu::command(&built.plan, &built.image, extra)?;
     let run = qemu::run(command, timeout, echo)?;

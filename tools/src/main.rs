@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use trapless_tools::size::describe;
-use trapless_tools::{Error, build_system, default_system, plan_system, root, run_system};
+use trapless_tools::{Error, Target, build_system, default_system, plan_system, root, run_system};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, check, run and test trapless systems")]
@@ -20,18 +20,27 @@ enum Command {
     Check {
         /// The system TOML file.
         file: PathBuf,
+        /// Plan it for this platform instead of the one it names.
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// Build a system into one bootable Image (target/trapless/<system>/trapless.img).
     Build {
         /// The system TOML file [default: partitions/systems/qemu-demo.toml].
         #[arg(long)]
         system: Option<PathBuf>,
+        /// Build it for this platform instead of the one it names.
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// Build a system and boot it in QEMU; succeeds only if every partition powers off cleanly.
     Run {
         /// The system TOML file [default: partitions/systems/qemu-demo.toml].
         #[arg(long)]
         system: Option<PathBuf>,
+        /// Run it on this platform instead of the one it names (e.g. qemu-virt-gicv4).
+        #[arg(long)]
+        platform: Option<String>,
         /// Give up (and fail) after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -55,8 +64,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
-        Command::Check { file } => {
-            let plan = plan_system(&file)?;
+        Command::Check { file, platform } => {
+            let plan = plan_system(Target { system: &file, platform: platform.as_deref() })?;
             println!("{}: system '{}' on platform '{}' is valid", file.display(), plan.name, plan.platform.name);
             for partition in &plan.partitions {
                 let devices: Vec<&str> =
@@ -75,15 +84,17 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build { system } => {
-            let built = build_system(&system.unwrap_or_else(default_system))?;
+        Command::Build { system, platform } => {
+            let system = system.unwrap_or_else(default_system);
+            let built = build_system(Target { system: &system, platform: platform.as_deref() })?;
             println!("{}", built.image.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { system, timeout } => {
+        Command::Run { system, platform, timeout } => {
             let system = system.unwrap_or_else(default_system);
+            let target = Target { system: &system, platform: platform.as_deref() };
             let extra = trapless_tools::qemu::extra_args_from_env();
-            let (built, run) = run_system(&system, &extra, Duration::from_secs(timeout), true)?;
+            let (built, run) = run_system(target, &extra, Duration::from_secs(timeout), true)?;
             match run.verdict(&built.plan) {
                 Ok(()) => {
                     println!(

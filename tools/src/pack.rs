@@ -6,7 +6,7 @@ use crate::planner::SystemPlan;
 use crate::size::describe;
 use trapless_arm64::image;
 use trapless_plan::{
-    ConsoleKind, CpuRecord, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr,
+    ConsoleKind, CpuRecord, DoorbellRecord, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr,
     PlanWriter, PlatformRecord, RegionRecord, SpiRoute,
 };
 
@@ -23,9 +23,11 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
         gicr: platform.gic.redistributors,
         gicr_stride: platform.gic.redistributor_stride,
         console: console.unwrap_or_default(),
+        its: platform.gic.its.map(|its| its.range).unwrap_or_default(),
         console_kind: if console.is_some() { ConsoleKind::Pl011 } else { ConsoleKind::None }.code(),
         gic_version: platform.gic.version,
-        reserved: [0; 2],
+        doorbell_device: platform.gic.its.map_or(0, |its| its.doorbell_device),
+        reserved: 0,
     };
     let cpus = platform
         .cpus
@@ -75,7 +77,19 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
                 .collect(),
         })
         .collect();
-    PlanWriter { platform: record, cpus, partitions, spi_routes }.to_bytes()
+    let doorbells = plan
+        .doorbells
+        .iter()
+        .map(|doorbell| DoorbellRecord {
+            event: doorbell.event,
+            intid: doorbell.lpi,
+            cpu: doorbell.cpu as u32,
+            sender: doorbell.from as u32,
+            receiver: doorbell.to as u32,
+            reserved: 0,
+        })
+        .collect();
+    PlanWriter { platform: record, cpus, partitions, spi_routes, doorbells }.to_bytes()
 }
 
 /// The bootable Image: the kernel laid out flat with its BSS, then the plan (page aligned),

@@ -2,6 +2,7 @@
 //! partition's RAM is, its stage-2 map, where its image and device tree go, and its VMID.
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::doorbell::{self, DoorbellPlan};
 use crate::dtb;
 use crate::image::{GuestImage, Placement};
 use crate::platform::Platform;
@@ -45,6 +46,7 @@ pub struct SystemPlan {
     pub name: String,
     pub platform: Platform,
     pub partitions: Vec<PartitionPlan>,
+    pub doorbells: Vec<DoorbellPlan>,
 }
 
 /// Places RAM for every partition: explicit bases are kept (the checker made sure they fit),
@@ -79,9 +81,16 @@ pub fn place_memory(platform: &Platform, requests: &[(u64, Option<u64>)]) -> Res
 /// The stage-2 map of a partition: its RAM, its devices, and its CPUs' redistributors: the SGI
 /// frame read/write (SGI and PPI configuration), the RD frame read-only (it holds the LPI table
 /// registers: a partition that could point them elsewhere would have the GIC read and write
-/// memory for it, past stage 2). Nothing else: no GIC distributor, no ITS, no other
+/// memory for it, past stage 2). If it rings doorbells, the one page of the ITS that holds
+/// `GITS_TRANSLATER`. Nothing else: no GIC distributor, no ITS control frame, no other
 /// partition's memory.
-pub fn stage2_map(platform: &Platform, memory: AddrRange, cpus: &[usize], devices: &[usize]) -> Vec<Stage2Region> {
+pub fn stage2_map(
+    platform: &Platform,
+    memory: AddrRange,
+    cpus: &[usize],
+    devices: &[usize],
+    rings_doorbells: bool,
+) -> Vec<Stage2Region> {
     let mut regions = vec![Stage2Region { what: "RAM".into(), range: memory, kind: RegionKind::Ram }];
     for &device in devices {
         let device = &platform.devices[device];
@@ -98,6 +107,9 @@ pub fn stage2_map(platform: &Platform, memory: AddrRange, cpus: &[usize], device
             range: platform.gic.sgi_frame(cpu),
             kind: RegionKind::Device,
         });
+    }
+    if let Some(its) = platform.gic.its.filter(|_| rings_doorbells) {
+        regions.push(Stage2Region { what: "doorbell page".into(), range: its.doorbell_page(), kind: RegionKind::Device });
     }
     regions.sort_by_key(|region| region.range.base);
     regions
@@ -151,6 +163,24 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         )
     })?;
 
+    let doorbells = match platform.gic.its {
+        Some(its) => doorbell::assign(&system.doorbells, its.event_bits, its.lpi_id_bits).map_err(|index| {
+            let doorbell = &system.doorbells[index];
+            Diagnostic {
+                path: system.path.clone(),
+                line: Some(doorbell.line),
+                message: format!(
+                    "no EventID or LPI left for doorbell '{}': platform '{}' has {} EventID bits and LPIs up to {}",
+                    doorbell.name,
+                    platform.name,
+                    its.event_bits,
+                    (1u64 << its.lpi_id_bits) - 1
+                ),
+            }
+        })?,
+        None => Vec::new(),
+    };
+
     let mut problems = Vec::new();
     let mut partitions = Vec::new();
     for (index, ((partition, memory), image)) in system.partitions.iter().zip(memories).zip(images).enumerate() {
@@ -173,9 +203,15 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             entry,
             dtb: Vec::new(),
             dtb_load: image_end.next_multiple_of(BASE_ALIGN),
-            stage2: stage2_map(platform, memory, &partition.cpus, &partition.devices),
+            stage2: stage2_map(
+                platform,
+                memory,
+                &partition.cpus,
+                &partition.devices,
+                doorbells.iter().any(|doorbell| doorbell.from == index),
+            ),
         };
-        plan.dtb = dtb::generate(platform, &plan);
+        plan.dtb = dtb::generate(platform, &plan, index, &doorbells);
         let needed = plan.dtb_load + plan.dtb.len() as u64 - memory.base.0;
         if needed > memory.size {
             problems.push(system.error(
@@ -195,7 +231,7 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
-    Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions })
+    Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells })
 }
 
 /// Loads every partition's image, building guest crates through `guest_path`.
@@ -266,7 +302,7 @@ mod tests {
         let platform = qemu_virt();
         let uart = platform.device("uart0").unwrap();
         let memory = AddrRange::new(0x4200_0000, 64 * MIB);
-        let regions = stage2_map(&platform, memory, &[2, 1], &[uart]);
+        let regions = stage2_map(&platform, memory, &[2, 1], &[uart], false);
         let summary: Vec<(u64, u64, RegionKind)> =
             regions.iter().map(|region| (region.range.base.0, region.range.size, region.kind)).collect();
         assert_eq!(
@@ -281,9 +317,21 @@ mod tests {
             ]
         );
         let cpu0 = AddrRange::new(platform.gic.redistributors.base.0, platform.gic.redistributor_stride);
-        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap(), cpu0] {
+        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap().range, cpu0] {
             assert!(regions.iter().all(|region| !region.range.overlaps(&forbidden)), "{forbidden} is mapped");
         }
+    }
+
+    #[test]
+    fn a_partition_that_rings_doorbells_gets_the_translater_page_only() {
+        let platform = qemu_virt();
+        let memory = AddrRange::new(0x4200_0000, 64 * MIB);
+        let regions = stage2_map(&platform, memory, &[0], &[], true);
+        let its: Vec<&Stage2Region> =
+            regions.iter().filter(|region| region.range.overlaps(&platform.gic.its.unwrap().range)).collect();
+        assert_eq!(its.len(), 1);
+        // GITS_TRANSLATER is at ITS base + 0x1_0040: its page, as Device memory.
+        assert_eq!((its[0].range, its[0].kind), (AddrRange::new(0x0809_0000, 0x1000), RegionKind::Device));
     }
 
     #[test]

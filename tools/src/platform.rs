@@ -56,7 +56,13 @@ struct GicToml {
     distributor: RangeToml,
     redistributors: Spanned<RangeToml>,
     redistributor_stride: Spanned<Bytes>,
-    its: Option<RangeToml>,
+    its: Option<Spanned<RangeToml>>,
+    /// INTID bits the GIC implements (`GICD_TYPER.IDbits` + 1): LPIs go up to 2^n - 1.
+    lpi_id_bits: Option<Spanned<u8>>,
+    /// EventID bits the ITS implements (`GITS_TYPER.IDbits` + 1).
+    its_event_bits: Option<u8>,
+    /// The DeviceID the ITS sees on a CPU's store to `GITS_TRANSLATER` (SoC-specific).
+    doorbell_device_id: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +119,31 @@ pub enum Trigger {
     EdgeRising,
 }
 
+/// The GIC ITS and what CPU stores to it look like.
+#[derive(Clone, Copy, Debug)]
+pub struct Its {
+    /// Its control frame and, 64 KiB on, its translation frame.
+    pub range: AddrRange,
+    /// INTID bits the GIC implements: LPIs are 8192 to 2^`lpi_id_bits` - 1.
+    pub lpi_id_bits: u8,
+    /// EventID bits the ITS implements.
+    pub event_bits: u8,
+    /// The DeviceID of a CPU's store to `GITS_TRANSLATER`: every doorbell is mapped under it.
+    pub doorbell_device: u32,
+}
+
+/// Offset of the ITS translation frame from the ITS base.
+pub const ITS_TRANSLATION_FRAME: u64 = 0x1_0000;
+/// Offset of `GITS_TRANSLATER` in the translation frame.
+pub const GITS_TRANSLATER: u64 = 0x40;
+
+impl Its {
+    /// The one page a partition that rings doorbells gets: the one holding `GITS_TRANSLATER`.
+    pub fn doorbell_page(&self) -> AddrRange {
+        AddrRange::new(self.range.base.0 + ITS_TRANSLATION_FRAME, 0x1000)
+    }
+}
+
 /// The GIC of the board.
 #[derive(Clone, Debug)]
 pub struct Gic {
@@ -122,7 +153,7 @@ pub struct Gic {
     /// The redistributor region: one frame per CPU, in CPU order.
     pub redistributors: AddrRange,
     pub redistributor_stride: u64,
-    pub its: Option<AddrRange>,
+    pub its: Option<Its>,
 }
 
 /// Bytes of one redistributor frame (RD, SGI, ...).
@@ -196,7 +227,7 @@ impl Platform {
             ("the GIC redistributors".to_string(), self.gic.redistributors),
         ];
         if let Some(its) = self.gic.its {
-            ranges.push(("the GIC ITS".to_string(), its));
+            ranges.push(("the GIC ITS".to_string(), its.range));
         }
         ranges.extend(self.devices.iter().map(|device| (format!("device '{}'", device.name), device.reg)));
         ranges
@@ -262,6 +293,24 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             format!("the redistributor region {redistributors} is too small for {} CPUs", raw.cpu.len()),
         );
     }
+    let its = match (&raw.gic.its, raw.gic.lpi_id_bits.as_ref(), raw.gic.its_event_bits, raw.gic.doorbell_device_id) {
+        (None, ..) => None,
+        (Some(its), Some(lpi_id_bits), Some(event_bits), Some(doorbell_device)) => {
+            let range = its.get_ref().range();
+            if range.size < 2 * ITS_TRANSLATION_FRAME || range.base.0 % ITS_TRANSLATION_FRAME != 0 {
+                problem(&its.span(), format!("the ITS {range} must be 64 KiB aligned and hold both of its 64 KiB frames"));
+            }
+            let lpi_id_bits = *lpi_id_bits.get_ref();
+            if !(14..=32).contains(&lpi_id_bits) {
+                problem(&raw.gic.lpi_id_bits.as_ref().map_or(its.span(), |bits| bits.span()), format!("lpi-id-bits must be 14 to 32, not {lpi_id_bits}"));
+            }
+            Some(Its { range, lpi_id_bits, event_bits, doorbell_device })
+        }
+        (Some(its), ..) => {
+            problem(&its.span(), "an ITS needs lpi-id-bits, its-event-bits and doorbell-device-id in [gic]".to_string());
+            None
+        }
+    };
     let timer = raw.timer.interrupts.get_ref();
     let timer: [u32; 4] = match timer.as_slice().try_into() {
         Ok(ppis) if timer.iter().all(|&ppi| ppi < 16) => ppis,
@@ -358,7 +407,7 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             distributor: raw.gic.distributor.range(),
             redistributors,
             redistributor_stride: stride,
-            its: raw.gic.its.map(|its| its.range()),
+            its,
         },
         timer,
         cpus,

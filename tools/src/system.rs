@@ -3,6 +3,7 @@
 //! the partitions (and ranges) involved.
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Source};
+use crate::doorbell::{self, Doorbell, DoorbellToml};
 use crate::platform::{self, Platform};
 use crate::size::{Bytes, describe};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -24,6 +25,8 @@ struct SystemToml {
     platform: Spanned<String>,
     #[serde(default)]
     partition: Vec<Spanned<PartitionToml>>,
+    #[serde(default)]
+    doorbell: Vec<Spanned<DoorbellToml>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +126,7 @@ pub struct System {
     pub path: PathBuf,
     pub platform: Platform,
     pub partitions: Vec<Partition>,
+    pub doorbells: Vec<Doorbell>,
 }
 
 impl System {
@@ -138,16 +142,17 @@ impl System {
 }
 
 /// Reads and checks the system description at `path`; `root` is the repository (for
-/// `platform/` and `partitions/`).
-pub fn load(path: &Path, root: &Path) -> Result<System, Diagnostics> {
+/// `platform/` and `partitions/`). `platform`, if given, replaces the platform the file names
+/// (to run one system on several boards).
+pub fn load(path: &Path, root: &Path, platform: Option<&str>) -> Result<System, Diagnostics> {
     let source = Source::read(path)?;
     let raw: SystemToml = toml::from_str(&source.text).map_err(|error| source.toml_error(&error))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let platform_path = platform::locate(root, base, raw.platform.get_ref());
+    let platform_name = platform.unwrap_or(raw.platform.get_ref());
+    let platform_path = platform::locate(root, base, platform_name);
     if !platform_path.is_file() {
         let message = format!(
-            "platform '{}' is not a folder under platform/ with a platform.toml ({} does not exist)",
-            raw.platform.get_ref(),
+            "platform '{platform_name}' is not a folder under platform/ with a platform.toml ({} does not exist)",
             platform_path.display()
         );
         return Err(source.error(&raw.platform.span(), message).into());
@@ -340,8 +345,10 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         partitions.push(Partition { name: name.to_string(), line: line(&name_span), cpus, memory, image, devices, bootargs });
     }
 
+    let doorbells = doorbell::check(source, &raw.doorbell, &partitions, &platform, &mut problems);
+
     if problems.is_empty() {
-        Ok(System { path: source.path.clone(), platform, partitions })
+        Ok(System { path: source.path.clone(), platform, partitions, doorbells })
     } else {
         // In file order, as a reader goes through the file.
         problems.sort_by_key(|problem| problem.line);

@@ -11,4 +11,5 @@ pub mod exits;
 pub mod fault;
 pub mod gic_sysreg;
 pub mod hypercall;
+pub mod its;
 pub mod psci;

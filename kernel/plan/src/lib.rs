@@ -9,6 +9,7 @@
 //! | `header.partitions`    | one [`PartitionRecord`] per partition         |
 //! | `header.regions`       | every partition's stage-2 [`RegionRecord`]s   |
 //! | `header.spi_routes`    | one [`SpiRoute`] per passthrough SPI          |
+//! | `header.doorbells`     | one [`DoorbellRecord`] per doorbell           |
 //! | blobs                  | guest images and DTBs, each 16-byte aligned   |
 //!
 //! The kernel parses no text: it checks this layout once with [`Plan::parse`] (magic, version,
@@ -39,7 +40,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
@@ -55,6 +56,8 @@ pub const MAX_PARTITIONS: usize = 8;
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 /// Heap the kernel needs at least, between the end of the plan and the end of its region.
 pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
+/// The first LPI INTID.
+pub const FIRST_LPI: u32 = 8192;
 
 /// A NUL-padded UTF-8 name of at most [`NAME_CAPACITY`] bytes.
 #[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -158,10 +161,15 @@ pub struct PlatformRecord {
     pub gicr_stride: u64,
     /// EL2's console UART (see [`ConsoleKind`]).
     pub console: AddrRange,
+    /// The GIC ITS (its control frame, then its translation frame), or empty.
+    pub its: AddrRange,
     pub console_kind: u32,
     /// 3 or 4.
     pub gic_version: u32,
-    pub reserved: [u32; 2],
+    /// The DeviceID the ITS sees on a CPU's store to `GITS_TRANSLATER` (SoC-specific; 0 on
+    /// QEMU): every doorbell is mapped under it.
+    pub doorbell_device: u32,
+    pub reserved: u32,
 }
 
 impl PlatformRecord {
@@ -278,6 +286,22 @@ pub struct SpiRoute {
     pub reserved: u32,
 }
 
+/// A doorbell: partition `sender` writes `event` to `GITS_TRANSLATER`, and LPI `intid` is
+/// raised on platform CPU `cpu` of partition `receiver`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DoorbellRecord {
+    /// EventID, under [`PlatformRecord::doorbell_device`].
+    pub event: u32,
+    /// LPI INTID (8192 or more).
+    pub intid: u32,
+    /// Platform CPU index, owned by `receiver`.
+    pub cpu: u32,
+    pub sender: u32,
+    pub receiver: u32,
+    pub reserved: u32,
+}
+
 /// The start of every plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -293,6 +317,7 @@ pub struct Header {
     pub partitions: TableRef,
     pub regions: TableRef,
     pub spi_routes: TableRef,
+    pub doorbells: TableRef,
 }
 
 /// Why a byte string is not a plan this kernel can use.
@@ -354,6 +379,7 @@ pub struct Plan<'a> {
     partitions: &'a [PartitionRecord],
     regions: &'a [RegionRecord],
     spi_routes: &'a [SpiRoute],
+    doorbells: &'a [DoorbellRecord],
 }
 
 impl<'a> Plan<'a> {
@@ -383,6 +409,7 @@ impl<'a> Plan<'a> {
             partitions: table(bytes, header.partitions, "partitions")?,
             regions: table(bytes, header.regions, "regions")?,
             spi_routes: table(bytes, header.spi_routes, "spi-routes")?,
+            doorbells: table(bytes, header.doorbells, "doorbells")?,
         };
         plan.check_records()?;
         Ok(plan)
@@ -424,6 +451,19 @@ impl<'a> Plan<'a> {
             }
             if route.cpu as usize >= self.cpus.len() {
                 return Err(PlanError::BadIndex { field: "spi cpu", index });
+            }
+        }
+        if !self.doorbells.is_empty() && platform.its.size == 0 {
+            return Err(PlanError::BadIndex { field: "doorbell without an ITS", index: 0 });
+        }
+        for (index, doorbell) in self.doorbells.iter().enumerate() {
+            if doorbell.intid < FIRST_LPI {
+                return Err(bad_value("doorbell intid", index, doorbell.intid.into()));
+            }
+            let partitions = self.partitions.len() as u32;
+            let cpu_owner = self.cpus.get(doorbell.cpu as usize).and_then(CpuRecord::owner);
+            if doorbell.sender >= partitions || cpu_owner != Some(doorbell.receiver as usize) {
+                return Err(PlanError::BadIndex { field: "doorbell", index });
             }
         }
         for (index, partition) in self.partitions.iter().enumerate() {
@@ -474,6 +514,11 @@ impl<'a> Plan<'a> {
     /// Every passthrough SPI and the CPU it goes to.
     pub fn spi_routes(&self) -> &'a [SpiRoute] {
         self.spi_routes
+    }
+
+    /// Every doorbell.
+    pub fn doorbells(&self) -> &'a [DoorbellRecord] {
+        self.doorbells
     }
 
     /// The platform CPU indexes owned by partition number `partition`.

@@ -13,9 +13,11 @@ fn platform() -> PlatformRecord {
         gicr: AddrRange::new(0x080a_0000, 0xf6_0000),
         gicr_stride: 0x2_0000,
         console: AddrRange::new(0x0900_0000, 0x1000),
+        its: AddrRange::new(0x0808_0000, 0x2_0000),
         console_kind: ConsoleKind::Pl011.code(),
         gic_version: 3,
-        reserved: [0; 2],
+        doorbell_device: 0,
+        reserved: 0,
     }
 }
 
@@ -62,6 +64,10 @@ fn two_partitions() -> Vec<u8> {
             draft("beta", 2, 1, 0x4600_0000, &IMAGE, b"dtb-beta!"),
         ],
         spi_routes: vec![SpiRoute { intid: 33, cpu: 0, edge: 0, reserved: 0 }],
+        doorbells: vec![
+            DoorbellRecord { event: 0, intid: 8192, cpu: 1, sender: 0, receiver: 1, reserved: 0 },
+            DoorbellRecord { event: 1, intid: 8193, cpu: 0, sender: 1, receiver: 0, reserved: 0 },
+        ],
     }
     .to_bytes()
 }
@@ -84,6 +90,7 @@ fn round_trip_keeps_every_record() {
     assert_eq!(plan.blob(&beta.dtb), b"dtb-beta!");
     assert_eq!(plan.blob(&beta.image), &[0xaa; 100]);
     assert_eq!(plan.spi_routes()[0].intid, 33);
+    assert_eq!(plan.doorbells()[1], DoorbellRecord { event: 1, intid: 8193, cpu: 0, sender: 1, receiver: 0, reserved: 0 });
 }
 
 #[test]
@@ -118,8 +125,8 @@ fn header_field(bytes: &mut [u8], offset: usize, value: &[u8]) {
 fn rejects_bad_magic_and_versions() {
     assert_eq!(corrupt(|b| b[0] = b'X'), PlanError::BadMagic);
     assert_eq!(
-        corrupt(|b| header_field(b, 8, &2u32.to_le_bytes())),
-        PlanError::UnsupportedVersion { found: 2, header_size: size_of::<Header>() as u32 }
+        corrupt(|b| header_field(b, 8, &(FORMAT_VERSION + 1).to_le_bytes())),
+        PlanError::UnsupportedVersion { found: FORMAT_VERSION + 1, header_size: size_of::<Header>() as u32 }
     );
 }
 
@@ -142,7 +149,7 @@ fn rejects_misaligned_bytes() {
 fn rejects_tables_and_blobs_out_of_bounds() {
     let header = size_of::<Header>();
     // `partitions.count` lies after `cpus` in the header; make it far too large.
-    let partitions_count = header - 3 * size_of::<TableRef>() + 4;
+    let partitions_count = header - 4 * size_of::<TableRef>() + 4;
     assert_eq!(
         corrupt(|b| header_field(b, partitions_count, &1000u32.to_le_bytes())),
         PlanError::TableOutOfBounds { table: "partitions" }
@@ -188,6 +195,16 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, first_region + 24, &9u32.to_le_bytes())),
         PlanError::BadValue { field: "region kind", index: 0, value: 9 }
+    );
+    let first_doorbell = first_region + 4 * size_of::<RegionRecord>() + size_of::<SpiRoute>();
+    // An LPI below 8192, and a doorbell to a CPU its receiver does not own.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_doorbell + 4, &8191u32.to_le_bytes())),
+        PlanError::BadValue { field: "doorbell intid", index: 0, value: 8191 }
+    );
+    assert_eq!(
+        corrupt(|b| header_field(b, first_doorbell + 8, &0u32.to_le_bytes())),
+        PlanError::BadIndex { field: "doorbell", index: 0 }
     );
 }
 

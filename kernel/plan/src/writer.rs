@@ -1,8 +1,8 @@
 //! The host's half: lays records and blobs out into one plan.
 
 use crate::{
-    BLOB_ALIGN, BlobRef, CpuRecord, FORMAT_VERSION, Header, Ipa, MAGIC, Name, PartitionRecord,
-    PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, AddrRange,
+    AddrRange, BLOB_ALIGN, BlobRef, CpuRecord, DoorbellRecord, FORMAT_VERSION, Header, Ipa, MAGIC,
+    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef,
 };
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -30,6 +30,7 @@ pub struct PlanWriter<'a> {
     pub cpus: Vec<CpuRecord>,
     pub partitions: Vec<PartitionDraft<'a>>,
     pub spi_routes: Vec<SpiRoute>,
+    pub doorbells: Vec<DoorbellRecord>,
 }
 
 impl<'a> PlanWriter<'a> {
@@ -48,6 +49,7 @@ impl<'a> PlanWriter<'a> {
         let partitions = place(self.partitions.len(), size_of::<PartitionRecord>());
         let region_table = place(regions.len(), size_of::<RegionRecord>());
         let spi_routes = place(self.spi_routes.len(), size_of::<SpiRoute>());
+        let doorbells = place(self.doorbells.len(), size_of::<DoorbellRecord>());
 
         // Blobs, stored once each however many partitions share them.
         let mut blobs = BlobStore { end: offset, stored: Vec::new() };
@@ -93,6 +95,7 @@ impl<'a> PlanWriter<'a> {
             partitions,
             regions: region_table,
             spi_routes,
+            doorbells,
         };
         let mut out = Vec::with_capacity(total_size);
         out.extend_from_slice(header.as_bytes());
@@ -100,6 +103,7 @@ impl<'a> PlanWriter<'a> {
         out.extend_from_slice(records.as_bytes());
         out.extend_from_slice(regions.as_bytes());
         out.extend_from_slice(self.spi_routes.as_bytes());
+        out.extend_from_slice(self.doorbells.as_bytes());
         for (bytes, at) in blobs.stored {
             out.resize(at as usize, 0);
             out.extend_from_slice(bytes);

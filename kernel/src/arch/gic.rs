@@ -52,8 +52,8 @@ impl fmt::Display for Error {
 }
 
 /// Sets up the distributor, checks it and the redistributors of the CPUs partitions use
-/// against the plan, and routes the passthrough SPIs.
-pub fn init(plan: &Plan<'_>) -> Result<(), Error> {
+/// against the plan, and routes the passthrough SPIs. Returns the GIC's INTID width.
+pub fn init(plan: &Plan<'_>) -> Result<u8, Error> {
     let platform = plan.platform();
     // SAFETY: the plan's GICD and GICR addresses are the platform's, checked against the
     // firmware's device tree, and EL2 maps them as Device memory. This is the distributor's
@@ -86,8 +86,9 @@ pub fn init(plan: &Plan<'_>) -> Result<(), Error> {
         gic.distributor().set_routing(intid, Some(mpidr))?;
         gic.enable_interrupt(intid, None, true)?;
     }
+    let id_bits = gic.typer().id_bits() as u8;
     GIC.call_once(|| Mutex::new(SharedGic(gic)));
-    Ok(())
+    Ok(id_bits)
 }
 
 /// Prepares this CPU's GIC state for a partition: system registers on for EL2 and EL1, the

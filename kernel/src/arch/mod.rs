@@ -4,7 +4,10 @@ pub mod el2;
 pub mod entry;
 pub mod firmware;
 pub mod gic;
+pub mod its;
+pub mod lpi;
 pub mod stage2;
+pub mod tables;
 pub mod vectors;
 
 /// Waits for an event forever (used where nothing is left to do and powering off failed).

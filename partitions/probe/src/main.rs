@@ -15,6 +15,9 @@
 //!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
 //! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
 //!   arrived (a partition that owns no sender must get none).
+//! - `probe=ping-pong role=initiator|responder rounds=<n> ring=<doorbell> wait=<doorbell>`: the
+//!   initiator rings `ring` and waits for `wait`, `n` times; the responder rings `ring` each time
+//!   `wait` rings it. Both report what they counted; nothing enters EL2 in between.
 
 #![no_std]
 #![no_main]
@@ -22,6 +25,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 use trapless_guest::psci::{self, AffinityState};
 use core::sync::atomic::AtomicBool;
+use trapless_guest::doorbell::{self, Bell};
 use trapless_guest::{Boot, irq, println, smp, time};
 
 trapless_guest::entry!(main);
@@ -34,6 +38,7 @@ fn main(boot: &Boot) {
         Some("busy-touch") => busy_touch(boot),
         Some("sgi") => sgi(boot),
         Some("sgi-listen") => sgi_listen(boot),
+        Some("ping-pong") => ping_pong(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -272,4 +277,70 @@ fn sgi_listen(boot: &Boot) {
     time::delay_us(400_000);
     let received: usize = RECEIVED.iter().map(|count| count.load(Ordering::SeqCst)).sum();
     println!("sgi-listen: received {received} SGIs, {} unhandled interrupts", irq::unhandled());
+}
+
+/// Doorbell rings this partition has taken.
+static RINGS: AtomicUsize = AtomicUsize::new(0);
+/// The doorbell the responder rings back with.
+static REPLY: spin::Once<Bell> = spin::Once::new();
+
+fn count_ring(_: u32) {
+    RINGS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn count_and_reply(_: u32) {
+    RINGS.fetch_add(1, Ordering::SeqCst);
+    if let Some(bell) = REPLY.get() {
+        bell.ring();
+    }
+}
+
+fn ping_pong(boot: &Boot) {
+    let (Some(role), Some(rounds), Some(ring), Some(wait)) =
+        (boot.arg("role"), address(boot, "rounds"), boot.arg("ring"), boot.arg("wait"))
+    else {
+        println!("ping-pong: give role=, rounds=, ring= and wait=");
+        psci::system_reset();
+    };
+    let rounds = rounds as usize;
+    let bell = doorbell::bell(boot, ring).unwrap_or_else(|error| {
+        println!("ping-pong: no doorbell '{ring}' to ring: {error:?}");
+        psci::system_reset()
+    });
+    let handler: fn(u32) = if role == "responder" { count_and_reply } else { count_ring };
+    REPLY.call_once(|| bell);
+    let incoming = doorbell::on(boot, wait, handler).unwrap_or_else(|error| {
+        println!("ping-pong: no doorbell '{wait}' ringing me: {error:?}");
+        psci::system_reset()
+    });
+    irq::init_cpu();
+    match role {
+        "initiator" => {
+            let start = time::now();
+            for round in 1..=rounds {
+                bell.ring();
+                irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= round);
+            }
+            let ticks = (time::now() - start) / rounds.max(1) as u64;
+            println!(
+                "ping-pong: initiator rang '{ring}' {rounds} times and was rung by '{wait}' (LPI {}) {} times",
+                incoming.lpi,
+                RINGS.load(Ordering::SeqCst)
+            );
+            println!("ping-pong: {ticks} counter ticks per round trip at {} Hz", time::frequency());
+        }
+        "responder" => {
+            irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= rounds);
+            println!(
+                "ping-pong: responder was rung by '{wait}' (LPI {}) {} times and rang '{ring}' as many",
+                incoming.lpi,
+                RINGS.load(Ordering::SeqCst)
+            );
+        }
+        other => {
+            println!("ping-pong: role must be initiator or responder, not {other}");
+            psci::system_reset();
+        }
+    }
+    println!("ping-pong: {} spurious interrupts", irq::unhandled());
 }

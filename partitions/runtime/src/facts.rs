@@ -9,6 +9,48 @@ use trapless_abi::dt;
 /// Most CPUs a [`Boot`] lists.
 pub const MAX_CPUS: usize = 8;
 
+/// Most doorbells a [`Doorbells`] lists each way.
+pub const MAX_DOORBELLS: usize = 16;
+
+/// A doorbell this partition rings: its name and EventID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub name: &'static str,
+    pub event: u32,
+}
+
+/// A doorbell that rings this partition: its name, its LPI and the CPU that takes it (its
+/// affinity packed as Aff3.Aff2.Aff1.Aff0, a byte each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub name: &'static str,
+    pub lpi: u32,
+    pub affinity: u32,
+}
+
+/// The partition's doorbells (`trapless,doorbells` node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Doorbells {
+    /// Where to store an EventID to ring one (`GITS_TRANSLATER`), if this partition rings any.
+    pub translater: Option<u64>,
+    pub outgoing: [Option<Outgoing>; MAX_DOORBELLS],
+    pub incoming: [Option<Incoming>; MAX_DOORBELLS],
+}
+
+impl Doorbells {
+    const NONE: Self = Self { translater: None, outgoing: [None; MAX_DOORBELLS], incoming: [None; MAX_DOORBELLS] };
+
+    /// The doorbell called `name` that this partition rings.
+    pub fn outgoing(&self, name: &str) -> Option<Outgoing> {
+        self.outgoing.iter().flatten().find(|doorbell| doorbell.name == name).copied()
+    }
+
+    /// The doorbell called `name` that rings this partition.
+    pub fn incoming(&self, name: &str) -> Option<Incoming> {
+        self.incoming.iter().flatten().find(|doorbell| doorbell.name == name).copied()
+    }
+}
+
 /// Where the partition's console output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -45,6 +87,7 @@ pub struct Boot {
     /// [`Boot::redistributor_region_count`] are valid.
     pub redistributor_regions: [Range<u64>; MAX_CPUS],
     pub redistributor_region_count: usize,
+    pub doorbells: Doorbells,
     /// The device tree itself.
     pub dtb: &'static [u8],
 }
@@ -84,6 +127,8 @@ pub enum FactsError {
     Missing(&'static str),
     /// More CPUs than [`MAX_CPUS`].
     TooManyCpus,
+    /// More doorbells one way than [`MAX_DOORBELLS`], or names and values that do not pair up.
+    BadDoorbells,
 }
 
 impl fmt::Display for FactsError {
@@ -92,6 +137,7 @@ impl fmt::Display for FactsError {
             Self::Unreadable => f.write_str("the device tree is unreadable"),
             Self::Missing(what) => write!(f, "the device tree has no {what}"),
             Self::TooManyCpus => write!(f, "the device tree lists more than {MAX_CPUS} CPUs"),
+            Self::BadDoorbells => write!(f, "the doorbells node is malformed or lists more than {MAX_DOORBELLS} a way"),
         }
     }
 }
@@ -167,6 +213,11 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         redistributor_region_count += 1;
     }
 
+    let doorbells = match tree.find_compatible(&["trapless,doorbells"]) {
+        None => Doorbells::NONE,
+        Some(node) => read_doorbells(&node, address_cells, size_cells)?,
+    };
+
     let psci = tree
         .find_node("/psci")
         .and_then(|node| text(&node, "method"))
@@ -183,8 +234,36 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         psci,
         redistributor_regions,
         redistributor_region_count,
+        doorbells,
         dtb,
     })
+}
+
+/// The NUL-separated strings of a property.
+fn strings<'a>(node: &FdtNode<'_, 'a>, name: &str) -> impl Iterator<Item = &'a str> {
+    let value = node.property(name).map_or(&[][..], |property| property.value);
+    value.split(|&byte| byte == 0).filter(|bytes| !bytes.is_empty()).map(|bytes| core::str::from_utf8(bytes).unwrap_or(""))
+}
+
+fn read_doorbells(node: &FdtNode<'_, 'static>, address_cells: usize, size_cells: usize) -> Result<Doorbells, FactsError> {
+    let mut doorbells = Doorbells::NONE;
+    let page = node.property("reg").and_then(|reg| dt::reg_entries(reg.value, address_cells, size_cells).next());
+    let offset = cell(node, "trapless,translater");
+    doorbells.translater = page.zip(offset).map(|((base, _), offset)| base + offset as u64);
+
+    let events = node.property("trapless,ring-events").map_or(&[][..], |property| property.value);
+    let mut events = dt::cells(events);
+    for (slot, name) in strings(node, "trapless,ring-names").enumerate() {
+        let event = events.next().ok_or(FactsError::BadDoorbells)?;
+        *doorbells.outgoing.get_mut(slot).ok_or(FactsError::BadDoorbells)? = Some(Outgoing { name, event });
+    }
+    let lpis = node.property("trapless,receive-lpis").map_or(&[][..], |property| property.value);
+    let mut lpis = dt::cells(lpis);
+    for (slot, name) in strings(node, "trapless,receive-names").enumerate() {
+        let (lpi, affinity) = lpis.next().zip(lpis.next()).ok_or(FactsError::BadDoorbells)?;
+        *doorbells.incoming.get_mut(slot).ok_or(FactsError::BadDoorbells)? = Some(Incoming { name, lpi, affinity });
+    }
+    Ok(doorbells)
 }
 
 #[cfg(test)]

@@ -49,6 +49,24 @@ pub fn wait() {
     crate::arch::wait_for_interrupt();
 }
 
+/// Waits, sleeping in `WFI`, until `done()` holds. IRQs are masked between the check and the
+/// `WFI` (which still wakes on a pending interrupt), so an interrupt that makes `done()` true
+/// right after the check cannot be missed.
+pub fn wait_until(done: impl Fn() -> bool) {
+    loop {
+        // SAFETY: masking and unmasking IRQs on this CPU around the check.
+        unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+        if done() {
+            // SAFETY: as above.
+            unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+            return;
+        }
+        crate::arch::wait_for_interrupt();
+        // SAFETY: as above; the pending interrupt is taken here.
+        unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    }
+}
+
 /// Calls `handler(intid)` whenever `intid` is taken on any CPU of the partition.
 pub fn register(intid: u32, handler: fn(u32)) -> Result<(), IrqError> {
     for slot in &SLOTS_TABLE {
