@@ -167,3 +167,47 @@ fn every_cpu_of_a_faulting_partition_stops_with_it() {
     check(&run, run.stops().get("bystander").map(String::as_str) == Some("system-off"), "bystander finished");
     check(&run, run.verdict(&built.plan).is_err(), "a fault fails the run");
 }
+
+/// Boots `tests/systems/doorbell.toml` with `rounds` round trips on `platform`, with QEMU
+/// logging every exception, and returns the run and how many exceptions QEMU saw taken to EL2.
+fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
+    let text = std::fs::read_to_string(trapless_tests::system("doorbell")).unwrap().replace("rounds=100", &format!("rounds={rounds}"));
+    let tag = format!("doorbell-{rounds}-{}-{}", platform.unwrap_or("own"), std::process::id());
+    let path = std::env::temp_dir().join(format!("{tag}.toml"));
+    let log = std::env::temp_dir().join(format!("{tag}.log"));
+    std::fs::write(&path, text).unwrap();
+    let (built, run) = trapless_tests::boot_file(&path, platform, &["-d", "int", "-D", log.to_str().unwrap()]);
+    let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log));
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("{tag}: {:?}", run.verdict(&built.plan)));
+    let initiator = format!("ping-pong: initiator rang 'ping' {rounds} times and was rung by 'pong' (LPI 8193) {rounds} times");
+    let responder = format!("ping-pong: responder was rung by 'ping' (LPI 8192) {rounds} times and rang 'pong' as many");
+    check(&run, lines(&run, "initiator").contains(&initiator.as_str()), &initiator);
+    check(&run, lines(&run, "responder").contains(&responder.as_str()), &responder);
+    for name in ["initiator", "responder"] {
+        check(&run, lines(&run, name).contains(&"ping-pong: 0 spurious interrupts"), &format!("{name}: no spurious interrupt"));
+    }
+    let to_el2 = qemu_log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count();
+    (run, to_el2)
+}
+
+/// The ring-to-LPI path never enters EL2: EL2's counters and QEMU's own log show the same
+/// number of exits whether the partitions exchange 10 doorbells or 50 times as many.
+fn doorbells_cost_no_exits(platform: Option<&str>) {
+    let (short, short_to_el2) = ping_pong(10, platform);
+    let (long, long_to_el2) = ping_pong(500, platform);
+    check(&long, short.exits() == long.exits(), &format!("exits with 10 rounds {:?}, with 500 {:?}", short.exits(), long.exits()));
+    let counted: u64 = long.exits().values().map(|exits| exits.total).sum();
+    check(&long, long_to_el2 == short_to_el2, &format!("QEMU saw {short_to_el2} exceptions to EL2 for 10 rounds, {long_to_el2} for 500"));
+    check(&long, long_to_el2 as u64 == counted, &format!("QEMU saw {long_to_el2} exceptions to EL2, EL2 counted {counted}"));
+}
+
+#[test]
+fn doorbells_ping_pong_with_no_exits_on_gicv3() {
+    doorbells_cost_no_exits(None);
+}
+
+#[test]
+fn doorbells_ping_pong_with_no_exits_on_gicv4() {
+    doorbells_cost_no_exits(Some("qemu-virt-gicv4"));
+}

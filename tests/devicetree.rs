@@ -13,7 +13,7 @@ use trapless_tools::planner::SystemPlan;
 use trapless_tools::{Target, dtb, plan_system};
 
 /// Systems whose device trees are pinned.
-const SYSTEMS: [&str; 3] = ["qemu-demo", "smp", "uart"];
+const SYSTEMS: [&str; 4] = ["qemu-demo", "smp", "uart", "doorbell"];
 
 fn decompile(blob: &[u8]) -> (String, String) {
     let mut child = Command::new("dtc")
@@ -73,6 +73,23 @@ fn the_guest_runtime_reads_back_what_the_plan_put_in() {
                 _ => ConsoleKind::Pl011(plan.platform.devices[plan.platform.console.unwrap()].reg.base.0),
             };
             assert_eq!(facts.console, expected_console, "{}", partition.name);
+
+            let index = plan.partitions.iter().position(|other| other.name == partition.name).unwrap();
+            let its = plan.platform.gic.its.unwrap();
+            for doorbell in &plan.doorbells {
+                if doorbell.from == index {
+                    let outgoing = facts.doorbells.outgoing(&doorbell.name).expect("the sender sees its doorbell");
+                    assert_eq!(outgoing.event, doorbell.event);
+                    assert_eq!(facts.doorbells.translater, Some(its.range.base.0 + 0x1_0040));
+                }
+                if doorbell.to == index {
+                    let incoming = facts.doorbells.incoming(&doorbell.name).expect("the receiver sees its doorbell");
+                    assert_eq!(incoming.lpi, doorbell.lpi);
+                    assert_eq!(u64::from(incoming.affinity), plan.platform.cpus[doorbell.cpu]);
+                }
+            }
+            let rings = plan.doorbells.iter().any(|doorbell| doorbell.from == index);
+            assert_eq!(facts.doorbells.translater.is_some(), rings, "{}: a doorbell page only for senders", partition.name);
         }
     }
 }

@@ -106,10 +106,10 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
         }
         redistributor.configure_default_settings();
     }
-    // Acknowledge and end whatever is pending (with the priority mask fully open, or nothing
-    // is signalled), then leave group 1 disabled and the mask closed, as at reset: the partition
-    // opens them when it is ready for interrupts.
-    GicCpuInterface::set_priority_mask(0xff);
+    // Acknowledge and end whatever is pending at a higher priority than doorbells (a doorbell
+    // may already be ringing for the partition: it is not ours to take), then leave group 1
+    // disabled and the mask closed, as at reset: the partition opens them when it is ready.
+    GicCpuInterface::set_priority_mask(super::lpi::DOORBELL_PRIORITY);
     GicCpuInterface::enable_group1(true);
     while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
         GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);

@@ -34,8 +34,10 @@ register_structs! {
 
 const CTLR_ENABLE_LPIS: u32 = 1 << 0;
 const TYPER_PLPIS: u64 = 1 << 0;
-/// The priority of every doorbell LPI: in the middle of the non-secure range.
-const DOORBELL_PRIORITY: u8 = 0xa0;
+/// The priority of every doorbell LPI: in the middle of the non-secure range, below the
+/// default priority (0x80) of everything else, so that `gic::init_cpu` can drain leftovers
+/// without taking a doorbell that is already ringing for the partition.
+pub const DOORBELL_PRIORITY: u8 = 0xa0;
 
 /// What stops doorbells from being set up.
 #[derive(Debug)]
