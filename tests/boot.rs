@@ -2,7 +2,7 @@
 //! `qemu-system-aarch64 -M virt,virtualization=on`, and checks what the console shows. A run
 //! that does not power off within the timeout fails.
 
-use trapless_tests::{boot, check};
+use trapless_tests::{boot, check, exceptions_to_el2};
 use trapless_tools::qemu::Run;
 
 /// The lines partition `name` printed through the console hypercall.
@@ -47,7 +47,7 @@ fn el2_exit_counts_agree_with_qemu() {
     let _ = std::fs::remove_file(&log);
     check(&run, run.verdict(&built.plan).is_ok(), "the demo finishes");
     // Every exception QEMU took from a partition to EL2, against EL2's own counters.
-    let taken = qemu_log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count();
+    let taken = exceptions_to_el2(&qemu_log);
     let counted: u64 = run.exits().values().map(|exits| exits.total).sum();
     check(&run, counted > 0, "EL2 counted exits");
     check(&run, taken as u64 == counted, &format!("QEMU saw {taken} exceptions to EL2, EL2 counted {counted}"));
@@ -178,7 +178,7 @@ fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
     std::fs::write(&path, text).unwrap();
     let (built, run) = trapless_tests::boot_file(&path, platform, &["-d", "int", "-D", log.to_str().unwrap()]);
     let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log));
+    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log), std::fs::remove_dir_all(&built.dir));
     check(&run, run.verdict(&built.plan).is_ok(), &format!("{tag}: {:?}", run.verdict(&built.plan)));
     let initiator = format!("ping-pong: initiator rang 'ping' {rounds} times and was rung by 'pong' (LPI 8193) {rounds} times");
     let responder = format!("ping-pong: responder was rung by 'ping' (LPI 8192) {rounds} times and rang 'pong' as many");
@@ -187,8 +187,7 @@ fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
     for name in ["initiator", "responder"] {
         check(&run, lines(&run, name).contains(&"ping-pong: 0 spurious interrupts"), &format!("{name}: no spurious interrupt"));
     }
-    let to_el2 = qemu_log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count();
-    (run, to_el2)
+    (run, exceptions_to_el2(&qemu_log))
 }
 
 /// The ring-to-LPI path never enters EL2: EL2's counters and QEMU's own log show the same
@@ -210,4 +209,47 @@ fn doorbells_ping_pong_with_no_exits_on_gicv3() {
 #[test]
 fn doorbells_ping_pong_with_no_exits_on_gicv4() {
     doorbells_cost_no_exits(Some("qemu-virt-gicv4"));
+}
+
+#[test]
+fn a_doorbell_rung_before_its_cpu_is_up_waits_for_it() {
+    let (built, run) = boot("doorbell-early", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    let expected = "ping-pong: responder was rung by 'ping' (LPI 8192) 3 times and rang 'pong' as many";
+    check(&run, lines(&run, "responder").contains(&expected), expected);
+}
+
+#[test]
+fn of_the_its_a_partition_reaches_only_the_doorbell_page_and_only_if_it_rings() {
+    let (built, run) = boot("its-isolation", &[]);
+    check(&run, !run.timed_out(), "QEMU powered off");
+    let stops = run.stops();
+    // The sender writes GITS_CWRITER in the ITS control frame; the receiver, which rings
+    // nothing, writes GITS_TRANSLATER.
+    for (name, ipa) in [("sender", "0x808_0088"), ("receiver", "0x809_0040")] {
+        let expected = format!("stage-2 data abort: write at IPA {ipa} (translation fault)");
+        let reason = stops.get(name).map(String::as_str).unwrap_or("");
+        check(&run, reason.starts_with(&expected), &format!("{name} stopped: {expected}"));
+    }
+    check(&run, run.verdict(&built.plan).is_err(), "faults fail the run");
+}
+
+#[test]
+fn a_doorbell_storm_from_another_partition_is_spurious_and_costs_no_exits() {
+    let (built, run) = boot("storm", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    check(&run, lines(&run, "rogue").contains(&"storm: stored EventID 0 100000 times"), "the storm happened");
+    let worker = lines(&run, "worker");
+    check(&run, worker.iter().any(|line| line.starts_with("work: pattern at") && line.ends_with("intact; done")), "work done");
+    let rings = worker
+        .iter()
+        .find_map(|line| line.strip_prefix("doorbell-work: 'job' rang ")?.split(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Rings coalesce while pending; the storm only has to have reached it.
+    check(&run, rings >= 1, &format!("the worker was rung ({rings} times)"));
+    let exits = run.exits();
+    // Neither the storm nor the rings it caused entered EL2: console lines, the priority-mask
+    // write and SYSTEM_OFF only.
+    check(&run, exits["worker"].total == worker.len() as u64 + 2 && exits["worker"].sysreg == 1, &format!("worker: {:?}", exits["worker"]));
+    check(&run, exits["rogue"].total == 2, &format!("rogue: {:?}", exits["rogue"]));
 }

@@ -108,7 +108,8 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
         }
     }
 
-    // GIC: a GICv3 (or v4) at the platform's distributor and redistributor addresses.
+    // GIC: a GICv3 (or v4) at the platform's distributor and redistributor addresses, and its
+    // ITS where the platform says, if it has one.
     match tree.find_compatible(&["arm,gic-v3"]) {
         None => problems.push(String::from("the firmware's device tree has no GICv3")),
         Some(gic) => {
@@ -124,6 +125,23 @@ pub fn check(address: usize, plan: &Plan<'_>) -> Result<(), Vec<String>> {
                     platform.gicr.base
                 ));
             }
+        }
+    }
+    if platform.its.size != 0 {
+        let its = tree.find_compatible(&["arm,gic-v3-its"]);
+        let its_cells = |name: &str, default: u64| {
+            tree.find_compatible(&["arm,gic-v3"])
+                .and_then(|gic| cells(&gic, name).first().copied())
+                .unwrap_or(default) as usize
+        };
+        let base = its
+            .and_then(|node| reg(&node, its_cells("#address-cells", 2), its_cells("#size-cells", 2)).first().copied())
+            .map(|(base, _)| base);
+        if base != Some(platform.its.base.0) {
+            problems.push(format!(
+                "the firmware's device tree has the GIC ITS at {base:#x?}, platform {} says {}",
+                platform.name, platform.its.base
+            ));
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems) }

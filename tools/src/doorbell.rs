@@ -128,47 +128,16 @@ pub fn check(
             }
         };
 
-        let event = raw.event.as_ref().and_then(|event| {
-            let value = *event.get_ref();
-            let limit = its.map_or(0, |its| 1u64 << its.event_bits);
-            match u32::try_from(value).ok().filter(|&value| u64::from(value) < limit) {
-                None if its.is_some() => {
-                    fail(&event.span(), format!("EventID {value} of doorbell '{name}' is outside 0 to {} (the ITS has {} EventID bits)", limit - 1, its.map_or(0, |its| its.event_bits)));
-                    None
-                }
-                None => None,
-                Some(value) => match events.iter().find(|(taken, ..)| *taken == value) {
-                    Some((_, other, other_line)) => {
-                        fail(&event.span(), format!("EventID {value} of doorbell '{name}' is already used by doorbell '{other}' (line {other_line})"));
-                        None
-                    }
-                    None => {
-                        events.push((value, name.to_string(), line));
-                        Some(value)
-                    }
-                },
-            }
+        // Without an ITS there is nothing to number (and that is reported above).
+        let event = raw.event.as_ref().filter(|_| its.is_some()).and_then(|event| {
+            let limit = its.map_or(1, |its| 1u64 << its.event_bits);
+            let range = format!("0 to {} (the ITS has {} EventID bits)", limit - 1, its.map_or(0, |its| its.event_bits));
+            claim(event, "EventID", 0..limit, range, &mut events, name, line, &mut fail)
         });
-        let lpi = raw.lpi.as_ref().and_then(|lpi| {
-            let value = *lpi.get_ref();
+        let lpi = raw.lpi.as_ref().filter(|_| its.is_some()).and_then(|lpi| {
             let top = its.map_or(0, |its| (1u64 << its.lpi_id_bits) - 1);
-            match u32::try_from(value).ok().filter(|&value| value >= FIRST_LPI && u64::from(value) <= top) {
-                None if its.is_some() => {
-                    fail(&lpi.span(), format!("LPI {value} of doorbell '{name}' is outside {FIRST_LPI} to {top}, the LPIs of platform '{}'", platform.name));
-                    None
-                }
-                None => None,
-                Some(value) => match lpis.iter().find(|(taken, ..)| *taken == value) {
-                    Some((_, other, other_line)) => {
-                        fail(&lpi.span(), format!("LPI {value} of doorbell '{name}' is already used by doorbell '{other}' (line {other_line})"));
-                        None
-                    }
-                    None => {
-                        lpis.push((value, name.to_string(), line));
-                        Some(value)
-                    }
-                },
-            }
+            let range = format!("{FIRST_LPI} to {top}, the LPIs of platform '{}'", platform.name);
+            claim(lpi, "LPI", u64::from(FIRST_LPI)..top + 1, range, &mut lpis, name, line, &mut fail)
         });
 
         if let (true, Some(from), Some(to), Some(cpu)) = (ok, from, to, cpu) {
@@ -179,6 +148,33 @@ pub fn check(
         }
     }
     doorbells
+}
+
+/// Takes the explicit `value` (an EventID or an LPI, `what`) of doorbell `name` at `line` if it
+/// lies in `allowed` (described as `range`) and no earlier doorbell has it in `taken`;
+/// otherwise reports why through `fail`.
+#[allow(clippy::too_many_arguments, reason = "one call site per kind of value, each naming every part")]
+fn claim(
+    value: &Spanned<i64>,
+    what: &str,
+    allowed: Range<u64>,
+    range: String,
+    taken: &mut Vec<(u32, String, usize)>,
+    name: &str,
+    line: usize,
+    fail: &mut dyn FnMut(&Range<usize>, String),
+) -> Option<u32> {
+    let number = *value.get_ref();
+    let Some(number) = u32::try_from(number).ok().filter(|&number| allowed.contains(&u64::from(number))) else {
+        fail(&value.span(), format!("{what} {number} of doorbell '{name}' is outside {range}"));
+        return None;
+    };
+    if let Some((_, other, other_line)) = taken.iter().find(|(used, ..)| *used == number) {
+        fail(&value.span(), format!("{what} {number} of doorbell '{name}' is already used by doorbell '{other}' (line {other_line})"));
+        return None;
+    }
+    taken.push((number, name.to_string(), line));
+    Some(number)
 }
 
 /// Gives every doorbell without an explicit EventID or LPI the lowest free one, in the order

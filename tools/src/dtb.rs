@@ -216,10 +216,7 @@ fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorb
         // (Aff3.Aff2.Aff1.Aff0, a byte each).
         let lpis: Vec<u32> = receives
             .iter()
-            .flat_map(|doorbell| {
-                let mpidr = platform.cpus[doorbell.cpu];
-                [doorbell.lpi, (((mpidr >> 8) & 0xff00_0000) | (mpidr & 0xff_ffff)) as u32]
-            })
+            .flat_map(|doorbell| [doorbell.lpi, dt::pack_affinity(platform.cpus[doorbell.cpu])])
             .collect();
         fdt.property_array_u32("trapless,receive-lpis", &lpis)?;
     }

@@ -132,6 +132,10 @@ pub struct Its {
     pub doorbell_device: u32,
 }
 
+/// DeviceIDs a flat ITS device table of 256 4 KiB pages reaches with 8-byte entries. (An ITS
+/// with larger entries reaches fewer: the kernel refuses such a table at boot.)
+pub const MAX_DOORBELL_DEVICE: u32 = 256 * 4096 / 8;
+
 /// Offset of the ITS translation frame from the ITS base.
 pub const ITS_TRANSLATION_FRAME: u64 = 0x1_0000;
 /// Offset of `GITS_TRANSLATER` in the translation frame.
@@ -303,6 +307,17 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             let lpi_id_bits = *lpi_id_bits.get_ref();
             if !(14..=32).contains(&lpi_id_bits) {
                 problem(&raw.gic.lpi_id_bits.as_ref().map_or(its.span(), |bits| bits.span()), format!("lpi-id-bits must be 14 to 32, not {lpi_id_bits}"));
+            }
+            if !(1..=32).contains(&event_bits) {
+                problem(&its.span(), format!("its-event-bits must be 1 to 32, not {event_bits}"));
+            }
+            if doorbell_device >= MAX_DOORBELL_DEVICE {
+                problem(
+                    &its.span(),
+                    format!(
+                        "doorbell-device-id {doorbell_device} is too large: trapless gives the ITS a flat device table, which reaches DeviceIDs below {MAX_DOORBELL_DEVICE}"
+                    ),
+                );
             }
             Some(Its { range, lpi_id_bits, event_bits, doorbell_device })
         }

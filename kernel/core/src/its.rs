@@ -16,8 +16,6 @@ pub enum Command {
     Mapti { device: u32, event: u32, intid: u32, collection: u16 },
     /// `INV`: make the redistributor reload the configuration of (`device`, `event`)'s LPI.
     Inv { device: u32, event: u32 },
-    /// `INVALL`: reload the configuration of every LPI of `collection`.
-    Invall { collection: u16 },
     /// `SYNC`: wait until earlier commands' effects on `target` are visible.
     Sync { target: RdBase },
 }
@@ -47,7 +45,6 @@ mod opcode {
     pub const MAPC: u64 = 0x09;
     pub const MAPTI: u64 = 0x0a;
     pub const INV: u64 = 0x0c;
-    pub const INVALL: u64 = 0x0d;
 }
 
 const VALID: u64 = 1 << 63;
@@ -76,7 +73,6 @@ impl Command {
                 0,
             ],
             Self::Inv { device, event } => [device_dw0(opcode::INV, device), u64::from(event), 0, 0],
-            Self::Invall { collection } => [opcode::INVALL, 0, u64::from(collection), 0],
             Self::Sync { target } => [opcode::SYNC, 0, target.field(), 0],
         }
     }
@@ -168,12 +164,12 @@ impl Baser {
         ((self.0 >> 48) & 0x1f) as usize + 1
     }
 
-    /// The value that makes a flat table of `pages` 4 KiB pages at `address` valid, keeping
-    /// the read-only fields of `self`.
+    /// The value that makes a flat table of `pages` (1 to [`MAX_TABLE_PAGES`]) 4 KiB pages at
+    /// `address` valid, keeping the read-only fields of `self`.
     pub fn with_flat_table(self, address: u64, pages: usize, memory: TableMemory) -> Self {
         let (inner, shareability) = memory.fields();
         let keep = self.0 & ((0b111 << 56) | (0x1f << 48));
-        let size = (pages.clamp(1, 256) - 1) as u64;
+        let size = (pages.clamp(1, MAX_TABLE_PAGES) - 1) as u64;
         Self(VALID | (inner << 59) | keep | (address & 0x0000_ffff_ffff_f000) | (shareability << 10) | size)
     }
 }
@@ -186,11 +182,19 @@ pub fn cbaser(address: u64, pages: usize, memory: TableMemory) -> u64 {
 
 pub use trapless_plan::FIRST_LPI;
 
+/// Bits needed to number `0..=highest` (at least 1).
+pub fn bits_for(highest: u32) -> u8 {
+    (32 - highest.leading_zeros()).max(1) as u8
+}
+
 /// INTID bits a property table must cover for LPIs up to `max_intid` (at least 14, as the
 /// architecture requires of `GICR_PROPBASER.IDbits`).
 pub fn lpi_id_bits(max_intid: u32) -> u8 {
-    (32 - max_intid.leading_zeros()).max(14) as u8
+    bits_for(max_intid).max(14)
 }
+
+/// Most 4 KiB pages a flat `GITS_BASER<n>` table can have (its Size field is 8 bits).
+pub const MAX_TABLE_PAGES: usize = 256;
 
 /// Bytes of the LPI configuration (property) table for `id_bits` INTID bits: one per LPI.
 pub fn property_table_size(id_bits: u8) -> usize {
@@ -228,40 +232,54 @@ pub fn pendbaser(address: u64, memory: TableMemory) -> u64 {
 mod tests {
     use super::*;
 
-    // Field layouts from the GIC architecture specification (IHI 0069H), §5.3.
+    // Field positions from the GIC architecture specification (IHI 0069H), §5.3: each test
+    // reads every field of an encoded command back by its bit range, as the spec's tables list
+    // them.
 
-    #[test]
-    fn mapd_places_device_size_itt_and_valid() {
-        // DW0[7:0] = 0x08, DW0[63:32] = DeviceID; DW1[4:0] = Size (EventID bits - 1);
-        // DW2[51:8] = ITT_addr; DW2[63] = V.
-        let command = Command::Mapd { device: 0x1234, event_bits: 4, itt: 0x4123_4500, valid: true };
-        assert_eq!(command.encode(), [0x0000_1234_0000_0008, 3, 0x8000_0000_4123_4500, 0]);
-        let unmap = Command::Mapd { device: 7, event_bits: 1, itt: 0x4123_45ff, valid: false };
-        assert_eq!(unmap.encode(), [0x0000_0007_0000_0008, 0, 0x4123_4500, 0]);
+    /// Bits `high..=low` of `word`.
+    fn bits(word: u64, high: u32, low: u32) -> u64 {
+        (word >> low) & (u64::MAX >> (63 - (high - low)))
     }
 
     #[test]
-    fn mapc_places_collection_and_target() {
-        // DW0[7:0] = 0x09; DW2[15:0] = ICID; DW2[50:16] = RDbase; DW2[63] = V.
-        let by_number = Command::Mapc { collection: 3, target: RdBase::Processor(2), valid: true };
-        assert_eq!(by_number.encode(), [0x09, 0, 0x8000_0000_0002_0003, 0]);
-        let by_address = Command::Mapc { collection: 1, target: RdBase::Address(0x080c_0000), valid: true };
-        assert_eq!(by_address.encode(), [0x09, 0, 0x8000_0000_080c_0001, 0]);
+    fn mapd_fields() {
+        let [dw0, dw1, dw2, _] =
+            Command::Mapd { device: 0x1234, event_bits: 4, itt: 0x4123_4500, valid: true }.encode();
+        assert_eq!(bits(dw0, 7, 0), 0x08, "CommandID");
+        assert_eq!(bits(dw0, 63, 32), 0x1234, "DeviceID");
+        assert_eq!(bits(dw1, 4, 0), 3, "Size: EventID bits - 1");
+        assert_eq!(bits(dw2, 51, 8) << 8, 0x4123_4500, "ITT_addr");
+        assert_eq!(bits(dw2, 63, 63), 1, "V");
+        let [_, _, unmap, _] = Command::Mapd { device: 7, event_bits: 1, itt: 0x4123_45ff, valid: false }.encode();
+        assert_eq!((bits(unmap, 63, 63), bits(unmap, 7, 0)), (0, 0), "V clear; ITT_addr keeps bits 51:8 only");
     }
 
     #[test]
-    fn mapti_places_event_intid_and_collection() {
-        // DW0[7:0] = 0x0A, DW0[63:32] = DeviceID; DW1[31:0] = EventID, DW1[63:32] = pINTID;
-        // DW2[15:0] = ICID.
-        let command = Command::Mapti { device: 0, event: 5, intid: 8197, collection: 1 };
-        assert_eq!(command.encode(), [0x0a, 0x0000_2005_0000_0005, 1, 0]);
+    fn mapc_fields() {
+        let [dw0, dw1, dw2, dw3] = Command::Mapc { collection: 3, target: RdBase::Processor(2), valid: true }.encode();
+        assert_eq!((bits(dw0, 7, 0), dw1, dw3), (0x09, 0, 0), "CommandID");
+        assert_eq!(bits(dw2, 15, 0), 3, "ICID");
+        assert_eq!(bits(dw2, 51, 16), 2, "RDbase: processor number when GITS_TYPER.PTA is 0");
+        assert_eq!(bits(dw2, 63, 63), 1, "V");
+        let [_, _, by_address, _] =
+            Command::Mapc { collection: 1, target: RdBase::Address(0x080c_0000), valid: true }.encode();
+        assert_eq!(bits(by_address, 51, 16) << 16, 0x080c_0000, "RDbase: address bits 51:16 when PTA is 1");
     }
 
     #[test]
-    fn inv_invall_and_sync() {
-        assert_eq!(Command::Inv { device: 2, event: 9 }.encode(), [0x0000_0002_0000_000c, 9, 0, 0]);
-        assert_eq!(Command::Invall { collection: 4 }.encode(), [0x0d, 0, 4, 0]);
-        assert_eq!(Command::Sync { target: RdBase::Processor(1) }.encode(), [0x05, 0, 0x1_0000, 0]);
+    fn mapti_fields() {
+        let [dw0, dw1, dw2, _] = Command::Mapti { device: 9, event: 5, intid: 8197, collection: 1 }.encode();
+        assert_eq!((bits(dw0, 7, 0), bits(dw0, 63, 32)), (0x0a, 9), "CommandID, DeviceID");
+        assert_eq!((bits(dw1, 31, 0), bits(dw1, 63, 32)), (5, 8197), "EventID, pINTID");
+        assert_eq!(bits(dw2, 15, 0), 1, "ICID");
+    }
+
+    #[test]
+    fn inv_and_sync_fields() {
+        let [dw0, dw1, ..] = Command::Inv { device: 2, event: 9 }.encode();
+        assert_eq!((bits(dw0, 7, 0), bits(dw0, 63, 32), bits(dw1, 31, 0)), (0x0c, 2, 9));
+        let [dw0, _, dw2, _] = Command::Sync { target: RdBase::Processor(1) }.encode();
+        assert_eq!((bits(dw0, 7, 0), bits(dw2, 51, 16)), (0x05, 1));
     }
 
     #[test]
@@ -307,6 +325,7 @@ mod tests {
         assert_eq!(lpi_id_bits(8192), 14);
         assert_eq!(lpi_id_bits(16383), 14);
         assert_eq!(lpi_id_bits(16384), 15);
+        assert_eq!((bits_for(0), bits_for(1), bits_for(2), bits_for(255), bits_for(256)), (1, 1, 2, 8, 9));
         assert_eq!(property_table_size(14), 8192);
         assert_eq!(pending_table_size(14), 2048);
         assert_eq!(lpi_config(0xa0), 0xa1);

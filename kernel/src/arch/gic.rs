@@ -1,10 +1,11 @@
 //! The GIC as EL2 owns it (arm-gic): the distributor and every used CPU's redistributor are set
 //! up once, each passthrough SPI is routed to a CPU of the partition that owns its device, and
-//! each CPU interface is drained before a partition gets it. EL2 itself takes no interrupts.
+//! each CPU interface is left as at reset before a partition gets it. EL2 itself takes no
+//! interrupts.
 
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
 use arm_gic::gicv3::{GicCpuInterface, GicError, GicV3};
-use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
+use arm_gic::{IntId, Trigger, UniqueMmioPointer};
 use core::fmt;
 use core::ptr::NonNull;
 use spin::{Mutex, Once};
@@ -19,6 +20,28 @@ unsafe impl Send for SharedGic {}
 
 static GIC: Once<Mutex<SharedGic>> = Once::new();
 
+/// Clears the Group 1 active priority registers this CPU interface implements (one per 32
+/// preemption levels: `ICC_CTLR_EL1.PRIbits` says how many), in case an interrupt was left
+/// acknowledged but not ended.
+fn clear_active_priorities() {
+    let ctlr: u64;
+    // SAFETY: reading ICC_CTLR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, icc_ctlr_el1", out(reg) ctlr, options(nomem, nostack)) };
+    let priority_bits = ((ctlr >> 8) & 0b111) + 1;
+    // SAFETY: each register written exists for this many priority bits, and clearing it only
+    // forgets active priorities; nothing on this CPU is being handled.
+    unsafe {
+        core::arch::asm!("msr icc_ap1r0_el1, xzr", options(nostack));
+        if priority_bits >= 7 {
+            core::arch::asm!("msr icc_ap1r1_el1, xzr", options(nostack));
+        }
+        if priority_bits == 8 {
+            core::arch::asm!("msr icc_ap1r2_el1, xzr", "msr icc_ap1r3_el1, xzr", options(nostack));
+        }
+        core::arch::asm!("isb", options(nostack));
+    }
+}
+
 /// Why the GIC does not match the platform description.
 #[derive(Debug)]
 pub enum Error {
@@ -28,6 +51,14 @@ pub enum Error {
     Version { found: u32, expected: u32 },
     /// A CPU's redistributor frame belongs to another CPU.
     Redistributor { cpu: usize, frame: PhysAddr, found_mpidr: u64, expected_mpidr: u64 },
+    /// A CPU's LPI configuration is not the one EL2 set up.
+    Lpi(super::lpi::Error),
+}
+
+impl From<super::lpi::Error> for Error {
+    fn from(error: super::lpi::Error) -> Self {
+        Self::Lpi(error)
+    }
 }
 
 impl From<GicError> for Error {
@@ -47,6 +78,7 @@ impl fmt::Display for Error {
                 f,
                 "redistributor frame {frame} of CPU {cpu} serves MPIDR {found_mpidr:#x}, the platform says {expected_mpidr:#x}"
             ),
+            Self::Lpi(error) => write!(f, "LPIs: {error}"),
         }
     }
 }
@@ -92,8 +124,12 @@ pub fn init(plan: &Plan<'_>) -> Result<u8, Error> {
 }
 
 /// Prepares this CPU's GIC state for a partition: system registers on for EL2 and EL1, the
-/// redistributor awake with every SGI and PPI disabled (the partition enables what it uses), and
-/// nothing left pending or active at the CPU interface.
+/// redistributor awake with every SGI and PPI disabled (the partition enables what it uses) and
+/// its LPIs as EL2 set them up, and the CPU interface as at reset: group 1 off, priority mask
+/// closed, no active priority left over.
+///
+/// Nothing pending is acknowledged here: EL2 takes no interrupts and routes none to itself, so
+/// whatever is pending is the partition's own (its SPIs, its doorbells) and must reach it.
 pub fn init_cpu(cpu: usize) -> Result<(), Error> {
     GicCpuInterface::enable_system_register_el2(true);
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
@@ -106,15 +142,9 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
         }
         redistributor.configure_default_settings();
     }
-    // Acknowledge and end whatever is pending at a higher priority than doorbells (a doorbell
-    // may already be ringing for the partition: it is not ours to take), then leave group 1
-    // disabled and the mask closed, as at reset: the partition opens them when it is ready.
-    GicCpuInterface::set_priority_mask(super::lpi::DOORBELL_PRIORITY);
-    GicCpuInterface::enable_group1(true);
-    while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
-        GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
-    }
+    super::lpi::ensure_enabled(cpu)?;
     GicCpuInterface::enable_group1(false);
     GicCpuInterface::set_priority_mask(0);
+    clear_active_priorities();
     Ok(())
 }

@@ -4,11 +4,13 @@
 //! with the barriers and cache maintenance a real GIC needs (QEMU checks neither).
 
 use crate::arch::tables::{self, TableMemory};
+use alloc::vec;
+use alloc::vec::Vec;
 use core::fmt;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
-use trapless_kernel_core::its::{Baser, COMMAND_SIZE, Command, ItsType, TableType, cbaser};
+use trapless_kernel_core::its::{Baser, COMMAND_SIZE, Command, ItsType, MAX_TABLE_PAGES, TableType, bits_for, cbaser};
 
 register_structs! {
     /// The ITS control frame (GIC architecture specification, §12.19).
@@ -51,6 +53,8 @@ pub enum Error {
     NoPhysicalLpis,
     /// A table needs a page size other than 4 KiB.
     PageSize { table: usize },
+    /// A table would need more pages than a flat table can have.
+    TableTooLarge { table: usize, pages: usize },
     /// A command stalled it (`GITS_CREADR.Stalled`): real hardware stops on a bad command.
     Stalled { command: Command },
     /// It stopped reading commands.
@@ -65,6 +69,9 @@ impl fmt::Display for Error {
             Self::NotQuiescent => f.write_str("the ITS did not become quiescent"),
             Self::NoPhysicalLpis => f.write_str("the ITS does not support physical LPIs"),
             Self::PageSize { table } => write!(f, "ITS table {table} does not take 4 KiB pages"),
+            Self::TableTooLarge { table, pages } => {
+                write!(f, "ITS table {table} would need {pages} pages, more than the {MAX_TABLE_PAGES} of a flat table")
+            }
             Self::Stalled { command } => write!(f, "the ITS stalled on {command:?}"),
             Self::Timeout => f.write_str("the ITS stopped reading commands"),
             Self::TooSmall { what, needed, has } => {
@@ -83,18 +90,21 @@ pub struct Its {
     queue_memory: TableMemory,
     /// Index of the next command to write.
     next: usize,
+    /// What each queue entry holds, to say which command a stall stopped at.
+    sent: Vec<Option<Command>>,
 }
 
 impl Its {
     /// Takes the ITS whose control frame is at `base`, disables it, and gives it its device and
-    /// collection tables (enough for DeviceIDs below `devices` and `collections` collections)
-    /// and a command queue, then enables it.
+    /// collection tables (flat tables for DeviceIDs below `devices` and for `collections`
+    /// collections, with the entry size each `GITS_BASER<n>` states) and a command queue, then
+    /// enables it. `GITS_TYPER` must allow the DeviceIDs and `event_bits` EventID bits.
     ///
     /// # Safety
     ///
     /// `base` must be the ITS's control frame, mapped as Device memory, and nothing else may
     /// drive the ITS.
-    pub unsafe fn new(base: usize, devices: u32, collections: u16, event_bits: u8) -> Result<Self, Error> {
+    pub unsafe fn new(base: usize, devices: u64, collections: usize, event_bits: u8) -> Result<Self, Error> {
         // SAFETY: our caller promised `base` is the ITS control frame and ours alone.
         let registers = unsafe { &*(base as *const ItsRegisters) };
         registers.ctlr.set(registers.ctlr.get() & !CTLR_ENABLED);
@@ -105,7 +115,7 @@ impl Its {
             return Err(Error::NoPhysicalLpis);
         }
         let kind = ItsType::decode(typer);
-        let device_bits = (32 - devices.saturating_sub(1).leading_zeros()).max(1) as u8;
+        let device_bits = bits_for(u32::try_from(devices - 1).unwrap_or(u32::MAX));
         if device_bits > kind.device_bits {
             return Err(Error::TooSmall { what: "DeviceID", needed: device_bits, has: kind.device_bits });
         }
@@ -117,10 +127,13 @@ impl Its {
             let baser = Baser(register.get());
             let entries = match baser.table_type() {
                 TableType::Devices => devices as usize,
-                TableType::Collections => usize::from(collections),
+                TableType::Collections => collections,
                 _ => continue,
             };
             let pages = (entries * baser.entry_size()).div_ceil(4096).max(1);
+            if pages > MAX_TABLE_PAGES {
+                return Err(Error::TableTooLarge { table: index, pages });
+            }
             let table = tables::allocate_zeroed(pages * 4096, 64 * 1024);
             let memory = tables::program(&|memory| {
                 register.set(baser.with_flat_table(table as u64, pages, memory).0);
@@ -142,7 +155,8 @@ impl Its {
         registers.ctlr.set(registers.ctlr.get() | CTLR_ENABLED);
         // SAFETY: the queue was just allocated for the ITS alone, suitably aligned and zeroed.
         let queue = unsafe { core::slice::from_raw_parts_mut(queue as *mut [u64; 4], QUEUE_BYTES / COMMAND_SIZE) };
-        Ok(Self { registers, kind, queue, queue_memory, next: 0 })
+        let sent = vec![None; queue.len()];
+        Ok(Self { registers, kind, queue, queue_memory, next: 0, sent })
     }
 
     /// What `GITS_TYPER` says.
@@ -154,28 +168,36 @@ impl Its {
     pub fn send(&mut self, command: Command) -> Result<(), Error> {
         let following = (self.next + 1) % self.queue.len();
         let registers = self.registers;
-        wait_for(|| (registers.creadr.get() as usize & 0xf_ffe0) / COMMAND_SIZE != following)?;
+        wait_for(|| self.stalled() || (registers.creadr.get() as usize & 0xf_ffe0) / COMMAND_SIZE != following)?;
+        self.check_stall()?;
         self.queue[self.next] = command.encode();
         let entry = &self.queue[self.next] as *const [u64; 4] as usize;
         tables::publish(entry, COMMAND_SIZE, self.queue_memory);
+        self.sent[self.next] = Some(command);
         self.next = following;
         self.registers.cwriter.set((self.next * COMMAND_SIZE) as u64);
-        self.check_stall(command)
+        Ok(())
     }
 
-    /// Waits until the ITS has read every queued command.
-    pub fn wait(&mut self, last: Command) -> Result<(), Error> {
+    /// Waits until the ITS has carried out every queued command.
+    pub fn wait(&mut self) -> Result<(), Error> {
         let registers = self.registers;
         let done = (self.next * COMMAND_SIZE) as u64;
-        wait_for(|| registers.creadr.get() & !CREADR_STALLED == done || registers.creadr.get() & CREADR_STALLED != 0)?;
-        self.check_stall(last)
+        wait_for(|| self.stalled() || registers.creadr.get() == done)?;
+        self.check_stall()
     }
 
-    fn check_stall(&self, command: Command) -> Result<(), Error> {
-        if self.registers.creadr.get() & CREADR_STALLED != 0 {
-            return Err(Error::Stalled { command });
+    fn stalled(&self) -> bool {
+        self.registers.creadr.get() & CREADR_STALLED != 0
+    }
+
+    /// A stall stops the ITS at the command it could not carry out, which `GITS_CREADR` points at.
+    fn check_stall(&self) -> Result<(), Error> {
+        if !self.stalled() {
+            return Ok(());
         }
-        Ok(())
+        let at = (self.registers.creadr.get() as usize & 0xf_ffe0) / COMMAND_SIZE;
+        Err(self.sent[at].map_or(Error::Timeout, |command| Error::Stalled { command }))
     }
 }
 

@@ -58,6 +58,12 @@ pub mod dt {
             .map(move |entry| (join(&entry[..4 * address_cells]), join(&entry[4 * address_cells..])))
     }
 
+    /// An MPIDR's affinity packed into 32 bits as `GICR_TYPER` reports it (Aff3.Aff2.Aff1.Aff0,
+    /// a byte each): how the doorbells node names the CPU that takes an LPI.
+    pub fn pack_affinity(mpidr: u64) -> u32 {
+        (((mpidr >> 8) & 0xff00_0000) | (mpidr & 0xff_ffff)) as u32
+    }
+
     /// Joins big-endian cells into one number.
     fn join(bytes: &[u8]) -> u64 {
         cells(bytes).fold(0, |value, cell| (value << 32) | u64::from(cell))
@@ -77,5 +83,11 @@ mod tests {
         let cpus: Vec<_> = reg_entries(&value[..8], 1, 0).collect();
         assert_eq!(cpus, [(1, 0), (0x4000_0000, 0)]);
         assert_eq!(reg_entries(&value, 0, 0).count(), 0);
+    }
+
+    #[test]
+    fn packs_affinity_like_gicr_typer() {
+        assert_eq!(super::dt::pack_affinity(0x12_0034_5678), 0x1234_5678);
+        assert_eq!(super::dt::pack_affinity(0x8000_0001), 0x01);
     }
 }

@@ -15,9 +15,15 @@
 //!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
 //! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
 //!   arrived (a partition that owns no sender must get none).
-//! - `probe=ping-pong role=initiator|responder rounds=<n> ring=<doorbell> wait=<doorbell>`: the
-//!   initiator rings `ring` and waits for `wait`, `n` times; the responder rings `ring` each time
-//!   `wait` rings it. Both report what they counted; nothing enters EL2 in between.
+//! - `probe=ping-pong role=initiator|responder rounds=<n> ring=<doorbell> wait=<doorbell>
+//!   [late-cpu=<index>]`: the initiator rings `ring` and waits for `wait`, `n` times; the
+//!   responder rings `ring` each time `wait` rings it. Both report what they counted; nothing
+//!   enters EL2 in between. With `late-cpu`, the responder answers on that CPU of its own,
+//!   started only after the first ring has certainly arrived.
+//! - `probe=doorbell-work wait=<doorbell>`: counts the rings of `wait` while it does the `work`
+//!   mode's job, and reports both.
+//! - `probe=storm event=<n> count=<m>`: stores EventID `n` to its doorbell page `m` times, as a
+//!   partition that rings one doorbell can for any other.
 
 #![no_std]
 #![no_main]
@@ -26,6 +32,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use trapless_guest::psci::{self, AffinityState};
 use core::sync::atomic::AtomicBool;
 use trapless_guest::doorbell::{self, Bell};
+use trapless_guest::facts::Incoming;
 use trapless_guest::{Boot, irq, println, smp, time};
 
 trapless_guest::entry!(main);
@@ -39,6 +46,8 @@ fn main(boot: &Boot) {
         Some("sgi") => sgi(boot),
         Some("sgi-listen") => sgi_listen(boot),
         Some("ping-pong") => ping_pong(boot),
+        Some("doorbell-work") => doorbell_work(boot),
+        Some("storm") => storm(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -302,45 +311,105 @@ fn ping_pong(boot: &Boot) {
         println!("ping-pong: give role=, rounds=, ring= and wait=");
         psci::system_reset();
     };
-    let rounds = rounds as usize;
     let bell = doorbell::bell(boot, ring).unwrap_or_else(|error| {
         println!("ping-pong: no doorbell '{ring}' to ring: {error:?}");
         psci::system_reset()
     });
-    let handler: fn(u32) = if role == "responder" { count_and_reply } else { count_ring };
     REPLY.call_once(|| bell);
-    let incoming = doorbell::on(boot, wait, handler).unwrap_or_else(|error| {
-        println!("ping-pong: no doorbell '{wait}' ringing me: {error:?}");
-        psci::system_reset()
-    });
-    irq::init_cpu();
-    match role {
-        "initiator" => {
-            let start = time::now();
-            for round in 1..=rounds {
-                bell.ring();
-                irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= round);
+    BOOT.call_once(|| boot.clone());
+    match (role, address(boot, "late-cpu")) {
+        ("initiator", _) => initiator(boot, bell, rounds as usize, ring, wait),
+        ("responder", None) => responder(boot, rounds as usize, ring, wait),
+        ("responder", Some(cpu)) => {
+            // Long enough for the first ring to have arrived while the CPU that takes it is off.
+            time::delay_us(200_000);
+            ROUNDS.store(rounds as usize, Ordering::SeqCst);
+            if let Err(error) = smp::start(cpu as usize, late_responder) {
+                println!("ping-pong: CPU_ON of my CPU {cpu} failed: {error}");
+                psci::system_reset();
             }
-            let ticks = (time::now() - start) / rounds.max(1) as u64;
-            println!(
-                "ping-pong: initiator rang '{ring}' {rounds} times and was rung by '{wait}' (LPI {}) {} times",
-                incoming.lpi,
-                RINGS.load(Ordering::SeqCst)
-            );
-            println!("ping-pong: {ticks} counter ticks per round trip at {} Hz", time::frequency());
+            wait_until("the late responder", || FINISHED.load(Ordering::SeqCst));
+            while !matches!(psci::affinity_info(boot.cpus[cpu as usize]), Ok(AffinityState::Off)) {
+                time::delay_us(1000);
+            }
         }
-        "responder" => {
-            irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= rounds);
-            println!(
-                "ping-pong: responder was rung by '{wait}' (LPI {}) {} times and rang '{ring}' as many",
-                incoming.lpi,
-                RINGS.load(Ordering::SeqCst)
-            );
-        }
-        other => {
+        (other, _) => {
             println!("ping-pong: role must be initiator or responder, not {other}");
             psci::system_reset();
         }
     }
     println!("ping-pong: {} spurious interrupts", irq::unhandled());
+}
+
+/// Rounds the late responder answers.
+static ROUNDS: AtomicUsize = AtomicUsize::new(0);
+
+fn late_responder(_: usize) {
+    let Some(boot) = BOOT.get() else { return };
+    let (ring, wait) = (boot.arg("ring").unwrap_or(""), boot.arg("wait").unwrap_or(""));
+    responder(boot, ROUNDS.load(Ordering::SeqCst), ring, wait);
+    FINISHED.store(true, Ordering::SeqCst);
+}
+
+fn listen_for(boot: &Boot, wait: &str, handler: fn(u32)) -> Incoming {
+    let incoming = doorbell::on(boot, wait, handler).unwrap_or_else(|error| {
+        println!("ping-pong: no doorbell '{wait}' ringing me: {error:?}");
+        psci::system_reset()
+    });
+    if incoming.affinity != irq::own_affinity() {
+        println!("ping-pong: doorbell '{wait}' rings CPU {:#x}, not this one", incoming.affinity);
+        psci::system_reset();
+    }
+    irq::init_cpu();
+    incoming
+}
+
+fn initiator(boot: &Boot, bell: Bell, rounds: usize, ring: &str, wait: &str) {
+    let incoming = listen_for(boot, wait, count_ring);
+    let start = time::now();
+    for round in 1..=rounds {
+        bell.ring();
+        irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= round);
+    }
+    let ticks = (time::now() - start) / rounds.max(1) as u64;
+    println!(
+        "ping-pong: initiator rang '{ring}' {rounds} times and was rung by '{wait}' (LPI {}) {} times",
+        incoming.lpi,
+        RINGS.load(Ordering::SeqCst)
+    );
+    println!("ping-pong: {ticks} counter ticks per round trip at {} Hz", time::frequency());
+}
+
+fn responder(boot: &Boot, rounds: usize, ring: &str, wait: &str) {
+    let incoming = listen_for(boot, wait, count_and_reply);
+    irq::wait_until(|| RINGS.load(Ordering::SeqCst) >= rounds);
+    println!(
+        "ping-pong: responder was rung by '{wait}' (LPI {}) {} times and rang '{ring}' as many",
+        incoming.lpi,
+        RINGS.load(Ordering::SeqCst)
+    );
+}
+
+fn doorbell_work(boot: &Boot) {
+    let wait = boot.arg("wait").unwrap_or("");
+    listen_for(boot, wait, count_ring);
+    work(boot);
+    println!(
+        "doorbell-work: '{wait}' rang {} times, {} spurious interrupts",
+        RINGS.load(Ordering::SeqCst),
+        irq::unhandled()
+    );
+}
+
+fn storm(boot: &Boot) {
+    let (Some(event), Some(count), Some(translater)) = (address(boot, "event"), address(boot, "count"), boot.doorbells.translater)
+    else {
+        println!("storm: give event= and count=, and ring some doorbell");
+        psci::system_reset();
+    };
+    for _ in 0..count {
+        // SAFETY: this partition's doorbell page, mapped for it; any EventID may be stored.
+        unsafe { (translater as *mut u32).write_volatile(event as u32) };
+    }
+    println!("storm: stored EventID {event} {count} times");
 }

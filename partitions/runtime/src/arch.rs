@@ -259,7 +259,7 @@ unsafe extern "C" {
 /// taking it).
 pub fn wait_for_interrupt() {
     // SAFETY: WFI only waits.
-    unsafe { asm!("wfi", options(nomem, nostack)) };
+    unsafe { asm!("wfi", options(nostack)) };
 }
 
 

@@ -10,7 +10,7 @@ use trapless_abi::dt;
 pub const MAX_CPUS: usize = 8;
 
 /// Most doorbells a [`Doorbells`] lists each way.
-pub const MAX_DOORBELLS: usize = 16;
+pub const MAX_DOORBELLS: usize = 32;
 
 /// A doorbell this partition rings: its name and EventID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

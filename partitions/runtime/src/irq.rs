@@ -54,29 +54,38 @@ pub fn wait() {
 /// right after the check cannot be missed.
 pub fn wait_until(done: impl Fn() -> bool) {
     loop {
-        // SAFETY: masking and unmasking IRQs on this CPU around the check.
-        unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+        // SAFETY: masking and unmasking IRQs on this CPU around the check. Not `nomem`: the
+        // compiler must not move `done()`'s loads across the mask.
+        unsafe { asm!("msr daifset, #2", options(nostack)) };
         if done() {
             // SAFETY: as above.
-            unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+            unsafe { asm!("msr daifclr, #2", options(nostack)) };
             return;
         }
         crate::arch::wait_for_interrupt();
         // SAFETY: as above; the pending interrupt is taken here.
-        unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+        unsafe { asm!("msr daifclr, #2", options(nostack)) };
     }
 }
 
-/// Calls `handler(intid)` whenever `intid` is taken on any CPU of the partition.
+/// A slot being filled: its handler is not stored yet.
+const CLAIMED: u32 = u32::MAX - 1;
+
+/// Calls `handler(intid)` whenever `intid` is taken on any CPU of the partition (replacing the
+/// handler it had, if any).
 pub fn register(intid: u32, handler: fn(u32)) -> Result<(), IrqError> {
-    for slot in &SLOTS_TABLE {
-        let taken = slot.intid.compare_exchange(EMPTY, intid, Ordering::AcqRel, Ordering::Acquire);
-        if taken.is_ok() || taken == Err(intid) {
-            slot.handler.store(handler as usize, Ordering::Release);
-            return Ok(());
-        }
+    if let Some(slot) = SLOTS_TABLE.iter().find(|slot| slot.intid.load(Ordering::Acquire) == intid) {
+        slot.handler.store(handler as usize, Ordering::Release);
+        return Ok(());
     }
-    Err(IrqError::NoSlot)
+    let slot = SLOTS_TABLE
+        .iter()
+        .find(|slot| slot.intid.compare_exchange(EMPTY, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok())
+        .ok_or(IrqError::NoSlot)?;
+    // The handler first, then the INTID that makes the slot visible to `handler_for`.
+    slot.handler.store(handler as usize, Ordering::Release);
+    slot.intid.store(intid, Ordering::Release);
+    Ok(())
 }
 
 fn handler_for(intid: u32) -> Option<fn(u32)> {
@@ -121,11 +130,11 @@ fn read64(address: u64) -> u64 {
 }
 
 /// This CPU's affinity as `GICR_TYPER.Affinity_Value` has it (Aff3.Aff2.Aff1.Aff0).
-fn own_affinity() -> u64 {
+pub fn own_affinity() -> u32 {
     let mpidr: u64;
     // SAFETY: reading MPIDR_EL1 has no side effects.
     unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    ((mpidr >> 8) & 0xff00_0000) | (mpidr & 0xff_ffff)
+    trapless_abi::dt::pack_affinity(mpidr)
 }
 
 /// The SGI frame of this CPU's redistributor, found by its `GICR_TYPER` affinity.
@@ -135,7 +144,7 @@ fn own_sgi_frame(boot: &Boot) -> Option<u64> {
         let mut frame = region.start;
         while frame + 2 * FRAME <= region.end {
             let typer = read64(frame + GICR_TYPER);
-            if typer >> 32 == affinity {
+            if typer >> 32 == u64::from(affinity) {
                 return Some(frame + FRAME);
             }
             if typer & GICR_TYPER_LAST != 0 {
@@ -200,8 +209,10 @@ fn write_sgi1r(value: u64) {
 pub(crate) extern "C" fn handle_irq() {
     for _ in 0..MAX_PER_ENTRY {
         let intid: u64;
-        // SAFETY: acknowledging is what the GIC expects of the CPU that took the interrupt.
-        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) intid, options(nostack)) };
+        // SAFETY: acknowledging is what the GIC expects of the CPU that took the interrupt. The
+        // DSB makes the acknowledge complete before anything the handler does: an LPI has no
+        // active state, so a late acknowledge could otherwise swallow the next ring.
+        unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) intid, options(nostack)) };
         let intid = (intid & 0xff_ffff) as u32;
         if SPECIAL.contains(&intid) {
             break;
