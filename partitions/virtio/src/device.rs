@@ -1,0 +1,311 @@
+//! The devices trapless's device partitions implement on top of [`DeviceQueue`]: a console that
+//! echoes what it is sent, a network device that echoes every frame, and a block device that
+//! serves a disk. Each `service` call does a bounded amount of work, so a driver that keeps the
+//! queues full cannot keep the device partition from its other links.
+
+use crate::queue::{Chain, DeviceQueue, QueueError};
+use crate::window::{Memory, Window};
+
+/// Which queues have new used buffers after a `service` call (by queue index).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Used(pub u8);
+
+impl Used {
+    fn mark(&mut self, queue: usize) {
+        self.0 |= 1 << queue;
+    }
+
+    /// Whether queue `queue` has new used buffers.
+    pub fn has(&self, queue: usize) -> bool {
+        self.0 & (1 << queue) != 0
+    }
+}
+
+/// Bytes copied through the device's own memory at a time.
+const CHUNK: usize = 256;
+
+/// Copies the rest of `from`'s readable bytes into `to`'s writable bytes, as far as they go.
+fn copy_across<M: Memory>(
+    window: &Window<M>,
+    from: &mut crate::queue::Cursor<'_>,
+    to: &mut crate::queue::Cursor<'_>,
+    mut visit: impl FnMut(&[u8]),
+) -> Result<usize, QueueError> {
+    let mut chunk = [0u8; CHUNK];
+    let mut copied = 0;
+    loop {
+        let room = to.remaining().min(CHUNK);
+        if room == 0 {
+            return Ok(copied);
+        }
+        let read = from.read(window, &mut chunk[..room])?;
+        if read == 0 {
+            return Ok(copied);
+        }
+        visit(&chunk[..read]);
+        to.write(window, &chunk[..read])?;
+        copied += read;
+    }
+}
+
+/// A transmitted chain being echoed: the chain, and how many of its readable bytes are done.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    chain: Chain,
+    consumed: usize,
+}
+
+/// The receive queue (device to driver) and transmit queue (driver to device) of console and
+/// net devices.
+const RECEIVE: usize = 0;
+const TRANSMIT: usize = 1;
+
+/// A console that writes back everything it is sent, byte for byte, in order.
+#[derive(Clone, Debug, Default)]
+pub struct ConsoleEcho {
+    held: Option<Held>,
+    /// Bytes echoed so far.
+    pub echoed: u64,
+}
+
+impl ConsoleEcho {
+    /// Moves at most `budget` chains.
+    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+        let mut used = Used::default();
+        for _ in 0..budget {
+            let held = match self.held.take() {
+                Some(held) => held,
+                None => match queues[TRANSMIT].pop(window)? {
+                    Some(chain) => Held { chain, consumed: 0 },
+                    None => break,
+                },
+            };
+            let mut reader = held.chain.reader();
+            reader.skip(held.consumed);
+            if reader.remaining() == 0 {
+                queues[TRANSMIT].push(window, held.chain.head, 0)?;
+                used.mark(TRANSMIT);
+                continue;
+            }
+            let Some(receive) = queues[RECEIVE].pop(window)? else {
+                self.held = Some(held);
+                break;
+            };
+            let mut writer = receive.writer();
+            let copied = copy_across(window, &mut reader, &mut writer, |_| {})?;
+            queues[RECEIVE].push(window, receive.head, copied)?;
+            used.mark(RECEIVE);
+            self.echoed += copied as u64;
+            self.held = Some(Held { chain: held.chain, consumed: held.consumed + copied });
+        }
+        Ok(used)
+    }
+}
+
+/// Bytes of `virtio_net_hdr` with VIRTIO_F_VERSION_1 (its `num_buffers` is at offset 10).
+pub const NET_HEADER: usize = 12;
+
+/// A network device that sends every frame it is given straight back.
+#[derive(Clone, Debug, Default)]
+pub struct NetEcho {
+    held: Option<Chain>,
+    /// Frames echoed, and a checksum of their bytes (see [`checksum`]).
+    pub frames: u64,
+    pub checksum: u32,
+    /// Frames that did not fit the receive buffer they were given.
+    pub dropped: u64,
+}
+
+/// A running checksum (FNV-1a) of frame bytes, as both sides of the tests compute it.
+pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
+    bytes.iter().fold(state, |hash, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+}
+
+/// The starting value of [`checksum`].
+pub const CHECKSUM_SEED: u32 = 0x811c_9dc5;
+
+impl NetEcho {
+    /// A fresh device.
+    pub fn new() -> Self {
+        Self { held: None, frames: 0, checksum: CHECKSUM_SEED, dropped: 0 }
+    }
+
+    /// Moves at most `budget` frames.
+    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+        let mut used = Used::default();
+        for _ in 0..budget {
+            let transmit = match self.held.take() {
+                Some(chain) => chain,
+                None => match queues[TRANSMIT].pop(window)? {
+                    Some(chain) => chain,
+                    None => break,
+                },
+            };
+            let Some(receive) = queues[RECEIVE].pop(window)? else {
+                self.held = Some(transmit);
+                break;
+            };
+            let mut reader = transmit.reader();
+            let mut writer = receive.writer();
+            let frame = reader.remaining().saturating_sub(NET_HEADER);
+            let mut header = [0u8; NET_HEADER];
+            reader.read(window, &mut header)?;
+            if writer.remaining() < NET_HEADER + frame {
+                self.dropped += 1;
+                queues[RECEIVE].push(window, receive.head, 0)?;
+            } else {
+                // A plain frame: no offloads, one buffer.
+                let mut reply = [0u8; NET_HEADER];
+                reply[10] = 1;
+                writer.write(window, &reply)?;
+                let mut sum = self.checksum;
+                let copied = copy_across(window, &mut reader, &mut writer, |bytes| sum = checksum(sum, bytes))?;
+                self.checksum = sum;
+                self.frames += 1;
+                queues[RECEIVE].push(window, receive.head, NET_HEADER + copied)?;
+            }
+            queues[TRANSMIT].push(window, transmit.head, 0)?;
+            used.mark(RECEIVE);
+            used.mark(TRANSMIT);
+        }
+        Ok(used)
+    }
+}
+
+/// Storage behind a block device.
+pub trait Disk {
+    /// Bytes on the disk.
+    fn capacity(&self) -> u64;
+    /// Copies disk bytes from `offset` into `out` (the caller keeps within the capacity).
+    fn read(&self, offset: u64, out: &mut [u8]);
+    /// Copies `data` onto the disk at `offset` (the caller keeps within the capacity).
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+impl Disk for &mut [u8] {
+    fn capacity(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) {
+        let start = offset as usize;
+        out.copy_from_slice(&self[start..start + out.len()]);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let start = offset as usize;
+        self[start..start + data.len()].copy_from_slice(data);
+    }
+}
+
+/// Block request types and statuses (virtio 1.x §5.2.6).
+pub mod blk {
+    pub const T_IN: u32 = 0;
+    pub const T_OUT: u32 = 1;
+    pub const T_FLUSH: u32 = 4;
+    pub const T_GET_ID: u32 = 8;
+    pub const S_OK: u8 = 0;
+    pub const S_IOERR: u8 = 1;
+    pub const S_UNSUPP: u8 = 2;
+    /// Bytes of a sector.
+    pub const SECTOR: u64 = 512;
+    /// Bytes of the request header: type, reserved, sector.
+    pub const HEADER: usize = 16;
+    /// Bytes of the device ID string `GET_ID` returns.
+    pub const ID_BYTES: usize = 20;
+}
+
+/// A block device serving `disk`.
+pub struct BlockDevice<D: Disk> {
+    disk: D,
+    read_only: bool,
+    /// Requests served, and those answered with an error status.
+    pub requests: u64,
+    pub failed: u64,
+}
+
+impl<D: Disk> BlockDevice<D> {
+    pub fn new(disk: D, read_only: bool) -> Self {
+        Self { disk, read_only, requests: 0, failed: 0 }
+    }
+
+    /// Serves at most `budget` requests.
+    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+        let mut used = Used::default();
+        for _ in 0..budget {
+            let Some(chain) = queues[0].pop(window)? else { break };
+            let written = self.serve(window, &chain)?;
+            queues[0].push(window, chain.head, written)?;
+            used.mark(0);
+        }
+        Ok(used)
+    }
+
+    /// Carries out one request; returns the bytes written into its writable buffers (data,
+    /// then the status byte, which is the last writable byte).
+    fn serve<M: Memory>(&mut self, window: &Window<M>, chain: &Chain) -> Result<usize, QueueError> {
+        self.requests += 1;
+        let mut reader = chain.reader();
+        let mut writer = chain.writer();
+        let mut header = [0u8; blk::HEADER];
+        let whole_header = reader.read(window, &mut header)? == blk::HEADER;
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes([header[8], header[9], header[10], header[11], header[12], header[13], header[14], header[15]]);
+        // Without a byte for the status the request cannot even be answered.
+        let Some(data_len) = writer.remaining().checked_sub(1) else {
+            self.failed += 1;
+            return Ok(0);
+        };
+        let start = sector.checked_mul(blk::SECTOR);
+        let status = match kind {
+            _ if !whole_header => blk::S_IOERR,
+            blk::T_IN => match start.filter(|&start| self.fits(start, data_len as u64)) {
+                Some(mut at) => {
+                    let mut chunk = [0u8; CHUNK];
+                    while writer.remaining() > 1 {
+                        let step = (writer.remaining() - 1).min(CHUNK);
+                        self.disk.read(at, &mut chunk[..step]);
+                        writer.write(window, &chunk[..step])?;
+                        at += step as u64;
+                    }
+                    blk::S_OK
+                }
+                None => blk::S_IOERR,
+            },
+            blk::T_OUT if self.read_only => blk::S_IOERR,
+            blk::T_OUT => match start.filter(|&start| self.fits(start, reader.remaining() as u64)) {
+                Some(mut at) => {
+                    let mut chunk = [0u8; CHUNK];
+                    loop {
+                        let read = reader.read(window, &mut chunk)?;
+                        if read == 0 {
+                            break;
+                        }
+                        self.disk.write(at, &chunk[..read]);
+                        at += read as u64;
+                    }
+                    blk::S_OK
+                }
+                None => blk::S_IOERR,
+            },
+            blk::T_FLUSH => blk::S_OK,
+            blk::T_GET_ID if data_len >= blk::ID_BYTES => {
+                let mut id = [0u8; blk::ID_BYTES];
+                id[..13].copy_from_slice(b"trapless-ram0");
+                writer.write(window, &id)?;
+                blk::S_OK
+            }
+            _ => blk::S_UNSUPP,
+        };
+        if status != blk::S_OK {
+            self.failed += 1;
+        }
+        // The status goes in the last writable byte, whatever data went before it.
+        writer.skip(writer.remaining() - 1);
+        writer.write(window, &[status])?;
+        Ok(writer.done)
+    }
+
+    /// Whether `len` bytes from disk offset `start` are whole sectors on the disk.
+    fn fits(&self, start: u64, len: u64) -> bool {
+        len % blk::SECTOR == 0 && start.checked_add(len).is_some_and(|end| end <= self.disk.capacity())
+    }
+}

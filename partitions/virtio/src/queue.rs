@@ -1,0 +1,330 @@
+//! The device side of a split virtqueue (virtio 1.x §2.7), over a window it does not trust.
+//!
+//! Every index, length, address and chain the driver wrote is checked before use and read
+//! once (into a local copy that is then used): the available index may run at most a queue
+//! ahead, heads and `next` links must name descriptors, a chain may not be longer than
+//! [`MAX_CHAIN`] (which also ends loops), indirect descriptors are refused (no link offers
+//! them), device-writable buffers must follow the readable ones, and every buffer must lie in
+//! the window's buffer pool. Any violation is a [`QueueError`]: the device stops serving that
+//! link, and nothing outside the window is ever touched ([`Window`] checks every access).
+
+use crate::layout::{QueueLayout, USED_ELEMENT_SIZE};
+use crate::window::{Memory, OutOfWindow, Window};
+use core::fmt;
+use core::ops::Range;
+use core::sync::atomic::{Ordering, fence};
+
+/// `VIRTQ_DESC_F_NEXT`, `WRITE`, `INDIRECT`.
+pub const DESC_F_NEXT: u16 = 1;
+pub const DESC_F_WRITE: u16 = 2;
+pub const DESC_F_INDIRECT: u16 = 4;
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`: the driver asks not to be notified (without EVENT_IDX).
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// `VIRTQ_USED_F_NO_NOTIFY`: the device asks not to be notified (without EVENT_IDX).
+pub const USED_F_NO_NOTIFY: u16 = 1;
+/// Most descriptors in one chain.
+pub const MAX_CHAIN: usize = 16;
+
+/// One buffer of a chain, checked: it lies in the buffer pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buffer {
+    /// Window offset.
+    pub offset: usize,
+    pub len: usize,
+    /// Whether the device may write it (else it may only read it).
+    pub writable: bool,
+}
+
+/// A descriptor chain the driver made available, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// The head descriptor's index: what goes back in the used ring.
+    pub head: u16,
+    buffers: [Buffer; MAX_CHAIN],
+    count: usize,
+}
+
+impl Chain {
+    /// The chain's buffers, readable ones first.
+    pub fn buffers(&self) -> &[Buffer] {
+        &self.buffers[..self.count]
+    }
+
+    /// A cursor over the concatenation of its readable buffers.
+    pub fn reader(&self) -> Cursor<'_> {
+        Cursor::new(self, false)
+    }
+
+    /// A cursor over the concatenation of its writable buffers.
+    pub fn writer(&self) -> Cursor<'_> {
+        Cursor::new(self, true)
+    }
+}
+
+/// A position in the readable (or the writable) bytes of a chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Cursor<'a> {
+    chain: &'a Chain,
+    writable: bool,
+    /// Index into the chain's buffers, and offset into that buffer.
+    buffer: usize,
+    at: usize,
+    /// Bytes read or written so far (not skipped).
+    pub done: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(chain: &'a Chain, writable: bool) -> Self {
+        let mut cursor = Self { chain, writable, buffer: 0, at: 0, done: 0 };
+        cursor.settle();
+        cursor
+    }
+
+    /// Moves to the next buffer of the right direction with bytes left.
+    fn settle(&mut self) {
+        let buffers = self.chain.buffers();
+        while self.buffer < buffers.len()
+            && (buffers[self.buffer].writable != self.writable || self.at == buffers[self.buffer].len)
+        {
+            self.buffer += 1;
+            self.at = 0;
+        }
+    }
+
+    /// Bytes left.
+    pub fn remaining(&self) -> usize {
+        let buffers = self.chain.buffers();
+        let rest: usize = buffers[self.buffer.min(buffers.len())..]
+            .iter()
+            .filter(|buffer| buffer.writable == self.writable)
+            .map(|buffer| buffer.len)
+            .sum();
+        rest - self.at
+    }
+
+    /// Copies up to `out.len()` bytes out of the chain; returns how many.
+    pub fn read<M: Memory>(&mut self, window: &Window<M>, out: &mut [u8]) -> Result<usize, OutOfWindow> {
+        let moved = self.transfer(out.len(), |buffer_offset, start, len| {
+            window.read_bytes(buffer_offset, &mut out[start..start + len])
+        })?;
+        self.done += moved;
+        Ok(moved)
+    }
+
+    /// Copies up to `data.len()` bytes into the chain; returns how many.
+    pub fn write<M: Memory>(&mut self, window: &Window<M>, data: &[u8]) -> Result<usize, OutOfWindow> {
+        let moved = self.transfer(data.len(), |buffer_offset, start, len| {
+            window.write_bytes(buffer_offset, &data[start..start + len])
+        })?;
+        self.done += moved;
+        Ok(moved)
+    }
+
+    /// Skips up to `len` bytes without touching them (they do not count in `done`); returns
+    /// how many.
+    pub fn skip(&mut self, len: usize) -> usize {
+        self.transfer(len, |_, _, _| Ok(())).unwrap_or(0)
+    }
+
+    fn transfer(
+        &mut self,
+        len: usize,
+        mut copy: impl FnMut(usize, usize, usize) -> Result<(), OutOfWindow>,
+    ) -> Result<usize, OutOfWindow> {
+        let mut moved = 0;
+        while moved < len && self.buffer < self.chain.count {
+            let buffer = self.chain.buffers[self.buffer];
+            let step = (buffer.len - self.at).min(len - moved);
+            copy(buffer.offset + self.at, moved, step)?;
+            moved += step;
+            self.at += step;
+            self.settle();
+        }
+        Ok(moved)
+    }
+}
+
+/// What a driver did wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The available index ran more than a queue ahead of what the device took.
+    AvailIndex { index: u16, next: u16 },
+    /// A ring entry names a descriptor beyond the queue.
+    Head(u16),
+    /// A descriptor's `next` names a descriptor beyond the queue.
+    Next(u16),
+    /// A chain longer than [`MAX_CHAIN`] descriptors (or a loop).
+    TooLong,
+    /// An indirect descriptor (no static virtio link offers them).
+    Indirect,
+    /// A readable buffer after a writable one.
+    ReadAfterWrite,
+    /// A buffer outside the window's buffer pool.
+    Address { address: u64, len: u32 },
+    OutOfWindow(OutOfWindow),
+}
+
+impl From<OutOfWindow> for QueueError {
+    fn from(error: OutOfWindow) -> Self {
+        Self::OutOfWindow(error)
+    }
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::AvailIndex { index, next } => {
+                write!(f, "available index {index} is more than a queue ahead of {next}")
+            }
+            Self::Head(index) => write!(f, "ring entry names descriptor {index}, beyond the queue"),
+            Self::Next(index) => write!(f, "a descriptor links to {index}, beyond the queue"),
+            Self::TooLong => write!(f, "a chain is longer than {MAX_CHAIN} descriptors, or loops"),
+            Self::Indirect => f.write_str("an indirect descriptor"),
+            Self::ReadAfterWrite => f.write_str("a readable buffer after a writable one"),
+            Self::Address { address, len } => {
+                write!(f, "a {len}-byte buffer at {address:#x} is outside the buffer pool")
+            }
+            Self::OutOfWindow(error) => error.fmt(f),
+        }
+    }
+}
+
+/// `vring_need_event`: whether moving an index from `old` to `new` passes `event`.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// The device's side of one queue.
+#[derive(Clone, Debug)]
+pub struct DeviceQueue {
+    layout: QueueLayout,
+    size: u16,
+    pool: Range<usize>,
+    event_idx: bool,
+    /// The next available-ring entry to take.
+    next_avail: u16,
+    /// The next used-ring entry to fill.
+    next_used: u16,
+}
+
+impl DeviceQueue {
+    /// The device side of the queue at `layout` with `size` entries, whose buffers must lie in
+    /// `pool`; `event_idx` says whether the link fixed `VIRTIO_F_EVENT_IDX`.
+    pub fn new(layout: QueueLayout, size: u16, pool: Range<usize>, event_idx: bool) -> Self {
+        Self { layout, size, pool, event_idx, next_avail: 0, next_used: 0 }
+    }
+
+    /// Takes the next chain the driver made available, if any.
+    pub fn pop<M: Memory>(&mut self, window: &Window<M>) -> Result<Option<Chain>, QueueError> {
+        let index = window.read_u16(self.layout.avail + 2)?;
+        let pending = index.wrapping_sub(self.next_avail);
+        if pending == 0 {
+            return Ok(None);
+        }
+        if pending > self.size {
+            return Err(QueueError::AvailIndex { index, next: self.next_avail });
+        }
+        // The ring entries and descriptors were written before the index.
+        fence(Ordering::Acquire);
+        let slot = usize::from(self.next_avail % self.size);
+        let head = window.read_u16(self.layout.avail + 4 + 2 * slot)?;
+        let chain = self.walk(window, head)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(Some(chain))
+    }
+
+    fn walk<M: Memory>(&self, window: &Window<M>, head: u16) -> Result<Chain, QueueError> {
+        if head >= self.size {
+            return Err(QueueError::Head(head));
+        }
+        let mut chain = Chain { head, buffers: [Buffer::default(); MAX_CHAIN], count: 0 };
+        let mut index = head;
+        let mut seen_writable = false;
+        for slot in &mut chain.buffers {
+            let descriptor = self.layout.desc + 16 * usize::from(index);
+            let address = window.read_u64(descriptor)?;
+            let len = window.read_u32(descriptor + 8)?;
+            let flags = window.read_u16(descriptor + 12)?;
+            let next = window.read_u16(descriptor + 14)?;
+            if flags & DESC_F_INDIRECT != 0 {
+                return Err(QueueError::Indirect);
+            }
+            let offset = window
+                .offset_of(address, u64::from(len), &self.pool)
+                .ok_or(QueueError::Address { address, len })?;
+            let writable = flags & DESC_F_WRITE != 0;
+            if seen_writable && !writable {
+                return Err(QueueError::ReadAfterWrite);
+            }
+            seen_writable |= writable;
+            *slot = Buffer { offset, len: len as usize, writable };
+            chain.count += 1;
+            if flags & DESC_F_NEXT == 0 {
+                return Ok(chain);
+            }
+            if next >= self.size {
+                return Err(QueueError::Next(next));
+            }
+            index = next;
+        }
+        Err(QueueError::TooLong)
+    }
+
+    /// Gives chain `head` back to the driver, with `written` bytes written into its writable
+    /// buffers.
+    pub fn push<M: Memory>(&mut self, window: &Window<M>, head: u16, written: usize) -> Result<(), QueueError> {
+        let element = self.layout.used + 4 + USED_ELEMENT_SIZE * usize::from(self.next_used % self.size);
+        window.write_u32(element, u32::from(head))?;
+        window.write_u32(element + 4, written as u32)?;
+        self.next_used = self.next_used.wrapping_add(1);
+        // The element before the index.
+        fence(Ordering::Release);
+        window.write_u16(self.layout.used + 2, self.next_used)?;
+        Ok(())
+    }
+
+    /// The used index now: pass it to [`Self::should_notify`] after pushing more.
+    pub fn used_index(&self) -> u16 {
+        self.next_used
+    }
+
+    /// Whether the driver wants a notification for the buffers used since the used index was
+    /// `before`: by its `used_event` with EVENT_IDX, else unless it set `NO_INTERRUPT`.
+    pub fn should_notify<M: Memory>(&self, window: &Window<M>, before: u16) -> Result<bool, QueueError> {
+        if before == self.next_used {
+            return Ok(false);
+        }
+        // Our used index is visible before we read what the driver wants.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let event = window.read_u16(self.layout.used_event(self.size))?;
+            Ok(need_event(event, self.next_used, before))
+        } else {
+            Ok(window.read_u16(self.layout.avail)? & AVAIL_F_NO_INTERRUPT == 0)
+        }
+    }
+
+    /// Asks the driver to notify the next buffer it makes available (by `avail_event` with
+    /// EVENT_IDX, else by clearing `NO_NOTIFY`). Returns whether buffers are already available:
+    /// then take them before waiting, or that notification may never come.
+    pub fn arm<M: Memory>(&self, window: &Window<M>) -> Result<bool, QueueError> {
+        if self.event_idx {
+            window.write_u16(self.layout.avail_event(self.size), self.next_avail)?;
+        } else {
+            window.write_u16(self.layout.used, 0)?;
+        }
+        fence(Ordering::SeqCst);
+        Ok(window.read_u16(self.layout.avail + 2)? != self.next_avail)
+    }
+
+    /// Asks the driver not to notify (the device polls): with EVENT_IDX, by setting
+    /// `avail_event` as far behind as it goes.
+    pub fn disarm<M: Memory>(&self, window: &Window<M>) -> Result<(), QueueError> {
+        if self.event_idx {
+            window.write_u16(self.layout.avail_event(self.size), self.next_avail.wrapping_sub(1))?;
+        } else {
+            window.write_u16(self.layout.used, USED_F_NO_NOTIFY)?;
+        }
+        Ok(())
+    }
+}

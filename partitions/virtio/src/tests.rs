@@ -1,0 +1,438 @@
+//! Host tests: the layout against the split-ring rules, the devices against a mock driver, and
+//! the device side against hostile and random ring contents.
+
+use crate::binding::{Kind, offset};
+use crate::device::{BlockDevice, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
+use crate::header::{Header, HeaderError};
+use crate::layout::{self, Layout, LayoutError, MIN_POOL, PAGE};
+use crate::queue::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DeviceQueue, QueueError, need_event};
+use crate::window::{CellMemory, Window};
+use std::cell::Cell;
+
+const BASE: u64 = 0x5000_0000;
+const WINDOW: usize = 1 << 20;
+
+fn cells(len: usize) -> Vec<Cell<u8>> {
+    (0..len).map(|_| Cell::new(0)).collect()
+}
+
+#[test]
+fn layout_follows_the_split_ring_rules() {
+    for size in [1u32, 2, 16, 256, 1024] {
+        let layout = layout::compute(2, size, 4 << 20).unwrap();
+        let mut previous_end = offset::QUEUES;
+        for queue in layout.queues() {
+            let n = size as usize;
+            assert_eq!(queue.desc, previous_end);
+            assert_eq!(queue.desc % 16, 0, "descriptor table 16-byte aligned");
+            assert_eq!(queue.avail, queue.desc + 16 * n, "available ring right after the table");
+            assert_eq!(queue.avail % 2, 0);
+            assert_eq!(queue.used % PAGE, 0, "used ring on its own page (4-byte aligned at least)");
+            assert!(queue.used >= queue.avail + 6 + 2 * n, "available ring with used_event fits");
+            assert!(queue.end >= queue.used + 6 + 8 * n, "used ring with avail_event fits");
+            assert_eq!(queue.used_event(size as u16), queue.avail + 4 + 2 * n);
+            assert_eq!(queue.avail_event(size as u16), queue.used + 4 + 8 * n);
+            previous_end = queue.end;
+        }
+        assert_eq!(layout.pool.start, previous_end);
+        assert_eq!(layout.pool.end, 4 << 20);
+    }
+    // Queue 0 of 256 entries: table 4 KiB, available ring 518 bytes, used ring 2054 bytes.
+    let layout = layout::compute(1, 256, WINDOW).unwrap();
+    assert_eq!(layout.queues[0], layout::QueueLayout { desc: 0x1000, avail: 0x2000, used: 0x3000, end: 0x4000 });
+}
+
+#[test]
+fn layout_rejects_what_cannot_work() {
+    assert_eq!(layout::compute(1, 0, WINDOW), Err(LayoutError::QueueSize(0)));
+    assert_eq!(layout::compute(1, 24, WINDOW), Err(LayoutError::QueueSize(24)));
+    assert_eq!(layout::compute(1, 65536, WINDOW), Err(LayoutError::QueueSize(65536)));
+    assert_eq!(layout::compute(5, 16, WINDOW), Err(LayoutError::QueueCount(5)));
+    assert_eq!(layout::compute(1, 16, WINDOW + 1), Err(LayoutError::WindowSize(WINDOW + 1)));
+    // Header page, one queue of 128 (table and available ring in one page, used ring in the
+    // next), then less than a minimal pool.
+    let needed = offset::QUEUES + 2 * PAGE;
+    assert_eq!(
+        layout::compute(1, 128, needed + MIN_POOL - PAGE),
+        Err(LayoutError::TooSmall { queues_end: needed, window_size: needed + MIN_POOL - PAGE })
+    );
+    assert!(layout::compute(1, 128, needed + MIN_POOL).is_ok());
+}
+
+#[test]
+fn header_round_trip_and_mismatch() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = Header { device_id: 2, features: 1 << 32, queue_count: 1, queue_size: 16, config_size: 24, window_size: WINDOW as u32 };
+    assert_eq!(Header::check(&window, &header), Err(HeaderError::BadMagic));
+    window.write_bytes(0, &header.encode()).unwrap();
+    assert_eq!(Header::check(&window, &header), Ok(()));
+    let other = Header { queue_size: 32, ..header };
+    assert_eq!(Header::check(&window, &other), Err(HeaderError::Mismatch { window: header, expected: other }));
+}
+
+/// A driver side written for the tests: it lays buffers out in the pool and chains them as a
+/// virtio driver would, with free descriptors handed out in turn.
+struct MockDriver<'a> {
+    window: &'a Window<CellMemory<'a>>,
+    layout: Layout,
+    queue: usize,
+    next_descriptor: u16,
+    avail_index: u16,
+    last_used: u16,
+    next_pool: usize,
+}
+
+impl<'a> MockDriver<'a> {
+    fn new(window: &'a Window<CellMemory<'a>>, layout: Layout, queue: usize) -> Self {
+        let share = (layout.pool.end - layout.pool.start) / usize::from(layout.queue_count);
+        let next_pool = layout.pool.start + queue * share;
+        Self { window, layout, queue, next_descriptor: 0, avail_index: 0, last_used: 0, next_pool }
+    }
+
+    fn buffer(&mut self, data: &[u8], len: usize) -> usize {
+        let at = self.next_pool;
+        self.next_pool += len.next_multiple_of(16);
+        self.window.write_bytes(at, &data[..data.len().min(len)]).unwrap();
+        at
+    }
+
+    /// Makes a chain of (offset, len, writable) buffers available; returns its head.
+    fn add(&mut self, buffers: &[(usize, usize, bool)]) -> u16 {
+        let queue = self.layout.queues[self.queue];
+        let size = self.layout.queue_size;
+        let head = self.next_descriptor;
+        for (position, &(offset, len, writable)) in buffers.iter().enumerate() {
+            let index = self.next_descriptor;
+            self.next_descriptor = (self.next_descriptor + 1) % size;
+            let last = position + 1 == buffers.len();
+            let flags = if writable { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+            let descriptor = queue.desc + 16 * usize::from(index);
+            self.window.write_u64(descriptor, BASE + offset as u64).unwrap();
+            self.window.write_u32(descriptor + 8, len as u32).unwrap();
+            self.window.write_u16(descriptor + 12, flags).unwrap();
+            self.window.write_u16(descriptor + 14, self.next_descriptor).unwrap();
+        }
+        let slot = usize::from(self.avail_index % size);
+        self.window.write_u16(queue.avail + 4 + 2 * slot, head).unwrap();
+        self.avail_index = self.avail_index.wrapping_add(1);
+        self.window.write_u16(queue.avail + 2, self.avail_index).unwrap();
+        head
+    }
+
+    /// The next used element: (head, bytes written).
+    fn pop_used(&mut self) -> Option<(u16, u32)> {
+        let queue = self.layout.queues[self.queue];
+        if self.window.read_u16(queue.used + 2).unwrap() == self.last_used {
+            return None;
+        }
+        let element = queue.used + 4 + 8 * usize::from(self.last_used % self.layout.queue_size);
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((self.window.read_u32(element).unwrap() as u16, self.window.read_u32(element + 4).unwrap()))
+    }
+
+    fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        self.window.read_bytes(offset, &mut out).unwrap();
+        out
+    }
+}
+
+fn device_queues(layout: &Layout, event_idx: bool) -> Vec<DeviceQueue> {
+    layout.queues().iter().map(|queue| DeviceQueue::new(*queue, layout.queue_size, layout.pool.clone(), event_idx)).collect()
+}
+
+fn block_request(kind: u32, sector: u64) -> Vec<u8> {
+    let mut header = kind.to_le_bytes().to_vec();
+    header.extend_from_slice(&[0; 4]);
+    header.extend_from_slice(&sector.to_le_bytes());
+    header
+}
+
+#[test]
+fn block_device_writes_reads_and_refuses_past_the_end() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(Kind::Block.queue_count(), 16, WINDOW).unwrap();
+    let mut queues = device_queues(&layout, true);
+    let mut disk = vec![0u8; 64 * 1024];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+
+    // Write two sectors at sector 3: header, data, status.
+    let data: Vec<u8> = (0..1024).map(|i| (i * 7 % 251) as u8).collect();
+    let header = driver.buffer(&block_request(blk::T_OUT, 3), 16);
+    let payload = driver.buffer(&data, 1024);
+    let status = driver.buffer(&[0xff], 1);
+    let head = driver.add(&[(header, 16, false), (payload, 1024, false), (status, 1, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(driver.pop_used(), Some((head, 1)));
+    assert_eq!(driver.read(status, 1), [blk::S_OK]);
+
+    // Read them back.
+    let header = driver.buffer(&block_request(blk::T_IN, 3), 16);
+    let back = driver.buffer(&[], 1024);
+    let status = driver.buffer(&[0xff], 1);
+    let head = driver.add(&[(header, 16, false), (back, 1024, true), (status, 1, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(driver.pop_used(), Some((head, 1025)));
+    assert_eq!(driver.read(back, 1024), data);
+    assert_eq!(driver.read(status, 1), [blk::S_OK]);
+
+    // One sector past the end, and a read that starts inside but runs past it.
+    for sector in [128, 127] {
+        let header = driver.buffer(&block_request(blk::T_IN, sector), 16);
+        let back = driver.buffer(&[], 1024);
+        let status = driver.buffer(&[0xff], 1);
+        driver.add(&[(header, 16, false), (back, 1024, true), (status, 1, true)]);
+        device.service(&window, &mut queues, 8).unwrap();
+        assert_eq!(driver.pop_used().map(|(_, len)| len), Some(1));
+        assert_eq!(driver.read(status, 1), [blk::S_IOERR], "sector {sector}");
+    }
+    // Flush, an unknown request, and the ID.
+    for (kind, expected) in [(blk::T_FLUSH, blk::S_OK), (99, blk::S_UNSUPP)] {
+        let header = driver.buffer(&block_request(kind, 0), 16);
+        let status = driver.buffer(&[0xff], 1);
+        driver.add(&[(header, 16, false), (status, 1, true)]);
+        device.service(&window, &mut queues, 8).unwrap();
+        driver.pop_used();
+        assert_eq!(driver.read(status, 1), [expected]);
+    }
+    let header = driver.buffer(&block_request(blk::T_GET_ID, 0), 16);
+    let id = driver.buffer(&[], 20);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(header, 16, false), (id, 20, true), (status, 1, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(&driver.read(id, 13), b"trapless-ram0");
+    assert_eq!((device.requests, device.failed), (7, 3));
+}
+
+#[test]
+fn a_read_only_disk_refuses_writes() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(1, 16, WINDOW).unwrap();
+    let mut queues = device_queues(&layout, false);
+    let mut disk = vec![7u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], true);
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let header = driver.buffer(&block_request(blk::T_OUT, 0), 16);
+    let payload = driver.buffer(&[1; 512], 512);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(header, 16, false), (payload, 512, false), (status, 1, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(driver.read(status, 1), [blk::S_IOERR]);
+    drop(device);
+    assert!(disk.iter().all(|&byte| byte == 7));
+}
+
+#[test]
+fn console_echoes_bytes_in_order_across_buffers() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(2, 4, WINDOW).unwrap();
+    let mut queues = device_queues(&layout, true);
+    let mut device = ConsoleEcho::default();
+    let mut receive = MockDriver::new(&window, layout.clone(), 0);
+    let mut transmit = MockDriver::new(&window, layout.clone(), 1);
+
+    let sent = b"hello, static virtio\n";
+    let line = transmit.buffer(sent, sent.len());
+    let head = transmit.add(&[(line, sent.len(), false)]);
+    // No receive buffer yet: the device holds the line.
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(transmit.pop_used(), None);
+    // Two small receive buffers take it in two pieces.
+    let first = receive.buffer(&[], 8);
+    let second = receive.buffer(&[], 64);
+    receive.add(&[(first, 8, true)]);
+    receive.add(&[(second, 64, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(receive.pop_used(), Some((0, 8)));
+    assert_eq!(receive.pop_used(), Some((1, sent.len() as u32 - 8)));
+    assert_eq!(transmit.pop_used(), Some((head, 0)));
+    let mut echoed = receive.read(first, 8);
+    echoed.extend(receive.read(second, sent.len() - 8));
+    assert_eq!(echoed, sent);
+    assert_eq!(device.echoed, sent.len() as u64);
+}
+
+#[test]
+fn net_echoes_frames_with_a_plain_header_and_counts_them() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(2, 8, WINDOW).unwrap();
+    let mut queues = device_queues(&layout, false);
+    let mut device = NetEcho::new();
+    let mut receive = MockDriver::new(&window, layout.clone(), 0);
+    let mut transmit = MockDriver::new(&window, layout.clone(), 1);
+    let mut expected = CHECKSUM_SEED;
+    for (index, len) in [60usize, 1514, 333].into_iter().enumerate() {
+        let mut frame = vec![0u8; NET_HEADER];
+        frame.extend((0..len).map(|i| (i + index) as u8));
+        expected = checksum(expected, &frame[NET_HEADER..]);
+        let at = transmit.buffer(&frame, frame.len());
+        transmit.add(&[(at, frame.len(), false)]);
+        let into = receive.buffer(&[], 1526);
+        receive.add(&[(into, 1526, true)]);
+        device.service(&window, &mut queues, 8).unwrap();
+        let (_, written) = receive.pop_used().unwrap();
+        assert_eq!(written as usize, NET_HEADER + len);
+        let back = receive.read(into, NET_HEADER + len);
+        assert_eq!(back[10], 1, "num_buffers");
+        assert_eq!(&back[NET_HEADER..], &frame[NET_HEADER..]);
+    }
+    // A receive buffer too small for the frame: dropped, and said so.
+    let frame = vec![0u8; NET_HEADER + 100];
+    let at = transmit.buffer(&frame, frame.len());
+    transmit.add(&[(at, frame.len(), false)]);
+    let into = receive.buffer(&[], 64);
+    receive.add(&[(into, 64, true)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!((device.frames, device.checksum, device.dropped), (3, expected, 1));
+}
+
+#[test]
+fn event_idx_suppresses_and_requests_notifications() {
+    assert!(need_event(0, 1, 0));
+    assert!(!need_event(5, 3, 1), "the driver asked to hear of index 5 only");
+    assert!(need_event(5, 7, 4));
+    assert!(need_event(65535, 0, 65534), "wraps");
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(1, 16, WINDOW).unwrap();
+    let queue_layout = layout.queues[0];
+    let mut queue = DeviceQueue::new(queue_layout, 16, layout.pool.clone(), true);
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let at = driver.buffer(&[], 16);
+    for _ in 0..3 {
+        driver.add(&[(at, 16, true)]);
+    }
+    // used_event = 2: the driver wants a notification once the used index passes 2.
+    window.write_u16(queue_layout.used_event(16), 2).unwrap();
+    let before = queue.used_index();
+    let chain = queue.pop(&window).unwrap().unwrap();
+    queue.push(&window, chain.head, 0).unwrap();
+    assert!(!queue.should_notify(&window, before).unwrap());
+    for _ in 0..2 {
+        let chain = queue.pop(&window).unwrap().unwrap();
+        queue.push(&window, chain.head, 0).unwrap();
+    }
+    assert!(queue.should_notify(&window, before).unwrap());
+    // Arming asks for the next index; nothing is pending, so the device may sleep.
+    assert_eq!(queue.arm(&window), Ok(false));
+    assert_eq!(window.read_u16(queue_layout.avail_event(16)).unwrap(), 3);
+    driver.add(&[(at, 16, true)]);
+    assert_eq!(queue.arm(&window), Ok(true), "a buffer came in: take it before sleeping");
+}
+
+/// One descriptor at `index` of queue 0, raw.
+fn descriptor(window: &Window<CellMemory<'_>>, layout: &Layout, index: u16, address: u64, len: u32, flags: u16, next: u16) {
+    let at = layout.queues[0].desc + 16 * usize::from(index);
+    window.write_u64(at, address).unwrap();
+    window.write_u32(at + 8, len).unwrap();
+    window.write_u16(at + 12, flags).unwrap();
+    window.write_u16(at + 14, next).unwrap();
+}
+
+fn make_available(window: &Window<CellMemory<'_>>, layout: &Layout, heads: &[u16], index: u16) {
+    for (slot, &head) in heads.iter().enumerate() {
+        window.write_u16(layout.queues[0].avail + 4 + 2 * slot, head).unwrap();
+    }
+    window.write_u16(layout.queues[0].avail + 2, index).unwrap();
+}
+
+#[test]
+fn hostile_rings_are_refused_one_rule_at_a_time() {
+    let pool_address = BASE + layout::compute(1, 8, WINDOW).unwrap().pool.start as u64;
+    let cases: [(&str, &dyn Fn(&Window<CellMemory<'_>>, &Layout), QueueError); 8] = [
+        ("available index runs away", &|w, l| make_available(w, l, &[0], 9), QueueError::AvailIndex { index: 9, next: 0 }),
+        ("head beyond the queue", &|w, l| make_available(w, l, &[8], 1), QueueError::Head(8)),
+        ("next beyond the queue", &|w, l| {
+            descriptor(w, l, 0, pool_address, 16, DESC_F_NEXT, 200);
+            make_available(w, l, &[0], 1);
+        }, QueueError::Next(200)),
+        ("a loop", &|w, l| {
+            descriptor(w, l, 0, pool_address, 16, DESC_F_NEXT, 1);
+            descriptor(w, l, 1, pool_address, 16, DESC_F_NEXT, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::TooLong),
+        ("indirect", &|w, l| {
+            descriptor(w, l, 0, pool_address, 16, DESC_F_INDIRECT, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::Indirect),
+        ("a buffer over the header", &|w, l| {
+            descriptor(w, l, 0, BASE, 64, DESC_F_WRITE, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::Address { address: BASE, len: 64 }),
+        ("a huge length", &|w, l| {
+            descriptor(w, l, 0, pool_address, u32::MAX, 0, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::Address { address: pool_address, len: u32::MAX }),
+        ("readable after writable", &|w, l| {
+            descriptor(w, l, 0, pool_address, 16, DESC_F_WRITE | DESC_F_NEXT, 1);
+            descriptor(w, l, 1, pool_address, 16, 0, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::ReadAfterWrite),
+    ];
+    for (what, set_up, expected) in cases {
+        let bytes = cells(WINDOW);
+        let window = Window::new(CellMemory(&bytes), BASE);
+        let layout = layout::compute(1, 8, WINDOW).unwrap();
+        set_up(&window, &layout);
+        let mut queue = DeviceQueue::new(layout.queues[0], 8, layout.pool.clone(), false);
+        assert_eq!(queue.pop(&window), Err(expected), "{what}");
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn random_ring_contents_never_panic_or_escape_the_window() {
+    const GUARD: usize = 4096;
+    let mut random = Random(0x7472_6170_6c65_7373);
+    for round in 0..300 {
+        let window_size = 128 * 1024;
+        // The window, with guard bytes on both sides that nothing may touch.
+        let bytes: Vec<Cell<u8>> = (0..window_size + 2 * GUARD).map(|_| Cell::new(0xa5)).collect();
+        let inside = &bytes[GUARD..GUARD + window_size];
+        let window = Window::new(CellMemory(inside), BASE);
+        let kind = Kind::ALL[round % 3];
+        let layout = layout::compute(kind.queue_count(), 8, window_size).unwrap();
+        // Random ring areas, with addresses pointing near the window now and then.
+        for queue in layout.queues() {
+            for at in (queue.desc..queue.end).step_by(8) {
+                let value = match random.next() % 4 {
+                    0 => BASE + random.next() % (window_size as u64 * 2),
+                    1 => random.next() % 64,
+                    _ => random.next(),
+                };
+                window.write_u64(at, value).unwrap();
+            }
+        }
+        let mut queues = device_queues(&layout, round % 2 == 0);
+        let mut disk = vec![0u8; 8192];
+        for _ in 0..4 {
+            let outcome = match kind {
+                Kind::Console => ConsoleEcho::default().service(&window, &mut queues, 32).map(drop),
+                Kind::Net => NetEcho::new().service(&window, &mut queues, 32).map(drop),
+                Kind::Block => BlockDevice::new(&mut disk[..], false).service(&window, &mut queues, 32).map(drop),
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let guards = bytes[..GUARD].iter().chain(&bytes[GUARD + window_size..]);
+        assert!(guards.into_iter().all(|byte| byte.get() == 0xa5), "round {round} touched memory outside the window");
+    }
+}

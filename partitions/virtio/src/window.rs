@@ -1,0 +1,201 @@
+//! Access to a window that checks every offset: nothing built on [`Window`] can touch a byte
+//! outside it, whatever the other side wrote. Fields are read and written whole (naturally
+//! aligned, one access each), so a value the other side is changing is seen old or new, never
+//! torn.
+
+use core::cell::Cell;
+use core::fmt;
+
+/// Raw access to a window's bytes.
+///
+/// # Safety
+///
+/// Implementations must make every method access exactly the bytes it names, and nothing else,
+/// for any `offset` that [`Window`] passes: in bounds (`offset + size <= len()`) and naturally
+/// aligned for the typed methods.
+pub unsafe trait Memory {
+    /// Bytes in the window.
+    fn len(&self) -> usize;
+    /// Whether the window is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// # Safety
+    /// `offset` is in bounds.
+    unsafe fn read_u8(&self, offset: usize) -> u8;
+    /// # Safety
+    /// `offset` is in bounds and 2-byte aligned.
+    unsafe fn read_u16(&self, offset: usize) -> u16;
+    /// # Safety
+    /// `offset` is in bounds and 4-byte aligned.
+    unsafe fn read_u32(&self, offset: usize) -> u32;
+    /// # Safety
+    /// `offset` is in bounds and 8-byte aligned.
+    unsafe fn read_u64(&self, offset: usize) -> u64;
+    /// # Safety
+    /// `offset` is in bounds.
+    unsafe fn write_u8(&self, offset: usize, value: u8);
+    /// # Safety
+    /// `offset` is in bounds and 2-byte aligned.
+    unsafe fn write_u16(&self, offset: usize, value: u16);
+    /// # Safety
+    /// `offset` is in bounds and 4-byte aligned.
+    unsafe fn write_u32(&self, offset: usize, value: u32);
+    /// # Safety
+    /// `offset` is in bounds and 8-byte aligned.
+    unsafe fn write_u64(&self, offset: usize, value: u64);
+}
+
+/// An access that would have left the window (or was misaligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfWindow {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl fmt::Display for OutOfWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes at window offset {:#x} are outside the window or misaligned", self.len, self.offset)
+    }
+}
+
+/// A window: its memory, and the address both sides use for its first byte (descriptors carry
+/// addresses, which [`Window::offset_of`] turns back into offsets).
+pub struct Window<M: Memory> {
+    memory: M,
+    base: u64,
+}
+
+macro_rules! typed {
+    ($read:ident, $write:ident, $type:ty) => {
+        /// Reads the field at `offset`.
+        pub fn $read(&self, offset: usize) -> Result<$type, OutOfWindow> {
+            self.check(offset, core::mem::size_of::<$type>())?;
+            // SAFETY: `check` made sure the field is in bounds and aligned.
+            Ok(unsafe { self.memory.$read(offset) })
+        }
+
+        /// Writes the field at `offset`.
+        pub fn $write(&self, offset: usize, value: $type) -> Result<(), OutOfWindow> {
+            self.check(offset, core::mem::size_of::<$type>())?;
+            // SAFETY: `check` made sure the field is in bounds and aligned.
+            unsafe { self.memory.$write(offset, value) };
+            Ok(())
+        }
+    };
+}
+
+impl<M: Memory> Window<M> {
+    pub fn new(memory: M, base: u64) -> Self {
+        Self { memory, base }
+    }
+
+    /// Bytes in the window.
+    pub fn len(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_empty()
+    }
+
+    /// The address of the window's first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The window offset of address `address`, if `len` bytes from it lie inside `within`
+    /// (a range of offsets in the window).
+    pub fn offset_of(&self, address: u64, len: u64, within: &core::ops::Range<usize>) -> Option<usize> {
+        let offset = usize::try_from(address.checked_sub(self.base)?).ok()?;
+        let end = offset.checked_add(usize::try_from(len).ok()?)?;
+        (offset >= within.start && end <= within.end).then_some(offset)
+    }
+
+    fn check(&self, offset: usize, size: usize) -> Result<(), OutOfWindow> {
+        let fits = offset.checked_add(size).is_some_and(|end| end <= self.len());
+        if fits && offset % size == 0 { Ok(()) } else { Err(OutOfWindow { offset, len: size }) }
+    }
+
+    typed!(read_u8, write_u8, u8);
+    typed!(read_u16, write_u16, u16);
+    typed!(read_u32, write_u32, u32);
+    typed!(read_u64, write_u64, u64);
+
+    /// Copies `buffer.len()` bytes from `offset` into `buffer`.
+    pub fn read_bytes(&self, offset: usize, buffer: &mut [u8]) -> Result<(), OutOfWindow> {
+        let out = OutOfWindow { offset, len: buffer.len() };
+        if offset.checked_add(buffer.len()).is_none_or(|end| end > self.len()) {
+            return Err(out);
+        }
+        for (index, byte) in buffer.iter_mut().enumerate() {
+            // SAFETY: the whole range is in bounds (checked above).
+            *byte = unsafe { self.memory.read_u8(offset + index) };
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to `offset`.
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), OutOfWindow> {
+        let out = OutOfWindow { offset, len: data.len() };
+        if offset.checked_add(data.len()).is_none_or(|end| end > self.len()) {
+            return Err(out);
+        }
+        for (index, &byte) in data.iter().enumerate() {
+            // SAFETY: the whole range is in bounds (checked above).
+            unsafe { self.memory.write_u8(offset + index, byte) };
+        }
+        Ok(())
+    }
+}
+
+/// A window in ordinary memory, for host tests and the host tools: bytes behind [`Cell`]s, so
+/// both sides of a test can share it.
+pub struct CellMemory<'a>(pub &'a [Cell<u8>]);
+
+// SAFETY: every method indexes the slice, which panics rather than leave it; `Window` never
+// passes an offset out of bounds anyway.
+unsafe impl Memory for CellMemory<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    unsafe fn read_u8(&self, offset: usize) -> u8 {
+        self.0[offset].get()
+    }
+    unsafe fn read_u16(&self, offset: usize) -> u16 {
+        u16::from_le_bytes([self.0[offset].get(), self.0[offset + 1].get()])
+    }
+    unsafe fn read_u32(&self, offset: usize) -> u32 {
+        let mut bytes = [0; 4];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = self.0[offset + index].get();
+        }
+        u32::from_le_bytes(bytes)
+    }
+    unsafe fn read_u64(&self, offset: usize) -> u64 {
+        let mut bytes = [0; 8];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = self.0[offset + index].get();
+        }
+        u64::from_le_bytes(bytes)
+    }
+    unsafe fn write_u8(&self, offset: usize, value: u8) {
+        self.0[offset].set(value);
+    }
+    unsafe fn write_u16(&self, offset: usize, value: u16) {
+        for (index, byte) in value.to_le_bytes().into_iter().enumerate() {
+            self.0[offset + index].set(byte);
+        }
+    }
+    unsafe fn write_u32(&self, offset: usize, value: u32) {
+        for (index, byte) in value.to_le_bytes().into_iter().enumerate() {
+            self.0[offset + index].set(byte);
+        }
+    }
+    unsafe fn write_u64(&self, offset: usize, value: u64) {
+        for (index, byte) in value.to_le_bytes().into_iter().enumerate() {
+            self.0[offset + index].set(byte);
+        }
+    }
+}
