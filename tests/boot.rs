@@ -253,3 +253,97 @@ fn a_doorbell_storm_from_another_partition_is_spurious_and_costs_no_exits() {
     check(&run, exits["worker"].total == worker.len() as u64 + 2 && exits["worker"].sysreg == 1, &format!("worker: {:?}", exits["worker"]));
     check(&run, exits["rogue"].total == 2, &format!("rogue: {:?}", exits["rogue"]));
 }
+
+/// A number in `line` right after `label` (decimal, or hex with 0x).
+fn number_after(line: &str, label: &str) -> Option<u64> {
+    let rest = &line[line.find(label)? + label.len()..];
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
+
+/// Boots `system` (a file under `tests/systems/`) with the driver's bootargs replaced by
+/// `bootargs`, with QEMU logging every exception; checks that every link carried its data
+/// intact, and returns the run and how many exceptions QEMU saw taken to EL2.
+fn virtio_run(system: &str, bootargs: &str, platform: Option<&str>) -> (Run, usize) {
+    let original = std::fs::read_to_string(trapless_tests::system(system)).unwrap();
+    let text = original.replace("lines=10 frames=32 passes=1", bootargs);
+    let tag = format!("{system}-{}-{}-{}", platform.unwrap_or("own"), bootargs.replace([' ', '='], "-"), std::process::id());
+    let path = std::env::temp_dir().join(format!("{tag}.toml"));
+    let log = std::env::temp_dir().join(format!("{tag}.log"));
+    std::fs::write(&path, text).unwrap();
+    let (built, run) = trapless_tests::boot_file(&path, platform, &["-d", "int", "-D", log.to_str().unwrap()]);
+    let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log), std::fs::remove_dir_all(&built.dir));
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("{tag}: {:?}", run.verdict(&built.plan)));
+    let arg = |key: &str| trapless_guest::facts::arg(bootargs, key).and_then(|value| value.parse::<u64>().ok());
+    let driver = lines(&run, "frontend");
+    let device = lines(&run, "backend");
+    fn find<'a>(lines: &[&'a str], prefix: &str) -> Option<&'a str> {
+        lines.iter().copied().find(|line| line.starts_with(prefix))
+    }
+
+    if let Some(count) = arg("lines") {
+        let console = find(&driver, "virtio-driver: link console0: ");
+        check(&run, console.is_some_and(|line| line.contains(&format!(": {count} lines (")) && line.ends_with("echoed byte-exact")), "console lines echoed byte-exact");
+        let bytes = console.and_then(|line| number_after(line, "lines ("));
+        let echoed = find(&device, "virtio-device: link console0: ").and_then(|line| number_after(line, "echoed "));
+        check(&run, bytes.is_some() && bytes == echoed, &format!("the device echoed the {bytes:?} bytes sent: {echoed:?}"));
+    }
+    if let Some(count) = arg("frames") {
+        let net = find(&driver, "virtio-driver: link net0: ").unwrap_or_default();
+        check(&run, net.starts_with(&format!("virtio-driver: link net0: {count} frames (")), "every frame came back whole");
+        let sent = number_after(net, "checksum sent ");
+        let received = number_after(net, ", received ");
+        let echoed = find(&device, "virtio-device: link net0: ").unwrap_or_default();
+        check(&run, echoed.contains(&format!("echoed {count} frames")) && echoed.contains("dropped 0;"), "the device echoed every frame");
+        let through = number_after(echoed, "checksum ");
+        check(&run, sent.is_some() && sent == received && sent == through, &format!("checksums: sent {sent:?}, through the device {through:?}, received {received:?}"));
+    }
+    if let Some(passes) = arg("passes") {
+        let disk = find(&driver, "virtio-driver: link disk0: ").unwrap_or_default();
+        let expected = format!("{passes} pass(es) over 2048 sectors written and read back; a read past the end was refused (IoError)");
+        check(&run, disk.ends_with(&expected), &expected);
+        // Each pass writes and reads 2048 sectors in requests of 8; then the read past the end.
+        let requests = passes * 2 * 2048 / 8 + 1;
+        let served = format!("virtio-device: link disk0: served {requests} requests, 1 refused;");
+        check(&run, find(&device, &served).is_some(), &served);
+    }
+    let taken = find(&device, "virtio-device: every driver has finished; LPIs taken: ").and_then(|line| number_after(line, "taken: "));
+    check(&run, taken.is_some_and(|taken| taken > 0), &format!("the drivers' doorbells reached the device: {taken:?} LPIs"));
+    (run, exceptions_to_el2(&qemu_log))
+}
+
+/// The whole virtio data path, for all three kinds at once, never enters EL2: EL2's counters
+/// and QEMU's own log show the same exits whether the driver moves some data or five times as
+/// much (each partition's exits are its console lines and its power-off).
+fn static_virtio_costs_no_exits(system: &str, platform: Option<&str>) {
+    let (short, short_to_el2) = virtio_run(system, "lines=10 frames=32 passes=1", platform);
+    let (long, long_to_el2) = virtio_run(system, "lines=50 frames=160 passes=5", platform);
+    check(&long, short.exits() == long.exits(), &format!("exits with little data {:?}, with five times as much {:?}", short.exits(), long.exits()));
+    check(&long, short_to_el2 == long_to_el2, &format!("QEMU saw {short_to_el2} exceptions to EL2 with little data, {long_to_el2} with five times as much"));
+    let counted: u64 = long.exits().values().map(|exits| exits.total).sum();
+    check(&long, long_to_el2 as u64 == counted, &format!("QEMU saw {long_to_el2} exceptions to EL2, EL2 counted {counted}"));
+    for (name, exits) in long.exits() {
+        let printed = lines(&long, &name).len() as u64;
+        // Console lines, power-off, and opening the GIC CPU interface's priority mask.
+        check(&long, exits.hvc == printed + 1 && exits.total == exits.hvc + exits.sysreg, &format!("{name}: {exits:?}"));
+    }
+}
+
+#[test]
+fn static_virtio_console_net_and_block_cost_no_exits() {
+    static_virtio_costs_no_exits("virtio", None);
+}
+
+#[test]
+fn static_virtio_costs_no_exits_on_gicv4() {
+    static_virtio_costs_no_exits("virtio", Some("qemu-virt-gicv4"));
+}
+
+#[test]
+fn static_virtio_links_with_polling_sides_carry_the_same_data() {
+    static_virtio_costs_no_exits("virtio-poll", None);
+}

@@ -8,12 +8,13 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 use trapless_guest::ConsoleKind;
+use trapless_guest::facts::Role;
 use trapless_tests::{root, system};
 use trapless_tools::planner::SystemPlan;
 use trapless_tools::{Target, dtb, plan_system};
 
 /// Systems whose device trees are pinned.
-const SYSTEMS: [&str; 4] = ["qemu-demo", "smp", "uart", "doorbell"];
+const SYSTEMS: [&str; 5] = ["qemu-demo", "smp", "uart", "doorbell", "virtio-dt"];
 
 fn decompile(blob: &[u8]) -> (String, String) {
     let mut child = Command::new("dtc")
@@ -76,7 +77,8 @@ fn the_guest_runtime_reads_back_what_the_plan_put_in() {
 
             let index = plan.partitions.iter().position(|other| other.name == partition.name).unwrap();
             let its = plan.platform.gic.its.unwrap();
-            for doorbell in &plan.doorbells {
+            // Link doorbells are in their links' nodes, not in the doorbells node's names.
+            for doorbell in plan.doorbells.iter().filter(|doorbell| doorbell.link.is_none()) {
                 if doorbell.from == index {
                     let outgoing = facts.doorbells.outgoing(&doorbell.name).expect("the sender sees its doorbell");
                     assert_eq!(outgoing.event, doorbell.event);
@@ -90,6 +92,25 @@ fn the_guest_runtime_reads_back_what_the_plan_put_in() {
             }
             let rings = plan.doorbells.iter().any(|doorbell| doorbell.from == index);
             assert_eq!(facts.doorbells.translater.is_some(), rings, "{}: a doorbell page only for senders", partition.name);
+
+            // Each link it is on, from its side: the window, the fixed parameters, the
+            // configuration space, the EventIDs that ring the peer and the LPIs it takes.
+            let links: Vec<_> = plan.links.iter().filter(|link| link.device == index || link.driver == index).collect();
+            assert_eq!(facts.links().count(), links.len(), "{}", partition.name);
+            for (read, link) in facts.links().zip(links) {
+                let is_device = link.device == index;
+                assert_eq!((read.name, read.kind, read.features, read.queue_size), (link.name.as_str(), link.kind, link.features, link.queue_size));
+                assert_eq!(read.role, if is_device { Role::Device } else { Role::Driver });
+                assert_eq!(read.window, link.window.base.0..link.window.end());
+                assert_eq!((read.config, read.queue_count), (link.config.as_slice(), link.kind.queue_count()));
+                let (rings, rung_by) = if is_device { (&link.to_driver, &link.to_device) } else { (&link.to_device, &link.to_driver) };
+                let events: Vec<u32> = read.notify_events.iter().flatten().copied().collect();
+                assert_eq!(events, rings.iter().map(|doorbell| doorbell.event).collect::<Vec<_>>(), "{}", link.name);
+                let lpis: Vec<(u32, u64)> = read.notify_lpis.iter().flatten().map(|&(lpi, affinity)| (lpi, u64::from(affinity))).collect();
+                let expected: Vec<(u32, u64)> = rung_by.iter().map(|doorbell| (doorbell.lpi, plan.platform.cpus[doorbell.cpu])).collect();
+                assert_eq!(lpis, expected, "{}", link.name);
+                assert_eq!(read.polls(), expected.is_empty());
+            }
         }
     }
 }

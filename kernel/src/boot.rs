@@ -32,7 +32,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     // SAFETY: only this CPU runs, and no CPU uses the tables yet.
     #[allow(clippy::deref_addrof, reason = "a reference to a static mut must come from a raw pointer")]
     let map = unsafe { &mut *(&raw mut entry::EL2_MAP) };
-    if map.build(ram, Regime::El2).is_err() {
+    if map.build(ram, &[], Regime::El2).is_err() {
         arch::halt()
     }
     let (image_start, image_end) = (layout::image_start(), layout::image_end());
@@ -72,6 +72,9 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
         refuse(&[alloc::format!("doorbells: {error}")]);
     }
 
+    if let Err(problem) = load_windows(&plan) {
+        refuse(&[problem]);
+    }
     let this_cpu = current_platform_cpu(&plan);
     let mut maps = Vec::new();
     for (index, partition) in plan.partitions().iter().enumerate() {
@@ -125,6 +128,16 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
     if regions.iter().any(|region| region.ipa.0 != region.pa.0) || !owns_ram {
         return Err(alloc::format!("the stage-2 map of partition {name} is not an identity map of its memory"));
     }
+    let index = index as u32;
+    let shares = |region: &&trapless_plan::RegionRecord| {
+        plan.windows().iter().any(|window| {
+            window.range == trapless_plan::AddrRange::new(region.pa.0, region.size)
+                && (window.device == index || window.driver == index)
+        })
+    };
+    if let Some(region) = regions.iter().filter(|region| region.kind() == RegionKind::SharedRam).find(|region| !shares(region)) {
+        return Err(alloc::format!("partition {name} maps shared RAM at {} that is not a window of its links", region.pa));
+    }
 
     let (base, size) = (memory.base.0 as usize, memory.size as usize);
     // SAFETY: the partition's RAM is its own (the planner checked it overlaps nothing else and
@@ -139,12 +152,40 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
     cache::clean_invalidate(base, size);
     let map = Stage2Map::new(regions)
         .map_err(|error| alloc::format!("stage 2 of partition {name}: {error}"))?;
-    let cpus: Vec<usize> = plan.cpus_of(index).collect();
+    let cpus: Vec<usize> = plan.cpus_of(index as usize).collect();
     println!(
         "trapless: partition {name}: CPUs {cpus:?}, memory {memory}, VMID {}, entry {}",
         partition.vmid, partition.entry
     );
     Ok(map)
+}
+
+/// Clears every static virtio window and writes its header and configuration space, before
+/// any partition can see it.
+fn load_windows(plan: &Plan<'_>) -> Result<(), alloc::string::String> {
+    let platform = plan.platform();
+    let windows = plan.windows();
+    for (index, window) in windows.iter().enumerate() {
+        let range = window.range;
+        let clashes = range.overlaps(&platform.kernel)
+            || plan.partitions().iter().any(|partition| partition.memory.overlaps(&range))
+            || windows[..index].iter().any(|other| other.range.overlaps(&range));
+        if !platform.ram.contains_range(&range) || clashes {
+            return Err(alloc::format!("window {range} is not RAM of its own"));
+        }
+        let (base, size) = (range.base.0 as usize, range.size as usize);
+        let init = plan.blob(&window.init);
+        // SAFETY: the window is RAM that nothing else uses (checked above), and no partition
+        // runs yet; `parse` checked the contents fit it.
+        unsafe {
+            core::ptr::write_bytes(base as *mut u8, 0, size);
+            core::ptr::copy_nonoverlapping(init.as_ptr(), base as *mut u8, init.len());
+        }
+        cache::clean_invalidate(base, size);
+        let name = |partition: u32| plan.partitions()[partition as usize].name;
+        println!("trapless: window {range}: device {}, driver {}", name(window.device), name(window.driver));
+    }
+    Ok(())
 }
 
 /// Says why trapless will not start, then powers off.

@@ -4,6 +4,7 @@
 //! EventID and LPI; `docs/doorbells.md` describes the whole mechanism.
 
 use crate::diagnostic::{Diagnostic, Source};
+use crate::link::LinkQueue;
 use crate::platform::Platform;
 use crate::system::{Partition, valid_name};
 use serde::Deserialize;
@@ -41,6 +42,19 @@ pub struct Doorbell {
     pub cpu: usize,
     pub event: Option<u32>,
     pub lpi: Option<u32>,
+    /// For a doorbell a `[[link]]` needs, which queue it serves and which side it rings; `None`
+    /// for a `[[doorbell]]`.
+    pub link: Option<LinkQueue>,
+}
+
+impl Doorbell {
+    /// What the doorbell is, for messages.
+    pub fn describe(&self) -> String {
+        match self.link {
+            None => format!("doorbell '{}'", self.name),
+            Some(queue) => format!("the {} doorbell of queue {} of link '{}'", queue.direction(), queue.queue, self.name),
+        }
+    }
 }
 
 /// A doorbell with its EventID and LPI.
@@ -52,6 +66,9 @@ pub struct DoorbellPlan {
     pub cpu: usize,
     pub event: u32,
     pub lpi: u32,
+    /// See [`Doorbell::link`]: link doorbells appear in their link's device-tree nodes, not in
+    /// the doorbells node's names.
+    pub link: Option<LinkQueue>,
 }
 
 /// Checks the `[[doorbell]]`s of a system whose partitions are `partitions`, pushing every
@@ -141,10 +158,10 @@ pub fn check(
         });
 
         if let (true, Some(from), Some(to), Some(cpu)) = (ok, from, to, cpu) {
-            doorbells.push(Doorbell { name: name.to_string(), line, from, to, cpu, event, lpi });
+            doorbells.push(Doorbell { name: name.to_string(), line, from, to, cpu, event, lpi, link: None });
         } else {
             // Keep the name, so that a later duplicate is still reported against this line.
-            doorbells.push(Doorbell { name: name.to_string(), line, from: 0, to: 0, cpu: 0, event: None, lpi: None });
+            doorbells.push(Doorbell { name: name.to_string(), line, from: 0, to: 0, cpu: 0, event: None, lpi: None, link: None });
         }
     }
     doorbells
@@ -178,7 +195,8 @@ fn claim(
 }
 
 /// Gives every doorbell without an explicit EventID or LPI the lowest free one, in the order
-/// they are listed. Returns the index of a doorbell for which none is left.
+/// they are listed (explicit values are taken first, wherever they are listed). Returns the
+/// index of a doorbell for which none is left.
 pub fn assign(doorbells: &[Doorbell], event_bits: u8, lpi_id_bits: u8) -> Result<Vec<DoorbellPlan>, usize> {
     let mut events: Vec<u32> = doorbells.iter().filter_map(|doorbell| doorbell.event).collect();
     let mut lpis: Vec<u32> = doorbells.iter().filter_map(|doorbell| doorbell.lpi).collect();
@@ -193,7 +211,15 @@ pub fn assign(doorbells: &[Doorbell], event_bits: u8, lpi_id_bits: u8) -> Result
         .map(|(index, doorbell)| {
             let event = doorbell.event.or_else(|| lowest_free(&mut events, 0, 1 << event_bits)).ok_or(index)?;
             let lpi = doorbell.lpi.or_else(|| lowest_free(&mut lpis, FIRST_LPI, 1 << lpi_id_bits)).ok_or(index)?;
-            Ok(DoorbellPlan { name: doorbell.name.clone(), from: doorbell.from, to: doorbell.to, cpu: doorbell.cpu, event, lpi })
+            Ok(DoorbellPlan {
+                name: doorbell.name.clone(),
+                from: doorbell.from,
+                to: doorbell.to,
+                cpu: doorbell.cpu,
+                event,
+                lpi,
+                link: doorbell.link,
+            })
         })
         .collect()
 }
@@ -203,7 +229,7 @@ mod tests {
     use super::*;
 
     fn doorbell(name: &str, event: Option<u32>, lpi: Option<u32>) -> Doorbell {
-        Doorbell { name: name.into(), line: 1, from: 0, to: 1, cpu: 1, event, lpi }
+        Doorbell { name: name.into(), line: 1, from: 0, to: 1, cpu: 1, event, lpi, link: None }
     }
 
     #[test]

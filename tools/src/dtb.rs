@@ -2,14 +2,17 @@
 //! `docs/device-tree.md` documents the binding; the golden files in `tests/golden/` pin it.
 
 use crate::doorbell::DoorbellPlan;
+use crate::link::{LinkPlan, Role};
 use crate::planner::PartitionPlan;
 use crate::platform::{GITS_TRANSLATER, Platform, Trigger};
 use trapless_abi::dt;
 use trapless_plan::AddrRange;
+use trapless_virtio::binding::dt as virtio_dt;
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
 const GIC_PHANDLE: u32 = 1;
-/// Clock `n` of the platform gets phandle `FIRST_CLOCK_PHANDLE + n`.
+/// Clock `n` of the platform gets phandle `FIRST_CLOCK_PHANDLE + n`; the window of link `n`
+/// the first one after the clocks' plus `n`.
 const FIRST_CLOCK_PHANDLE: u32 = 2;
 
 /// `interrupts` cells: SPI / PPI, and the trigger flags of the GIC binding.
@@ -40,12 +43,25 @@ pub fn stdout_path(platform: &Platform, partition: &PartitionPlan) -> String {
     }
 }
 
-/// The device tree blob of `partition`, partition number `index` among those `doorbells` join.
-pub fn generate(platform: &Platform, partition: &PartitionPlan, index: usize, doorbells: &[DoorbellPlan]) -> Vec<u8> {
-    write(platform, partition, index, doorbells).expect("vm-fdt accepts every tree this module writes")
+/// The device tree blob of `partition`, partition number `index` among those `doorbells` and
+/// `links` join.
+pub fn generate(
+    platform: &Platform,
+    partition: &PartitionPlan,
+    index: usize,
+    doorbells: &[DoorbellPlan],
+    links: &[LinkPlan],
+) -> Vec<u8> {
+    write(platform, partition, index, doorbells, links).expect("vm-fdt accepts every tree this module writes")
 }
 
-fn write(platform: &Platform, partition: &PartitionPlan, index: usize, doorbells: &[DoorbellPlan]) -> FdtWriterResult<Vec<u8>> {
+fn write(
+    platform: &Platform,
+    partition: &PartitionPlan,
+    index: usize,
+    doorbells: &[DoorbellPlan],
+    links: &[LinkPlan],
+) -> FdtWriterResult<Vec<u8>> {
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
     fdt.property_string("compatible", "trapless,partition")?;
@@ -87,6 +103,7 @@ fn write(platform: &Platform, partition: &PartitionPlan, index: usize, doorbells
 
     write_gic(&mut fdt, platform, partition)?;
     write_doorbells(&mut fdt, platform, index, doorbells)?;
+    write_links(&mut fdt, platform, index, links)?;
 
     let mut clocks: Vec<usize> =
         partition.devices.iter().flat_map(|&device| platform.devices[device].clocks.iter().copied()).collect();
@@ -188,21 +205,27 @@ fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan
     fdt.end_node(node)
 }
 
-/// The doorbells node: where to ring and with which EventIDs (for doorbells the partition
-/// rings), and which LPI on which CPU each incoming doorbell raises. See `docs/doorbells.md`.
+/// The doorbells node: where to ring (for a partition that rings any doorbell, its links'
+/// included), with which EventIDs (for the named doorbells it rings), and which LPI on which
+/// CPU each named doorbell that rings it raises. Link doorbells are listed in their links'
+/// nodes instead. See `docs/doorbells.md`.
 fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorbells: &[DoorbellPlan]) -> FdtWriterResult<()> {
-    let rings: Vec<&DoorbellPlan> = doorbells.iter().filter(|doorbell| doorbell.from == index).collect();
-    let receives: Vec<&DoorbellPlan> = doorbells.iter().filter(|doorbell| doorbell.to == index).collect();
-    let Some(its) = platform.gic.its.filter(|_| !rings.is_empty() || !receives.is_empty()) else {
+    let rings_any = doorbells.iter().any(|doorbell| doorbell.from == index);
+    let named = |doorbell: &&DoorbellPlan| doorbell.link.is_none();
+    let rings: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.from == index).collect();
+    let receives: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.to == index).collect();
+    let Some(its) = platform.gic.its.filter(|_| rings_any || !receives.is_empty()) else {
         return Ok(());
     };
     let page = its.doorbell_page();
-    let name = if rings.is_empty() { "doorbells".to_string() } else { format!("doorbells@{:x}", page.base.0) };
+    let name = if rings_any { format!("doorbells@{:x}", page.base.0) } else { "doorbells".to_string() };
     let node = fdt.begin_node(&name)?;
     fdt.property_string("compatible", "trapless,doorbells")?;
-    if !rings.is_empty() {
+    if rings_any {
         fdt.property_array_u64("reg", &reg(&[page]))?;
         fdt.property_u32("trapless,translater", GITS_TRANSLATER as u32)?;
+    }
+    if !rings.is_empty() {
         fdt.property_string_list("trapless,ring-names", rings.iter().map(|doorbell| doorbell.name.clone()).collect())?;
         let events: Vec<u32> = rings.iter().map(|doorbell| doorbell.event).collect();
         fdt.property_array_u32("trapless,ring-events", &events)?;
@@ -221,4 +244,62 @@ fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorb
         fdt.property_array_u32("trapless,receive-lpis", &lpis)?;
     }
     fdt.end_node(node)
+}
+
+/// The nodes of each link the partition is on: its window under `/reserved-memory`, and the
+/// link's node with what this side needs. See `docs/static-virtio.md`.
+fn write_links(fdt: &mut FdtWriter, platform: &Platform, index: usize, links: &[LinkPlan]) -> FdtWriterResult<()> {
+    // (the window's phandle, the link, this partition's side of it)
+    let mine: Vec<(u32, &LinkPlan, Role)> = links
+        .iter()
+        .enumerate()
+        .filter_map(|(number, link)| {
+            let phandle = FIRST_CLOCK_PHANDLE + platform.clocks.len() as u32 + number as u32;
+            Some((phandle, link, link.role_of(index)?))
+        })
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let reserved = fdt.begin_node("reserved-memory")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    for &(phandle, link, _) in &mine {
+        let node = fdt.begin_node(&format!("{}@{:x}", virtio_dt::WINDOW_NODE, link.window.base.0))?;
+        fdt.property_string("compatible", virtio_dt::WINDOW_COMPATIBLE)?;
+        fdt.property_array_u64("reg", &reg(&[link.window]))?;
+        fdt.property_null("no-map")?;
+        fdt.property_phandle(phandle)?;
+        fdt.end_node(node)?;
+    }
+    fdt.end_node(reserved)?;
+
+    for (phandle, link, role) in mine {
+        let node = fdt.begin_node(&format!("{}{}", virtio_dt::NODE_PREFIX, link.name))?;
+        fdt.property_string("compatible", virtio_dt::COMPATIBLE)?;
+        fdt.property_u32(virtio_dt::WINDOW, phandle)?;
+        fdt.property_string(virtio_dt::LINK, &link.name)?;
+        fdt.property_string(virtio_dt::ROLE, role.name())?;
+        fdt.property_u32(virtio_dt::DEVICE_ID, link.kind.device_id())?;
+        fdt.property_u64(virtio_dt::FEATURES, link.features)?;
+        fdt.property_u32(virtio_dt::QUEUES, link.kind.queue_count().into())?;
+        fdt.property_u32(virtio_dt::QUEUE_SIZE, link.queue_size.into())?;
+        fdt.property(virtio_dt::CONFIG, &link.config)?;
+        // Per queue: the EventID this side stores to ring the peer, and the LPI (and its CPU)
+        // the peer's rings raise here. None where the receiving side polls.
+        let rings = link.rings(role);
+        if !rings.is_empty() {
+            let events: Vec<u32> = rings.iter().map(|doorbell| doorbell.event).collect();
+            fdt.property_array_u32(virtio_dt::NOTIFY_EVENTS, &events)?;
+        }
+        let rung = link.rung_by_peer(role);
+        if !rung.is_empty() {
+            let lpis: Vec<u32> =
+                rung.iter().flat_map(|doorbell| [doorbell.lpi, dt::pack_affinity(platform.cpus[doorbell.cpu])]).collect();
+            fdt.property_array_u32(virtio_dt::NOTIFY_LPIS, &lpis)?;
+        }
+        fdt.end_node(node)?;
+    }
+    Ok(())
 }

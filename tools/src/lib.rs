@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod doorbell;
 pub mod dtb;
 pub mod image;
+pub mod link;
 pub mod pack;
 pub mod planner;
 pub mod platform;

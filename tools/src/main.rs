@@ -82,6 +82,26 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     devices.join(", ")
                 );
             }
+            for (index, link) in plan.links.iter().enumerate() {
+                let doorbells: Vec<String> = plan
+                    .doorbells
+                    .iter()
+                    .filter_map(|doorbell| Some((doorbell, doorbell.link.filter(|queue| queue.link == index)?)))
+                    .map(|(doorbell, queue)| {
+                        format!("queue {} to {}: event {}, LPI {}", queue.queue, queue.to.name(), doorbell.event, doorbell.lpi)
+                    })
+                    .collect();
+                println!(
+                    "  {:<12} {} link, window {} ({}), device {}, driver {}, doorbells [{}]",
+                    link.name,
+                    link.kind.name(),
+                    link.window,
+                    describe(link.window.size),
+                    plan.partitions[link.device].name,
+                    plan.partitions[link.driver].name,
+                    doorbells.join("; ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Build { system, platform } => {

@@ -7,9 +7,8 @@ use crate::size::describe;
 use trapless_arm64::image;
 use trapless_plan::{
     ConsoleKind, CpuRecord, DoorbellRecord, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr,
-    PlanWriter, PlatformRecord, RegionRecord, SpiRoute,
+    PlanWriter, PlatformRecord, RegionRecord, SpiRoute, WindowDraft,
 };
-
 
 /// The plan's bytes for `plan`.
 pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
@@ -89,7 +88,20 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
             reserved: 0,
         })
         .collect();
-    PlanWriter { platform: record, cpus, partitions, spi_routes, doorbells }.to_bytes()
+    // EL2 zeroes each window and writes these first bytes: its header and configuration space.
+    let inits: Vec<Vec<u8>> = plan.links.iter().map(|link| link.window_init()).collect();
+    let windows = plan
+        .links
+        .iter()
+        .zip(&inits)
+        .map(|(link, init)| WindowDraft {
+            range: link.window,
+            device: link.device as u32,
+            driver: link.driver as u32,
+            init,
+        })
+        .collect();
+    PlanWriter { platform: record, cpus, partitions, spi_routes, doorbells, windows }.to_bytes()
 }
 
 /// The bootable Image: the kernel laid out flat with its BSS, then the plan (page aligned),

@@ -1,10 +1,12 @@
 //! The planner: from a checked [`System`] to everything the kernel needs: where each
-//! partition's RAM is, its stage-2 map, where its image and device tree go, and its VMID.
+//! partition's RAM and each link's window are, every doorbell's EventID and LPI, each
+//! partition's stage-2 map, where its image and device tree go, and its VMID.
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::doorbell::{self, DoorbellPlan};
+use crate::doorbell::{self, Doorbell, DoorbellPlan};
 use crate::dtb;
 use crate::image::{GuestImage, Placement};
+use crate::link::{self, LinkPlan};
 use crate::platform::Platform;
 use crate::size::describe;
 use crate::system::{MEMORY_ALIGN, System};
@@ -46,14 +48,21 @@ pub struct SystemPlan {
     pub name: String,
     pub platform: Platform,
     pub partitions: Vec<PartitionPlan>,
+    /// The `[[doorbell]]`s, then the doorbells the links need (marked with their link).
     pub doorbells: Vec<DoorbellPlan>,
+    pub links: Vec<LinkPlan>,
 }
 
-/// Places RAM for every partition: explicit bases are kept (the checker made sure they fit),
-/// the others get the lowest free 2 MiB-aligned range of platform RAM outside the kernel's
-/// region, in the order they are listed. Returns the index of a partition that does not fit.
-pub fn place_memory(platform: &Platform, requests: &[(u64, Option<u64>)]) -> Result<Vec<AddrRange>, usize> {
-    let mut taken: Vec<AddrRange> = vec![platform.kernel];
+/// Places `requests` (size, explicit base) in platform RAM: explicit bases are kept (the
+/// checker made sure they fit), the others get the lowest free 2 MiB-aligned range outside the
+/// kernel's region, `taken` and every other request, in the order they are listed. Returns
+/// the index of a request that does not fit.
+pub fn place_memory(
+    platform: &Platform,
+    taken: &[AddrRange],
+    requests: &[(u64, Option<u64>)],
+) -> Result<Vec<AddrRange>, usize> {
+    let mut taken: Vec<AddrRange> = [platform.kernel].into_iter().chain(taken.iter().copied()).collect();
     taken.extend(requests.iter().filter_map(|&(size, base)| base.map(|base| AddrRange::new(base, size))));
     let mut placed = Vec::new();
     for (index, &(size, base)) in requests.iter().enumerate() {
@@ -82,16 +91,20 @@ pub fn place_memory(platform: &Platform, requests: &[(u64, Option<u64>)]) -> Res
 /// frame read/write (SGI and PPI configuration), the RD frame read-only (it holds the LPI table
 /// registers: a partition that could point them elsewhere would have the GIC read and write
 /// memory for it, past stage 2). If it rings doorbells, the one page of the ITS that holds
-/// `GITS_TRANSLATER`. Nothing else: no GIC distributor, no ITS control frame, no other
-/// partition's memory.
+/// `GITS_TRANSLATER`. The `windows` of its links (link name, window), never executable.
+/// Nothing else: no GIC distributor, no ITS control frame, no other partition's memory.
 pub fn stage2_map(
     platform: &Platform,
     memory: AddrRange,
     cpus: &[usize],
     devices: &[usize],
     rings_doorbells: bool,
+    windows: &[(&str, AddrRange)],
 ) -> Vec<Stage2Region> {
     let mut regions = vec![Stage2Region { what: "RAM".into(), range: memory, kind: RegionKind::Ram }];
+    for &(link, window) in windows {
+        regions.push(Stage2Region { what: format!("window of link {link}"), range: window, kind: RegionKind::SharedRam });
+    }
     for &device in devices {
         let device = &platform.devices[device];
         regions.push(Stage2Region { what: format!("device {}", device.name), range: device.reg, kind: RegionKind::Device });
@@ -138,22 +151,26 @@ fn image_layout(image: &GuestImage, memory: AddrRange) -> Result<(u64, u64, u64)
 /// Plans `system`, given each partition's loaded image (by partition index).
 pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diagnostics> {
     let platform = &system.platform;
+    // A window takes whole 2 MiB blocks, so that no partition or other window shares one with
+    // it (both sides map it with 2 MiB blocks). Fixed windows are placed first: partitions
+    // without a base must stay clear of them.
+    let window_requests: Vec<(u64, Option<u64>)> =
+        system.links.iter().map(|link| (link.window.size.next_multiple_of(MEMORY_ALIGN), link.window.base)).collect();
+    let fixed_windows: Vec<AddrRange> =
+        window_requests.iter().filter_map(|&(size, base)| Some(AddrRange::new(base?, size))).collect();
+
     let requests: Vec<(u64, Option<u64>)> =
         system.partitions.iter().map(|partition| (partition.memory.size, partition.memory.base)).collect();
-    let memories = place_memory(platform, &requests).map_err(|index| {
+    let memories = place_memory(platform, &fixed_windows, &requests).map_err(|index| {
         let partition = &system.partitions[index];
-        // What was taken before it was placed: every explicit base, and the partitions before it.
-        let others: u64 = requests
-            .iter()
-            .enumerate()
-            .filter(|&(other, &(_, base))| other != index && (base.is_some() || other < index))
-            .map(|(_, &(size, _))| size)
-            .sum();
+        let others = taken_before(&requests, index);
         let others = if others == 0 { String::new() } else { format!(", other partitions {}", describe(others)) };
+        let windows: u64 = fixed_windows.iter().map(|window| window.size).sum();
+        let windows = if windows == 0 { String::new() } else { format!(", fixed windows {}", describe(windows)) };
         system.error(
             index,
             format!(
-                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}{others}",
+                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}{others}{windows}",
                 partition.name,
                 describe(partition.memory.size),
                 platform.name,
@@ -162,16 +179,40 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             ),
         )
     })?;
+    let blocks = place_memory(platform, &memories, &window_requests).map_err(|index| {
+        let link = &system.links[index];
+        let others = taken_before(&window_requests, index);
+        let others = if others == 0 { String::new() } else { format!(", other windows {}", describe(others)) };
+        Diagnostic {
+            path: system.path.clone(),
+            line: Some(link.line),
+            message: format!(
+                "not enough free RAM for the window of link '{}' ({}; windows take whole 2 MiB blocks): platform '{}' has {} of RAM, the kernel takes {}, partitions {}{others}",
+                link.name,
+                describe(link.window.size),
+                platform.name,
+                describe(platform.ram.size),
+                describe(platform.kernel.size),
+                describe(memories.iter().map(|memory| memory.size).sum())
+            ),
+        }
+    })?;
+    let windows: Vec<AddrRange> =
+        blocks.iter().zip(&system.links).map(|(block, link)| AddrRange::new(block.base.0, link.window.size)).collect();
 
+    // The named doorbells first, then the links': explicit EventIDs and LPIs are taken before
+    // any is chosen, so a link never takes one a `[[doorbell]]` names.
+    let wanted: Vec<Doorbell> =
+        system.doorbells.iter().cloned().chain(link::doorbells(&system.links, &system.partitions)).collect();
     let doorbells = match platform.gic.its {
-        Some(its) => doorbell::assign(&system.doorbells, its.event_bits, its.lpi_id_bits).map_err(|index| {
-            let doorbell = &system.doorbells[index];
+        Some(its) => doorbell::assign(&wanted, its.event_bits, its.lpi_id_bits).map_err(|index| {
+            let doorbell = &wanted[index];
             Diagnostic {
                 path: system.path.clone(),
                 line: Some(doorbell.line),
                 message: format!(
-                    "no EventID or LPI left for doorbell '{}': platform '{}' has {} EventID bits and LPIs up to {}",
-                    doorbell.name,
+                    "no EventID or LPI left for {}: platform '{}' has {} EventID bits and LPIs up to {}",
+                    doorbell.describe(),
                     platform.name,
                     its.event_bits,
                     (1u64 << its.lpi_id_bits) - 1
@@ -180,6 +221,13 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         })?,
         None => Vec::new(),
     };
+    let links: Vec<LinkPlan> = system
+        .links
+        .iter()
+        .zip(&windows)
+        .enumerate()
+        .map(|(index, (link, &window))| link.plan(index, window, &doorbells))
+        .collect();
 
     let mut problems = Vec::new();
     let mut partitions = Vec::new();
@@ -209,9 +257,14 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
                 &partition.cpus,
                 &partition.devices,
                 doorbells.iter().any(|doorbell| doorbell.from == index),
+                &links
+                    .iter()
+                    .filter(|link| link.role_of(index).is_some())
+                    .map(|link| (link.name.as_str(), link.window))
+                    .collect::<Vec<_>>(),
             ),
         };
-        plan.dtb = dtb::generate(platform, &plan, index, &doorbells);
+        plan.dtb = dtb::generate(platform, &plan, index, &doorbells, &links);
         let needed = plan.dtb_load + plan.dtb.len() as u64 - memory.base.0;
         if needed > memory.size {
             problems.push(system.error(
@@ -231,7 +284,18 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
-    Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells })
+    Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells, links })
+}
+
+/// Bytes `requests` took before request `index` was placed: every explicit base, and the
+/// requests listed before it.
+fn taken_before(requests: &[(u64, Option<u64>)], index: usize) -> u64 {
+    requests
+        .iter()
+        .enumerate()
+        .filter(|&(other, &(_, base))| other != index && (base.is_some() || other < index))
+        .map(|(_, &(size, _))| size)
+        .sum()
 }
 
 /// Loads every partition's image, building guest crates through `guest_path`.
@@ -266,7 +330,10 @@ impl From<Vec<Diagnostic>> for Diagnostics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::{Link, LinkQueue, Role};
     use crate::platform;
+    use crate::system::{ImageRef, MemoryToml, Partition};
+    use trapless_virtio::binding::{Kind, VERSION_1};
 
     fn qemu_virt() -> Platform {
         platform::load(&crate::root().join("platform/qemu-virt/platform.toml")).unwrap()
@@ -274,10 +341,144 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    fn partition(name: &str, cpus: &[usize], size: u64) -> Partition {
+        Partition {
+            name: name.into(),
+            line: 1,
+            cpus: cpus.to_vec(),
+            memory: MemoryToml { size, base: None },
+            image: ImageRef::Guest("hello".into()),
+            devices: Vec::new(),
+            bootargs: String::new(),
+        }
+    }
+
+    /// A console link from partition 0 (the device) to partition 1, at `line`.
+    fn console(name: &str, line: usize, size: u64, base: Option<u64>) -> Link {
+        Link {
+            name: name.into(),
+            line,
+            kind: Kind::Console,
+            device: 0,
+            driver: 1,
+            queue_size: 2,
+            features: 1 << VERSION_1.bit,
+            device_polls: false,
+            driver_polls: false,
+            window: MemoryToml { size, base },
+            capacity: 0,
+        }
+    }
+
+    /// Plans a system of `partitions`, `doorbells` and `links` on qemu-virt, each partition
+    /// running a 4 KiB image.
+    fn plan_of(partitions: Vec<Partition>, doorbells: Vec<Doorbell>, links: Vec<Link>) -> Result<SystemPlan, Diagnostics> {
+        let image = GuestImage { bytes: vec![0; 4096], placement: Placement::Image { text_offset: 0 }, footprint: 4096 };
+        let images = vec![image; partitions.len()];
+        let system = System { path: "test.toml".into(), platform: qemu_virt(), partitions, doorbells, links };
+        plan(&system, images)
+    }
+
+    #[test]
+    fn fixed_windows_stay_and_the_rest_take_the_lowest_free_2mib_blocks() {
+        let partitions = vec![partition("alpha", &[0], 16 * MIB), partition("beta", &[1], 16 * MIB)];
+        let links = vec![
+            console("a", 1, MIB, None),
+            console("b", 2, 3 * MIB, Some(0x4200_0000)),
+            console("c", 3, MIB, None),
+        ];
+        let plan = plan_of(partitions, Vec::new(), links).unwrap();
+        // The fixed window takes [0x4200_0000..0x4240_0000), whole 2 MiB blocks: the partitions
+        // go after it, then the other windows, one 2 MiB block each.
+        let memories: Vec<AddrRange> = plan.partitions.iter().map(|partition| partition.memory).collect();
+        assert_eq!(memories, [AddrRange::new(0x4240_0000, 16 * MIB), AddrRange::new(0x4340_0000, 16 * MIB)]);
+        let windows: Vec<AddrRange> = plan.links.iter().map(|link| link.window).collect();
+        assert_eq!(
+            windows,
+            [AddrRange::new(0x4440_0000, MIB), AddrRange::new(0x4200_0000, 3 * MIB), AddrRange::new(0x4460_0000, MIB)]
+        );
+    }
+
+    #[test]
+    fn a_window_without_room_names_its_link() {
+        // 992 MiB are free besides the kernel: the partitions leave one 2 MiB block.
+        let partitions = vec![partition("alpha", &[0], 974 * MIB), partition("beta", &[1], 16 * MIB)];
+        let links = vec![console("first", 20, MIB, None), console("second", 30, MIB, None)];
+        let Err(Diagnostics(problems)) = plan_of(partitions, Vec::new(), links) else { panic!("two windows cannot share a block") };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(30));
+        assert!(problems[0].message.starts_with("not enough free RAM for the window of link 'second' (1 MiB;"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn link_doorbells_follow_the_named_ones_by_link_queue_and_direction_without_polling_sides() {
+        let partitions = vec![partition("backend", &[1, 2], 16 * MIB), partition("frontend", &[0], 16 * MIB)];
+        let kick = Doorbell {
+            name: "kick".into(),
+            line: 1,
+            from: 1,
+            to: 0,
+            cpu: 2,
+            event: Some(1),
+            lpi: Some(8193),
+            link: None,
+        };
+        let net = Link { kind: Kind::Net, device_polls: true, ..console("net0", 2, MIB, None) };
+        let disk = Link { kind: Kind::Block, driver_polls: true, capacity: MIB, ..console("disk0", 3, MIB, None) };
+        let plan = plan_of(partitions, vec![kick], vec![console("console0", 1, MIB, None), net, disk]).unwrap();
+
+        let to_device = |link, queue| Some(LinkQueue { link, queue, to: Role::Device });
+        let to_driver = |link, queue| Some(LinkQueue { link, queue, to: Role::Driver });
+        // (link queue, from, to, CPU, EventID, LPI): the receiver's first CPU; the named
+        // doorbell's explicit EventID 1 and LPI 8193 are skipped.
+        let summary: Vec<_> =
+            plan.doorbells.iter().map(|d| (d.link, d.from, d.to, d.cpu, d.event, d.lpi)).collect();
+        assert_eq!(
+            summary,
+            [
+                (None, 1, 0, 2, 1, 8193),
+                (to_device(0, 0), 1, 0, 1, 0, 8192),
+                (to_driver(0, 0), 0, 1, 0, 2, 8194),
+                (to_device(0, 1), 1, 0, 1, 3, 8195),
+                (to_driver(0, 1), 0, 1, 0, 4, 8196),
+                // net0: the device polls.
+                (to_driver(1, 0), 0, 1, 0, 5, 8197),
+                (to_driver(1, 1), 0, 1, 0, 6, 8198),
+                // disk0: the driver polls; one queue.
+                (to_device(2, 0), 1, 0, 1, 7, 8199),
+            ]
+        );
+        let counts: Vec<(usize, usize)> = plan.links.iter().map(|link| (link.to_device.len(), link.to_driver.len())).collect();
+        assert_eq!(counts, [(2, 2), (0, 2), (1, 0)]);
+        assert_eq!(plan.links[0].to_driver[1].event, 4);
+    }
+
+    #[test]
+    fn both_partitions_of_a_link_map_its_window_and_no_other_does() {
+        let partitions =
+            vec![partition("device", &[0], 16 * MIB), partition("driver", &[1], 16 * MIB), partition("other", &[2], 16 * MIB)];
+        // The driver polls: only the driver rings (the device, about available buffers).
+        let link = Link { driver_polls: true, ..console("console0", 1, MIB, None) };
+        let plan = plan_of(partitions, Vec::new(), vec![link]).unwrap();
+        let window = plan.links[0].window;
+        for (index, partition) in plan.partitions.iter().enumerate() {
+            let shared: Vec<&Stage2Region> =
+                partition.stage2.iter().filter(|region| region.range.overlaps(&window)).collect();
+            let doorbell_page = partition.stage2.iter().any(|region| region.what == "doorbell page");
+            if index == 2 {
+                assert!(shared.is_empty() && !doorbell_page, "{} maps {shared:?}", partition.name);
+            } else {
+                let expected = Stage2Region { what: "window of link console0".into(), range: window, kind: RegionKind::SharedRam };
+                assert_eq!(shared, [&expected], "{}", partition.name);
+                assert_eq!(doorbell_page, index == 1, "{}: the doorbell page only for the side that rings", partition.name);
+            }
+        }
+    }
+
     #[test]
     fn explicit_bases_stay_and_the_rest_fill_the_lowest_free_ram() {
         let platform = qemu_virt();
-        let placed = place_memory(&platform, &[(64 * MIB, None), (64 * MIB, Some(0x4800_0000)), (128 * MIB, None)]);
+        let placed = place_memory(&platform, &[], &[(64 * MIB, None), (64 * MIB, Some(0x4800_0000)), (128 * MIB, None)]);
         assert_eq!(
             placed,
             Ok(vec![
@@ -293,8 +494,8 @@ mod tests {
     #[test]
     fn placement_fails_on_the_partition_that_does_not_fit() {
         let platform = qemu_virt();
-        assert_eq!(place_memory(&platform, &[(512 * MIB, None), (512 * MIB, None)]), Err(1));
-        assert_eq!(place_memory(&platform, &[(992 * MIB, None)]).map(|placed| placed[0].end()), Ok(0x8000_0000));
+        assert_eq!(place_memory(&platform, &[], &[(512 * MIB, None), (512 * MIB, None)]), Err(1));
+        assert_eq!(place_memory(&platform, &[], &[(992 * MIB, None)]).map(|placed| placed[0].end()), Ok(0x8000_0000));
     }
 
     #[test]
@@ -302,7 +503,7 @@ mod tests {
         let platform = qemu_virt();
         let uart = platform.device("uart0").unwrap();
         let memory = AddrRange::new(0x4200_0000, 64 * MIB);
-        let regions = stage2_map(&platform, memory, &[2, 1], &[uart], false);
+        let regions = stage2_map(&platform, memory, &[2, 1], &[uart], false, &[]);
         let summary: Vec<(u64, u64, RegionKind)> =
             regions.iter().map(|region| (region.range.base.0, region.range.size, region.kind)).collect();
         assert_eq!(
@@ -326,7 +527,7 @@ mod tests {
     fn a_partition_that_rings_doorbells_gets_the_translater_page_only() {
         let platform = qemu_virt();
         let memory = AddrRange::new(0x4200_0000, 64 * MIB);
-        let regions = stage2_map(&platform, memory, &[0], &[], true);
+        let regions = stage2_map(&platform, memory, &[0], &[], true, &[]);
         let its: Vec<&Stage2Region> =
             regions.iter().filter(|region| region.range.overlaps(&platform.gic.its.unwrap().range)).collect();
         assert_eq!(its.len(), 1);

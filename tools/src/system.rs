@@ -4,6 +4,7 @@
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Source};
 use crate::doorbell::{self, Doorbell, DoorbellToml};
+use crate::link::{self, Link, LinkToml};
 use crate::platform::{self, Platform};
 use crate::size::{Bytes, describe};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -27,6 +28,8 @@ struct SystemToml {
     partition: Vec<Spanned<PartitionToml>>,
     #[serde(default)]
     doorbell: Vec<Spanned<DoorbellToml>>,
+    #[serde(default)]
+    link: Vec<Spanned<LinkToml>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +130,7 @@ pub struct System {
     pub platform: Platform,
     pub partitions: Vec<Partition>,
     pub doorbells: Vec<Doorbell>,
+    pub links: Vec<Link>,
 }
 
 impl System {
@@ -346,9 +350,10 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
     }
 
     let doorbells = doorbell::check(source, &raw.doorbell, &partitions, &platform, &mut problems);
+    let links = link::check(source, &raw.link, &partitions, &platform, &mut problems);
 
     if problems.is_empty() {
-        Ok(System { path: source.path.clone(), platform, partitions, doorbells })
+        Ok(System { path: source.path.clone(), platform, partitions, doorbells, links })
     } else {
         // In file order, as a reader goes through the file.
         problems.sort_by_key(|problem| problem.line);

@@ -10,7 +10,8 @@
 //! | `header.regions`       | every partition's stage-2 [`RegionRecord`]s   |
 //! | `header.spi_routes`    | one [`SpiRoute`] per passthrough SPI          |
 //! | `header.doorbells`     | one [`DoorbellRecord`] per doorbell           |
-//! | blobs                  | guest images and DTBs, each 16-byte aligned   |
+//! | `header.windows`       | one [`WindowRecord`] per static virtio link   |
+//! | blobs                  | guest images, DTBs and window contents, each 16-byte aligned |
 //!
 //! The kernel parses no text: it checks this layout once with [`Plan::parse`] (magic, version,
 //! every table and blob inside the plan, every enum and index in range) and then reads the
@@ -31,7 +32,7 @@ mod writer;
 
 pub use addr::{AddrRange, Ipa, PhysAddr, VirtAddr};
 #[cfg(any(test, feature = "alloc"))]
-pub use writer::{PartitionDraft, PlanWriter};
+pub use writer::{PartitionDraft, PlanWriter, WindowDraft};
 
 use core::fmt;
 use core::mem::size_of;
@@ -40,7 +41,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
@@ -58,6 +59,8 @@ pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
 /// The first LPI INTID.
 pub const FIRST_LPI: u32 = 8192;
+/// Most static virtio windows a plan may hold.
+pub const MAX_WINDOWS: usize = 16;
 
 /// A NUL-padded UTF-8 name of at most [`NAME_CAPACITY`] bytes.
 #[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -237,6 +240,9 @@ pub enum RegionKind {
     /// Device-nGnRE, read-only, never executable (a redistributor's RD frame: its LPI table
     /// registers must stay EL2's).
     DeviceReadOnly,
+    /// Normal write-back memory, inner shareable, read/write, never executable: a static virtio
+    /// window, mapped into both partitions of its link.
+    SharedRam,
 }
 
 impl RegionKind {
@@ -246,11 +252,12 @@ impl RegionKind {
             Self::Ram => 1,
             Self::Device => 2,
             Self::DeviceReadOnly => 3,
+            Self::SharedRam => 4,
         }
     }
 
     fn from_code(code: u32) -> Option<Self> {
-        [Self::Ram, Self::Device, Self::DeviceReadOnly].into_iter().find(|kind| kind.code() == code)
+        [Self::Ram, Self::Device, Self::DeviceReadOnly, Self::SharedRam].into_iter().find(|kind| kind.code() == code)
     }
 }
 
@@ -302,6 +309,20 @@ pub struct DoorbellRecord {
     pub reserved: u32,
 }
 
+/// A static virtio window: RAM shared by the `device` and `driver` partitions of one link.
+/// Before any partition runs, EL2 zeroes it and copies `init` (the header and configuration
+/// space, `docs/static-virtio.md`) to its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct WindowRecord {
+    pub range: AddrRange,
+    /// The window's first bytes; `init.load` is `range.base`.
+    pub init: BlobRef,
+    /// Partition indexes.
+    pub device: u32,
+    pub driver: u32,
+}
+
 /// The start of every plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -318,6 +339,7 @@ pub struct Header {
     pub regions: TableRef,
     pub spi_routes: TableRef,
     pub doorbells: TableRef,
+    pub windows: TableRef,
 }
 
 /// Why a byte string is not a plan this kernel can use.
@@ -335,6 +357,8 @@ pub enum PlanError {
     TableOutOfBounds { table: &'static str },
     /// A partition's image or DTB lies outside the plan.
     BlobOutOfBounds { partition: usize },
+    /// A window's contents lie outside the plan, or are bigger than the window.
+    WindowOutOfBounds { window: usize },
     /// A name is empty, unterminated or not UTF-8.
     BadName { what: &'static str, index: usize },
     /// An enum field holds a value this version does not define.
@@ -359,6 +383,9 @@ impl fmt::Display for PlanError {
             Self::BlobOutOfBounds { partition } => {
                 write!(f, "image or DTB of partition #{partition} is out of bounds")
             }
+            Self::WindowOutOfBounds { window } => {
+                write!(f, "contents of window #{window} are out of bounds or larger than the window")
+            }
             Self::BadName { what, index } => write!(f, "{what} #{index} has an invalid name"),
             Self::BadValue { field, index, value } => {
                 write!(f, "{field} of record #{index} has invalid value {value:#x}")
@@ -380,6 +407,7 @@ pub struct Plan<'a> {
     regions: &'a [RegionRecord],
     spi_routes: &'a [SpiRoute],
     doorbells: &'a [DoorbellRecord],
+    windows: &'a [WindowRecord],
 }
 
 impl<'a> Plan<'a> {
@@ -410,6 +438,7 @@ impl<'a> Plan<'a> {
             regions: table(bytes, header.regions, "regions")?,
             spi_routes: table(bytes, header.spi_routes, "spi-routes")?,
             doorbells: table(bytes, header.doorbells, "doorbells")?,
+            windows: table(bytes, header.windows, "windows")?,
         };
         plan.check_records()?;
         Ok(plan)
@@ -464,6 +493,21 @@ impl<'a> Plan<'a> {
             let cpu_owner = self.cpus.get(doorbell.cpu as usize).and_then(CpuRecord::owner);
             if doorbell.sender >= partitions || cpu_owner != Some(doorbell.receiver as usize) {
                 return Err(PlanError::BadIndex { field: "doorbell", index });
+            }
+        }
+        if self.windows.len() > MAX_WINDOWS {
+            return Err(bad_value("window count", 0, self.windows.len() as u64));
+        }
+        for (index, window) in self.windows.iter().enumerate() {
+            let partitions = self.partitions.len() as u32;
+            if window.device >= partitions || window.driver >= partitions || window.device == window.driver {
+                return Err(PlanError::BadIndex { field: "window partitions", index });
+            }
+            if self.blob_bytes(&window.init).is_none()
+                || window.init.size > window.range.size
+                || window.init.load != window.range.base
+            {
+                return Err(PlanError::WindowOutOfBounds { window: index });
             }
         }
         for (index, partition) in self.partitions.iter().enumerate() {
@@ -521,13 +565,18 @@ impl<'a> Plan<'a> {
         self.doorbells
     }
 
+    /// Every static virtio window.
+    pub fn windows(&self) -> &'a [WindowRecord] {
+        self.windows
+    }
+
     /// The platform CPU indexes owned by partition number `partition`.
     pub fn cpus_of(&self, partition: usize) -> impl Iterator<Item = usize> + 'a {
         let cpus = self.cpus;
         (0..cpus.len()).filter(move |&cpu| cpus[cpu].owner() == Some(partition))
     }
 
-    /// The bytes of a partition's image or DTB.
+    /// The bytes of a partition's image or DTB, or of a window's contents.
     pub fn blob(&self, blob: &BlobRef) -> &'a [u8] {
         self.blob_bytes(blob).unwrap_or(&[])
     }

@@ -68,6 +68,12 @@ fn two_partitions() -> Vec<u8> {
             DoorbellRecord { event: 0, intid: 8192, cpu: 1, sender: 0, receiver: 1, reserved: 0 },
             DoorbellRecord { event: 1, intid: 8193, cpu: 0, sender: 1, receiver: 0, reserved: 0 },
         ],
+        windows: vec![WindowDraft {
+            range: AddrRange::new(0x4a00_0000, 0x10_0000),
+            device: 1,
+            driver: 0,
+            init: b"tlvirtio header",
+        }],
     }
     .to_bytes()
 }
@@ -91,6 +97,9 @@ fn round_trip_keeps_every_record() {
     assert_eq!(plan.blob(&beta.image), &[0xaa; 100]);
     assert_eq!(plan.spi_routes()[0].intid, 33);
     assert_eq!(plan.doorbells()[1], DoorbellRecord { event: 1, intid: 8193, cpu: 0, sender: 1, receiver: 0, reserved: 0 });
+    let [window] = plan.windows() else { panic!("one window") };
+    assert_eq!((window.range, window.device, window.driver), (AddrRange::new(0x4a00_0000, 0x10_0000), 1, 0));
+    assert_eq!((plan.blob(&window.init), window.init.load), (&b"tlvirtio header"[..], PhysAddr(0x4a00_0000)));
 }
 
 #[test]
@@ -149,7 +158,7 @@ fn rejects_misaligned_bytes() {
 fn rejects_tables_and_blobs_out_of_bounds() {
     let header = size_of::<Header>();
     // `partitions.count` lies after `cpus` in the header; make it far too large.
-    let partitions_count = header - 4 * size_of::<TableRef>() + 4;
+    let partitions_count = header - 5 * size_of::<TableRef>() + 4;
     assert_eq!(
         corrupt(|b| header_field(b, partitions_count, &1000u32.to_le_bytes())),
         PlanError::TableOutOfBounds { table: "partitions" }
@@ -205,6 +214,16 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, first_doorbell + 8, &0u32.to_le_bytes())),
         PlanError::BadIndex { field: "doorbell", index: 0 }
+    );
+    // A window whose device is its driver, and one smaller than its contents.
+    let window = first_doorbell + 2 * size_of::<DoorbellRecord>();
+    assert_eq!(
+        corrupt(|b| header_field(b, window + 40, &0u32.to_le_bytes())),
+        PlanError::BadIndex { field: "window partitions", index: 0 }
+    );
+    assert_eq!(
+        corrupt(|b| header_field(b, window + 8, &8u64.to_le_bytes())),
+        PlanError::WindowOutOfBounds { window: 0 }
     );
 }
 

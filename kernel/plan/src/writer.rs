@@ -2,7 +2,7 @@
 
 use crate::{
     AddrRange, BLOB_ALIGN, BlobRef, CpuRecord, DoorbellRecord, FORMAT_VERSION, Header, Ipa, MAGIC,
-    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef,
+    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, WindowRecord,
 };
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -23,6 +23,15 @@ pub struct PartitionDraft<'a> {
     pub regions: Vec<RegionRecord>,
 }
 
+/// A static virtio window before layout: its range, partitions and first bytes.
+#[derive(Clone, Debug)]
+pub struct WindowDraft<'a> {
+    pub range: AddrRange,
+    pub device: u32,
+    pub driver: u32,
+    pub init: &'a [u8],
+}
+
 /// Everything that goes into a plan; [`PlanWriter::to_bytes`] lays it out.
 #[derive(Clone, Debug)]
 pub struct PlanWriter<'a> {
@@ -31,6 +40,7 @@ pub struct PlanWriter<'a> {
     pub partitions: Vec<PartitionDraft<'a>>,
     pub spi_routes: Vec<SpiRoute>,
     pub doorbells: Vec<DoorbellRecord>,
+    pub windows: Vec<WindowDraft<'a>>,
 }
 
 impl<'a> PlanWriter<'a> {
@@ -50,6 +60,7 @@ impl<'a> PlanWriter<'a> {
         let region_table = place(regions.len(), size_of::<RegionRecord>());
         let spi_routes = place(self.spi_routes.len(), size_of::<SpiRoute>());
         let doorbells = place(self.doorbells.len(), size_of::<DoorbellRecord>());
+        let window_table = place(self.windows.len(), size_of::<WindowRecord>());
 
         // Blobs, stored once each however many partitions share them.
         let mut blobs = BlobStore { end: offset, stored: Vec::new() };
@@ -83,6 +94,16 @@ impl<'a> PlanWriter<'a> {
                 }
             })
             .collect();
+        let windows: Vec<WindowRecord> = self
+            .windows
+            .iter()
+            .map(|draft| WindowRecord {
+                range: draft.range,
+                init: BlobRef { offset: blobs.add(draft.init), size: draft.init.len() as u64, load: draft.range.base },
+                device: draft.device,
+                driver: draft.driver,
+            })
+            .collect();
         let total_size = blobs.end.next_multiple_of(BLOB_ALIGN);
 
         let header = Header {
@@ -96,6 +117,7 @@ impl<'a> PlanWriter<'a> {
             regions: region_table,
             spi_routes,
             doorbells,
+            windows: window_table,
         };
         let mut out = Vec::with_capacity(total_size);
         out.extend_from_slice(header.as_bytes());
@@ -104,6 +126,7 @@ impl<'a> PlanWriter<'a> {
         out.extend_from_slice(regions.as_bytes());
         out.extend_from_slice(self.spi_routes.as_bytes());
         out.extend_from_slice(self.doorbells.as_bytes());
+        out.extend_from_slice(windows.as_bytes());
         for (bytes, at) in blobs.stored {
             out.resize(at as usize, 0);
             out.extend_from_slice(bytes);

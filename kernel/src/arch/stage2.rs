@@ -25,6 +25,13 @@ fn attributes(kind: RegionKind) -> Attributes {
                 | Attributes::MEMATTR_NORMAL_OUTER_WB
                 | Attributes::SH_INNER
         }
+        RegionKind::SharedRam => {
+            common
+                | Attributes::MEMATTR_NORMAL_INNER_WB
+                | Attributes::MEMATTR_NORMAL_OUTER_WB
+                | Attributes::SH_INNER
+                | Attributes::XN
+        }
         RegionKind::Device => common | Attributes::MEMATTR_DEVICE_nGnRE | Attributes::XN,
         RegionKind::DeviceReadOnly => {
             (common - Attributes::S2AP_ACCESS_RW)

@@ -15,7 +15,8 @@ pub struct Stack(pub [u8; STACK_SIZE]);
 /// The boot CPU's stack.
 static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
-/// The EL1 identity map: the partition's RAM as Normal memory, everything else as Device.
+/// The EL1 identity map: the partition's RAM as Normal memory, its static virtio windows as
+/// Normal memory it never executes, everything else as Device.
 static mut MAP: IdentityMap = IdentityMap::new();
 
 /// `CPACR_EL1.FPEN`: FP/SIMD on at EL1 and EL0 (the runtime is hard-float Rust).
@@ -98,7 +99,11 @@ extern "C" fn boot_main(dtb: usize) -> ! {
     // SAFETY: only this CPU runs, and no CPU uses the tables yet.
     #[allow(clippy::deref_addrof, reason = "a reference to a static mut must come from a raw pointer")]
     let map = unsafe { &mut *(&raw mut MAP) };
-    if map.build(boot.memory.clone(), Regime::El1).is_err() {
+    let mut windows = [const { 0..0 }; facts::MAX_LINKS];
+    for (slot, link) in windows.iter_mut().zip(boot.links()) {
+        *slot = link.window.clone();
+    }
+    if map.build(boot.memory.clone(), &windows[..boot.links().count()], Regime::El1).is_err() {
         psci::system_reset_with(boot.psci)
     }
     let (start, end) = (layout::image_start(), layout::image_end());
@@ -110,6 +115,8 @@ extern "C" fn boot_main(dtb: usize) -> ! {
 
     console::init(boot.console);
     psci::init(boot.psci);
+    #[cfg(feature = "alloc")]
+    crate::heap::init(&boot);
     crate::smp::init(&boot);
     unsafe extern "Rust" {
         safe fn trapless_guest_main(boot: &Boot);

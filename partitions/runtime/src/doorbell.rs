@@ -44,8 +44,14 @@ impl Bell {
 /// The doorbell called `name` that this partition rings.
 pub fn bell(boot: &Boot, name: &str) -> Result<Bell, DoorbellError> {
     let outgoing = boot.doorbells.outgoing(name).ok_or(DoorbellError::Unknown)?;
+    bell_for_event(boot, outgoing.event)
+}
+
+/// The doorbell this partition rings by storing `event` (a static virtio link's, which has no
+/// name of its own).
+pub fn bell_for_event(boot: &Boot, event: u32) -> Result<Bell, DoorbellError> {
     let translater = boot.doorbells.translater.ok_or(DoorbellError::Unknown)?;
-    Ok(Bell { translater: translater as usize, event: outgoing.event })
+    Ok(Bell { translater: translater as usize, event })
 }
 
 /// Calls `handler(lpi)` whenever the doorbell called `name` rings this partition, and says

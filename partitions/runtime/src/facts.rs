@@ -5,6 +5,9 @@ use core::ops::Range;
 use fdt::Fdt;
 use fdt::node::FdtNode;
 use trapless_abi::dt;
+pub use trapless_virtio::binding::Role;
+use trapless_virtio::binding::{self, Kind, config};
+use trapless_virtio::layout::MAX_QUEUES;
 
 /// Most CPUs a [`Boot`] lists.
 pub const MAX_CPUS: usize = 8;
@@ -51,6 +54,48 @@ impl Doorbells {
     }
 }
 
+/// Most static virtio links a [`Boot`] lists.
+pub const MAX_LINKS: usize = 8;
+
+/// A static virtio link this partition is on (`trapless,virtio-static` node; see
+/// `docs/static-virtio.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: &'static str,
+    pub role: Role,
+    pub kind: Kind,
+    pub features: u64,
+    pub queue_count: u16,
+    pub queue_size: u16,
+    /// The window (its `reserved-memory` node's `reg`).
+    pub window: Range<u64>,
+    /// The configuration space EL2 wrote into the window.
+    pub config: &'static [u8],
+    /// Per queue: the EventID that rings the peer (`None`: the peer polls).
+    pub notify_events: [Option<u32>; MAX_QUEUES],
+    /// Per queue: the LPI the peer's notifications raise here and the affinity of the CPU that
+    /// takes it (`None`: this side polls).
+    pub notify_lpis: [Option<(u32, u32)>; MAX_QUEUES],
+}
+
+impl Link {
+    /// Whether this side polls (it has no LPIs).
+    pub fn polls(&self) -> bool {
+        self.notify_lpis.iter().all(Option::is_none)
+    }
+
+    /// A block device's capacity in bytes.
+    pub fn capacity(&self) -> Option<u64> {
+        config::block_capacity(self.config).filter(|_| self.kind == Kind::Block)
+    }
+
+    /// The header the window must hold.
+    pub fn header(&self) -> trapless_virtio::header::Header {
+        let window_size = (self.window.end - self.window.start) as u32;
+        trapless_virtio::header::Header::for_link(self.kind, self.features, self.queue_size, window_size)
+    }
+}
+
 /// Where the partition's console output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -88,6 +133,8 @@ pub struct Boot {
     pub redistributor_regions: [Range<u64>; MAX_CPUS],
     pub redistributor_region_count: usize,
     pub doorbells: Doorbells,
+    /// The static virtio links it is on; the first [`Boot::link_count`] are valid.
+    pub links: [Option<Link>; MAX_LINKS],
     /// The device tree itself.
     pub dtb: &'static [u8],
 }
@@ -101,6 +148,11 @@ impl Boot {
     /// Where the partition's CPUs' redistributors are.
     pub fn redistributor_regions(&self) -> &[Range<u64>] {
         &self.redistributor_regions[..self.redistributor_region_count]
+    }
+
+    /// The static virtio links it is on.
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.iter().flatten()
     }
 
     /// The value of `key=value` in the boot arguments, if present.
@@ -129,6 +181,8 @@ pub enum FactsError {
     TooManyCpus,
     /// More doorbells one way than [`MAX_DOORBELLS`], or names and values that do not pair up.
     BadDoorbells,
+    /// A static virtio node that is malformed, or more than [`MAX_LINKS`] of them.
+    BadLink,
 }
 
 impl fmt::Display for FactsError {
@@ -138,6 +192,7 @@ impl fmt::Display for FactsError {
             Self::Missing(what) => write!(f, "the device tree has no {what}"),
             Self::TooManyCpus => write!(f, "the device tree lists more than {MAX_CPUS} CPUs"),
             Self::BadDoorbells => write!(f, "the doorbells node is malformed or lists more than {MAX_DOORBELLS} a way"),
+            Self::BadLink => write!(f, "a static virtio node is malformed, or there are more than {MAX_LINKS}"),
         }
     }
 }
@@ -218,6 +273,12 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         Some(node) => read_doorbells(&node, address_cells, size_cells)?,
     };
 
+    let mut links = [const { None }; MAX_LINKS];
+    let nodes = tree.all_nodes().filter(|node| is_compatible(node, binding::dt::COMPATIBLE));
+    for (slot, node) in nodes.enumerate() {
+        *links.get_mut(slot).ok_or(FactsError::BadLink)? = Some(read_link(&tree, &node, address_cells, size_cells)?);
+    }
+
     let psci = tree
         .find_node("/psci")
         .and_then(|node| text(&node, "method"))
@@ -235,7 +296,51 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         redistributor_regions,
         redistributor_region_count,
         doorbells,
+        links,
         dtb,
+    })
+}
+
+fn read_link(tree: &Fdt<'static>, node: &FdtNode<'_, 'static>, address_cells: usize, size_cells: usize) -> Result<Link, FactsError> {
+    use binding::dt::*;
+    let bad = FactsError::BadLink;
+    let role = text(node, ROLE).and_then(Role::from_name).ok_or(bad)?;
+    let kind = cell(node, DEVICE_ID).and_then(|id| Kind::from_device_id(id as u32)).ok_or(bad)?;
+    let features = node.property(FEATURES).and_then(|property| property.as_usize()).ok_or(bad)? as u64;
+    let queue_count = cell(node, QUEUES).filter(|&count| (1..=MAX_QUEUES).contains(&count)).ok_or(bad)?;
+    let queue_size = cell(node, QUEUE_SIZE).and_then(|size| u16::try_from(size).ok()).ok_or(bad)?;
+    let window = cell(node, WINDOW)
+        .and_then(|phandle| tree.find_phandle(phandle as u32))
+        .and_then(|window| window.property("reg"))
+        .and_then(|reg| dt::reg_entries(reg.value, address_cells, size_cells).next())
+        .map(|(base, size)| base..base + size)
+        .ok_or(bad)?;
+    let config = node.property(CONFIG).map(|property| property.value).filter(|bytes| bytes.len() <= config::MAX).ok_or(bad)?;
+    let mut notify_events = [None; MAX_QUEUES];
+    if let Some(events) = node.property(NOTIFY_EVENTS) {
+        let mut events = dt::cells(events.value);
+        for slot in &mut notify_events[..queue_count] {
+            *slot = Some(events.next().ok_or(bad)?);
+        }
+    }
+    let mut notify_lpis = [None; MAX_QUEUES];
+    if let Some(lpis) = node.property(NOTIFY_LPIS) {
+        let mut lpis = dt::cells(lpis.value);
+        for slot in &mut notify_lpis[..queue_count] {
+            *slot = Some(lpis.next().zip(lpis.next()).ok_or(bad)?);
+        }
+    }
+    Ok(Link {
+        name: text(node, LINK).ok_or(bad)?,
+        role,
+        kind,
+        features,
+        queue_count: queue_count as u16,
+        queue_size,
+        window,
+        config,
+        notify_events,
+        notify_lpis,
     })
 }
 

@@ -17,6 +17,8 @@ mod arch;
 pub mod console;
 #[cfg(target_os = "none")]
 pub mod doorbell;
+#[cfg(all(target_os = "none", feature = "alloc"))]
+mod heap;
 #[cfg(target_os = "none")]
 pub mod irq;
 #[cfg(target_os = "none")]
@@ -25,6 +27,8 @@ pub mod psci;
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod time;
+#[cfg(target_os = "none")]
+pub mod virtio;
 
 pub use facts::{Boot, ConsoleKind};
 

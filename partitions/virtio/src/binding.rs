@@ -9,6 +9,30 @@ pub enum Kind {
     Block,
 }
 
+/// A side of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Implements the device.
+    Device,
+    /// Drives it.
+    Driver,
+}
+
+impl Role {
+    /// The side's name, as a system's `poll` and the device tree's `trapless,role` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Device => dt::ROLE_DEVICE,
+            Self::Driver => dt::ROLE_DRIVER,
+        }
+    }
+
+    /// The side called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Device, Self::Driver].into_iter().find(|role| role.name() == name)
+    }
+}
+
 /// A feature a link may fix, with its virtio feature bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Feature {
@@ -122,9 +146,14 @@ pub mod state {
     pub const RESET: u32 = 0;
     /// Running.
     pub const READY: u32 = 1;
-    /// Stopped for good: the side found the other side's input wrong, or cannot accept the
-    /// link's fixed features or layout.
+    /// Stopped: the side found the other side's input wrong, or cannot accept the link's fixed
+    /// features or layout.
     pub const FAILED: u32 = 2;
+
+    /// Device `ERROR`: the header does not match the device's device tree (for good).
+    pub const ERROR_HEADER: u32 = 1;
+    /// Device `ERROR`: the driver broke a ring rule (until the driver starts again).
+    pub const ERROR_RING: u32 = 2;
 }
 
 /// Device-tree names of the binding.
@@ -133,4 +162,79 @@ pub mod dt {
     pub const COMPATIBLE: &str = "trapless,virtio-static";
     /// `compatible` of the window's reserved-memory node.
     pub const WINDOW_COMPATIBLE: &str = "trapless,virtio-window";
+    /// A link's node is `NODE_PREFIX` and the link's name; its window's is `WINDOW_NODE@<base>`
+    /// under `/reserved-memory`.
+    pub const NODE_PREFIX: &str = "virtio-";
+    pub const WINDOW_NODE: &str = "virtio-window";
+    /// The link node's properties.
+    pub const WINDOW: &str = "memory-region";
+    pub const LINK: &str = "trapless,link";
+    pub const ROLE: &str = "trapless,role";
+    pub const DEVICE_ID: &str = "trapless,device-id";
+    pub const FEATURES: &str = "trapless,features";
+    pub const QUEUES: &str = "trapless,queues";
+    pub const QUEUE_SIZE: &str = "trapless,queue-size";
+    pub const CONFIG: &str = "trapless,config";
+    pub const NOTIFY_EVENTS: &str = "trapless,notify-events";
+    pub const NOTIFY_LPIS: &str = "trapless,notify-lpis";
+    /// Values of [`ROLE`].
+    pub const ROLE_DEVICE: &str = "device";
+    pub const ROLE_DRIVER: &str = "driver";
+}
+
+/// The configuration space of a link, as EL2 writes it into the window (little-endian; see
+/// `docs/static-virtio.md`).
+pub mod config {
+    use super::Kind;
+
+    /// Most bytes of any kind's configuration space.
+    pub const MAX: usize = 24;
+    /// Console: columns and rows it reports.
+    pub const COLS: u16 = 80;
+    pub const ROWS: u16 = 25;
+    /// Net: the MTU it reports, and the first five bytes of its MAC (the sixth is the link's
+    /// index): locally administered, unicast.
+    pub const MTU: u16 = 1500;
+    pub const MAC_PREFIX: [u8; 5] = [0x02, 0x74, 0x6c, 0x76, 0x00];
+    /// Net `status`: the link is up.
+    pub const NET_LINK_UP: u16 = 1;
+    /// Block: descriptors of data a request may have (a chain's 16, less header and status).
+    pub const SEG_MAX: u32 = 14;
+    /// Block: bytes of a sector.
+    pub const SECTOR: u64 = 512;
+    /// Offset of a block device's `capacity` (u64, in sectors).
+    const CAPACITY: usize = 0;
+
+    /// The configuration space of link number `index` of `kind`; `capacity` (bytes) is a block
+    /// device's disk size.
+    pub fn encode(kind: Kind, index: u8, capacity: u64) -> ([u8; MAX], usize) {
+        let mut bytes = [0u8; MAX];
+        let mut put = |at: usize, value: &[u8]| bytes[at..at + value.len()].copy_from_slice(value);
+        match kind {
+            Kind::Console => {
+                put(0, &COLS.to_le_bytes());
+                put(2, &ROWS.to_le_bytes());
+                put(4, &1u32.to_le_bytes());
+            }
+            Kind::Net => {
+                put(0, &MAC_PREFIX);
+                put(5, &[index]);
+                put(6, &NET_LINK_UP.to_le_bytes());
+                put(8, &1u16.to_le_bytes());
+                put(10, &MTU.to_le_bytes());
+            }
+            Kind::Block => {
+                put(CAPACITY, &(capacity / SECTOR).to_le_bytes());
+                put(12, &SEG_MAX.to_le_bytes());
+                put(20, &(SECTOR as u32).to_le_bytes());
+            }
+        }
+        (bytes, kind.config_size())
+    }
+
+    /// A block device's capacity in bytes, from its configuration space.
+    pub fn block_capacity(config: &[u8]) -> Option<u64> {
+        let sectors = config.get(CAPACITY..CAPACITY + 8)?;
+        Some(u64::from_le_bytes(sectors.try_into().ok()?) * SECTOR)
+    }
 }

@@ -11,7 +11,8 @@ use crate::window::{Memory, Window};
 pub struct Used(pub u8);
 
 impl Used {
-    fn mark(&mut self, queue: usize) {
+    /// Notes that queue `queue` has new used buffers.
+    pub fn mark(&mut self, queue: usize) {
         self.0 |= 1 << queue;
     }
 
@@ -19,6 +20,15 @@ impl Used {
     pub fn has(&self, queue: usize) -> bool {
         self.0 & (1 << queue) != 0
     }
+}
+
+/// A device behind a link: it serves its queues.
+pub trait Device {
+    /// Moves at most `budget` chains through `queues` (the link's, in queue order).
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError>;
+
+    /// Forgets every chain it holds: the driver has started again.
+    fn reset(&mut self);
 }
 
 /// Bytes copied through the device's own memory at a time.
@@ -68,9 +78,12 @@ pub struct ConsoleEcho {
     pub echoed: u64,
 }
 
-impl ConsoleEcho {
-    /// Moves at most `budget` chains.
-    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+impl Device for ConsoleEcho {
+    fn reset(&mut self) {
+        self.held = None;
+    }
+
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
         let mut used = Used::default();
         for _ in 0..budget {
             let held = match self.held.take() {
@@ -106,7 +119,7 @@ impl ConsoleEcho {
 pub const NET_HEADER: usize = 12;
 
 /// A network device that sends every frame it is given straight back.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NetEcho {
     held: Option<Chain>,
     /// Frames echoed, and a checksum of their bytes (see [`checksum`]).
@@ -129,9 +142,20 @@ impl NetEcho {
     pub fn new() -> Self {
         Self { held: None, frames: 0, checksum: CHECKSUM_SEED, dropped: 0 }
     }
+}
 
-    /// Moves at most `budget` frames.
-    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+impl Default for NetEcho {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Device for NetEcho {
+    fn reset(&mut self) {
+        self.held = None;
+    }
+
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
         let mut used = Used::default();
         for _ in 0..budget {
             let transmit = match self.held.take() {
@@ -227,18 +251,6 @@ impl<D: Disk> BlockDevice<D> {
         Self { disk, read_only, requests: 0, failed: 0 }
     }
 
-    /// Serves at most `budget` requests.
-    pub fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
-        let mut used = Used::default();
-        for _ in 0..budget {
-            let Some(chain) = queues[0].pop(window)? else { break };
-            let written = self.serve(window, &chain)?;
-            queues[0].push(window, chain.head, written)?;
-            used.mark(0);
-        }
-        Ok(used)
-    }
-
     /// Carries out one request; returns the bytes written into its writable buffers (data,
     /// then the status byte, which is the last writable byte).
     fn serve<M: Memory>(&mut self, window: &Window<M>, chain: &Chain) -> Result<usize, QueueError> {
@@ -306,6 +318,22 @@ impl<D: Disk> BlockDevice<D> {
 
     /// Whether `len` bytes from disk offset `start` are whole sectors on the disk.
     fn fits(&self, start: u64, len: u64) -> bool {
-        len % blk::SECTOR == 0 && start.checked_add(len).is_some_and(|end| end <= self.disk.capacity())
+        len.is_multiple_of(blk::SECTOR) && start.checked_add(len).is_some_and(|end| end <= self.disk.capacity())
+    }
+}
+
+impl<D: Disk> Device for BlockDevice<D> {
+    /// Requests are served whole within a step: nothing is held.
+    fn reset(&mut self) {}
+
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+        let mut used = Used::default();
+        for _ in 0..budget {
+            let Some(chain) = queues[0].pop(window)? else { break };
+            let written = self.serve(window, &chain)?;
+            queues[0].push(window, chain.head, written)?;
+            used.mark(0);
+        }
+        Ok(used)
     }
 }

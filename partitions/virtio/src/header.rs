@@ -2,7 +2,7 @@
 //! builds it) and checked by both sides against their own device trees before they use the
 //! window. A mismatch means the two sides were not built for the same link: neither may start.
 
-use crate::binding::offset;
+use crate::binding::{Kind, offset};
 use crate::window::{Memory, OutOfWindow, Window};
 
 /// The header's first eight bytes.
@@ -53,6 +53,18 @@ impl From<OutOfWindow> for HeaderError {
 }
 
 impl Header {
+    /// The header of a link of `kind` with these fixed parameters.
+    pub fn for_link(kind: Kind, features: u64, queue_size: u16, window_size: u32) -> Self {
+        Self {
+            device_id: kind.device_id(),
+            features,
+            queue_count: kind.queue_count(),
+            queue_size,
+            config_size: kind.config_size() as u16,
+            window_size,
+        }
+    }
+
     /// The header's bytes.
     pub fn encode(&self) -> [u8; SIZE] {
         let mut bytes = [0; SIZE];

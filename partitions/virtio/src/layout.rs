@@ -107,7 +107,7 @@ pub fn compute(queue_count: u16, queue_size: u32, window_size: usize) -> Result<
     if usize::from(queue_count) > MAX_QUEUES {
         return Err(LayoutError::QueueCount(queue_count));
     }
-    if window_size % PAGE != 0 {
+    if !window_size.is_multiple_of(PAGE) {
         return Err(LayoutError::WindowSize(window_size));
     }
     let entries = queue_size as usize;

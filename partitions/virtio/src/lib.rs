@@ -6,18 +6,31 @@
 //!
 //! This crate is what both sides and the host tools share: the binding ([`binding`]), the
 //! window layout ([`layout`]) and header ([`header`]), bounds-checked access to a window
-//! ([`window`]), and the device side: split virtqueues that treat everything in the window as
-//! hostile ([`queue`]) and the console, net and block devices built on them ([`device`]).
+//! ([`window`]); the device side: split virtqueues that treat everything in the window as
+//! hostile ([`queue`]), the console, net and block devices built on them ([`device`]) and the
+//! start-up and reset handshake around them ([`link`]); and, with feature `driver`, a
+//! virtio-drivers transport, so the stock drivers run on a link ([`driver`]).
 //! `docs/static-virtio.md` is the specification.
 
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(feature = "driver")]
+extern crate alloc;
+
 pub mod binding;
 pub mod device;
+#[cfg(feature = "driver")]
+pub mod driver;
 pub mod header;
 pub mod layout;
+pub mod link;
 pub mod queue;
 pub mod window;
 
 #[cfg(test)]
 mod tests;
+
+/// How one side of a link notifies the other about a queue (a doorbell, in a partition).
+pub trait Notify {
+    fn notify(&mut self, queue: u16);
+}

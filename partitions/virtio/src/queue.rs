@@ -214,6 +214,17 @@ impl DeviceQueue {
         Self { layout, size, pool, event_idx, next_avail: 0, next_used: 0 }
     }
 
+    /// Forgets every position: the driver has started again with fresh rings.
+    pub fn reset(&mut self) {
+        self.next_avail = 0;
+        self.next_used = 0;
+    }
+
+    /// Whether the driver has made chains available that the device has not taken.
+    pub fn has_available<M: Memory>(&self, window: &Window<M>) -> Result<bool, QueueError> {
+        Ok(window.read_u16(self.layout.avail + 2)? != self.next_avail)
+    }
+
     /// Takes the next chain the driver made available, if any.
     pub fn pop<M: Memory>(&mut self, window: &Window<M>) -> Result<Option<Chain>, QueueError> {
         let index = window.read_u16(self.layout.avail + 2)?;
@@ -314,7 +325,7 @@ impl DeviceQueue {
             window.write_u16(self.layout.used, 0)?;
         }
         fence(Ordering::SeqCst);
-        Ok(window.read_u16(self.layout.avail + 2)? != self.next_avail)
+        self.has_available(window)
     }
 
     /// Asks the driver not to notify (the device polls): with EVENT_IDX, by setting

@@ -1,8 +1,9 @@
 //! Host tests: the layout against the split-ring rules, the devices against a mock driver, and
 //! the device side against hostile and random ring contents.
 
-use crate::binding::{Kind, offset};
-use crate::device::{BlockDevice, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
+use crate::binding::{Kind, offset, state};
+use crate::link::{DeviceLink, OpenError, Step};
+use crate::device::{BlockDevice, Device, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, MIN_POOL, PAGE};
 use crate::queue::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DeviceQueue, QueueError, need_event};
@@ -222,7 +223,6 @@ fn a_read_only_disk_refuses_writes() {
     driver.add(&[(header, 16, false), (payload, 512, false), (status, 1, true)]);
     device.service(&window, &mut queues, 8).unwrap();
     assert_eq!(driver.read(status, 1), [blk::S_IOERR]);
-    drop(device);
     assert!(disk.iter().all(|&byte| byte == 7));
 }
 
@@ -345,7 +345,8 @@ fn make_available(window: &Window<CellMemory<'_>>, layout: &Layout, heads: &[u16
 #[test]
 fn hostile_rings_are_refused_one_rule_at_a_time() {
     let pool_address = BASE + layout::compute(1, 8, WINDOW).unwrap().pool.start as u64;
-    let cases: [(&str, &dyn Fn(&Window<CellMemory<'_>>, &Layout), QueueError); 8] = [
+    type SetUp<'a> = dyn Fn(&Window<CellMemory<'_>>, &Layout) + 'a;
+    let cases: [(&str, &SetUp<'_>, QueueError); 8] = [
         ("available index runs away", &|w, l| make_available(w, l, &[0], 9), QueueError::AvailIndex { index: 9, next: 0 }),
         ("head beyond the queue", &|w, l| make_available(w, l, &[8], 1), QueueError::Head(8)),
         ("next beyond the queue", &|w, l| {
@@ -435,4 +436,125 @@ fn random_ring_contents_never_panic_or_escape_the_window() {
         let guards = bytes[..GUARD].iter().chain(&bytes[GUARD + window_size..]);
         assert!(guards.into_iter().all(|byte| byte.get() == 0xa5), "round {round} touched memory outside the window");
     }
+}
+
+#[test]
+fn configuration_spaces_hold_the_virtio_fields() {
+    use crate::binding::config;
+    let (console, len) = config::encode(Kind::Console, 0, 0);
+    assert_eq!(&console[..len], [80, 0, 25, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    let (net, len) = config::encode(Kind::Net, 3, 0);
+    assert_eq!(&net[..len], [0x02, 0x74, 0x6c, 0x76, 0x00, 3, 1, 0, 1, 0, 0xdc, 0x05]);
+    let (block, len) = config::encode(Kind::Block, 0, 4 << 20);
+    assert_eq!(len, 24);
+    assert_eq!(u64::from_le_bytes(block[..8].try_into().unwrap()), 8192, "capacity in sectors");
+    assert_eq!(&block[12..16], 14u32.to_le_bytes(), "seg_max");
+    assert_eq!(&block[20..24], 512u32.to_le_bytes(), "blk_size");
+    assert_eq!(config::block_capacity(&block[..len]), Some(4 << 20));
+}
+
+fn driver_line(window: &Window<CellMemory<'_>>, value: u32, generation: u32) {
+    window.write_u32(offset::DRIVER_STATE + state::GENERATION, generation).unwrap();
+    window.write_u32(offset::DRIVER_STATE + state::STATE, value).unwrap();
+}
+
+/// The device line: (state, generation, error).
+fn device_line(window: &Window<CellMemory<'_>>) -> (u32, u32, u32) {
+    let at = |field| window.read_u32(offset::DEVICE_STATE + field).unwrap();
+    (at(state::STATE), at(state::GENERATION), at(state::ERROR))
+}
+
+fn block_header(features: u64) -> Header {
+    Header { device_id: 2, features, queue_count: 1, queue_size: 8, config_size: 24, window_size: WINDOW as u32 }
+}
+
+#[test]
+fn the_device_follows_the_driver_through_start_failure_and_restart() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = block_header(1 << 32);
+    window.write_bytes(0, &header.encode()).unwrap();
+    let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, false).unwrap();
+    assert_eq!(device_line(&window), (state::READY, 0, 0));
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut disk = vec![0u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+
+    // A request made available before the driver says READY waits for it.
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(request, 16, false), (status, 1, true)]);
+    assert_eq!(link.step(&mut device, 8), Step::default());
+    assert_eq!(driver.pop_used(), None);
+    driver_line(&window, state::READY, 1);
+    link.step(&mut device, 8);
+    assert_eq!(driver.pop_used(), Some((0, 1)));
+    assert_eq!(device_line(&window), (state::READY, 1, 0));
+
+    // A ring violation fails this generation only.
+    make_available(&window, &layout, &[0, 0, 200], 3);
+    let step = link.step(&mut device, 8);
+    assert_eq!(step.failed, Some(QueueError::Head(200)));
+    assert_eq!(device_line(&window), (state::FAILED, 1, state::ERROR_RING));
+    assert_eq!(link.step(&mut device, 8), Step::default(), "a failed link is left alone");
+    // The driver resets: the device lets go (generation 0), still saying why it failed.
+    driver_line(&window, state::RESET, 1);
+    link.step(&mut device, 8);
+    assert_eq!(device_line(&window), (state::FAILED, 0, state::ERROR_RING));
+    // It starts again on fresh rings: served from index 0.
+    bytes[layout.queues[0].desc..layout.queues[0].end].iter().for_each(|byte| byte.set(0));
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    driver.next_pool += 4096;
+    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver_line(&window, state::READY, 2);
+    assert_eq!(link.step(&mut device, 8).failed, None);
+    assert_eq!(device_line(&window), (state::READY, 2, 0));
+    assert_eq!(driver.pop_used(), Some((0, 1)));
+}
+
+#[test]
+fn a_header_that_is_not_the_device_trees_fails_the_link_for_good() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    window.write_bytes(0, &block_header(1 << 32).encode()).unwrap();
+    let expected = block_header(1 << 32 | 1 << 29);
+    let outcome = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), expected, false);
+    assert!(matches!(outcome, Err(OpenError::Header(HeaderError::Mismatch { .. }))));
+    assert_eq!(device_line(&window), (state::FAILED, 0, state::ERROR_HEADER));
+}
+
+#[test]
+fn with_event_idx_a_batch_costs_one_notification_each_way_and_the_budget_bounds_a_step() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = block_header(1 << 32 | 1 << 29);
+    window.write_bytes(0, &header.encode()).unwrap();
+    let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, false).unwrap();
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut disk = vec![0u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    driver_line(&window, state::READY, 1);
+    let queue = layout.queues[0];
+    // The device asks to hear of the first buffer only (avail_event = 0 after arming).
+    assert_eq!(link.step(&mut device, 8), Step::default());
+    assert_eq!(window.read_u16(queue.avail_event(8)), Ok(0));
+    let mut rings = 0;
+    for index in 0..8u16 {
+        let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+        let status = driver.buffer(&[0xff], 1);
+        driver.add(&[(request, 16, false), (status, 1, true)]);
+        // The driver's rule: notify if the new index passes avail_event.
+        rings += u32::from(need_event(window.read_u16(queue.avail_event(8)).unwrap(), index + 1, index));
+    }
+    assert_eq!(rings, 1, "eight buffers, one doorbell to the device");
+    // used_event = 0: the driver wants to hear once anything is used. A budget of 5 leaves 3.
+    let step = link.step(&mut device, 5);
+    assert_eq!((step.notify.0, step.more), (1, true));
+    let step = link.step(&mut device, 5);
+    assert_eq!((step.notify.0, step.more), (0, false), "the driver has not caught up: no second doorbell");
+    assert_eq!((0..8).filter_map(|_| driver.pop_used()).count(), 8);
 }

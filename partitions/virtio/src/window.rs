@@ -115,7 +115,7 @@ impl<M: Memory> Window<M> {
 
     fn check(&self, offset: usize, size: usize) -> Result<(), OutOfWindow> {
         let fits = offset.checked_add(size).is_some_and(|end| end <= self.len());
-        if fits && offset % size == 0 { Ok(()) } else { Err(OutOfWindow { offset, len: size }) }
+        if fits && offset.is_multiple_of(size) { Ok(()) } else { Err(OutOfWindow { offset, len: size }) }
     }
 
     typed!(read_u8, write_u8, u8);
@@ -198,4 +198,55 @@ unsafe impl Memory for CellMemory<'_> {
             self.0[offset + index].set(byte);
         }
     }
+}
+
+/// A window reached through a pointer: how a partition sees its mapped window.
+pub struct RawMemory {
+    base: *mut u8,
+    len: usize,
+}
+
+impl RawMemory {
+    /// The `len` bytes at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `[base..base + len)` must be mapped, readable and writable, 8-byte aligned at `base`,
+    /// and stay so while this lives. Others may write it concurrently (that is what a window is
+    /// for): every access is volatile.
+    pub unsafe fn new(base: *mut u8, len: usize) -> Self {
+        Self { base, len }
+    }
+}
+
+// SAFETY: the window is shared memory that both sides may access at any time: nothing here
+// assumes exclusive access.
+unsafe impl Send for RawMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RawMemory {}
+
+macro_rules! raw_access {
+    ($read:ident, $write:ident, $type:ty) => {
+        unsafe fn $read(&self, offset: usize) -> $type {
+            // SAFETY: our caller keeps `offset` in bounds and aligned; `new`'s caller promised
+            // the memory is mapped.
+            unsafe { self.base.add(offset).cast::<$type>().read_volatile() }
+        }
+        unsafe fn $write(&self, offset: usize, value: $type) {
+            // SAFETY: as above.
+            unsafe { self.base.add(offset).cast::<$type>().write_volatile(value) }
+        }
+    };
+}
+
+// SAFETY: each method touches exactly the bytes at `base + offset`, which `Window` keeps in
+// bounds and aligned.
+unsafe impl Memory for RawMemory {
+    fn len(&self) -> usize {
+        self.len
+    }
+    raw_access!(read_u8, write_u8, u8);
+    raw_access!(read_u16, write_u16, u16);
+    raw_access!(read_u32, write_u32, u32);
+    raw_access!(read_u64, write_u64, u64);
 }

@@ -1,0 +1,170 @@
+//! A device partition: serves every static virtio link its device tree makes it the device of,
+//! with `trapless_virtio`'s devices (a console that echoes, a network device that echoes every
+//! frame, a RAM disk of the link's capacity), until every driver has come and gone.
+//!
+//! It sleeps in `WFI` until a driver's doorbell raises one of its LPIs (or, on a link where it
+//! polls, looks again at once), then steps each link with a bounded budget, so one busy or
+//! hostile driver cannot keep it from the others. When a driver resets after being served, the
+//! link is done: the device reports what it served, and once every link is done it powers off.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use trapless_guest::facts::{Link, Role};
+use trapless_guest::virtio::{self, Bells};
+use trapless_guest::{Boot, irq, println, psci};
+use trapless_virtio::binding::Kind;
+use trapless_virtio::device::{BlockDevice, ConsoleEcho, Device, NetEcho, Used};
+use trapless_virtio::layout::MAX_QUEUES;
+use trapless_virtio::link::{DeviceLink, Step};
+use trapless_virtio::queue::{DeviceQueue, QueueError};
+use trapless_virtio::window::{Memory, RawMemory, Window};
+
+trapless_guest::entry!(main);
+
+/// Chains one step of one link may move.
+const BUDGET: usize = 32;
+
+/// A driver rang since the device last looked (every link is looked at on any ring).
+static RUNG: AtomicBool = AtomicBool::new(false);
+/// LPIs taken.
+static TAKEN: AtomicU32 = AtomicU32::new(0);
+
+fn rung(_lpi: u32) {
+    TAKEN.fetch_add(1, Ordering::Relaxed);
+    RUNG.store(true, Ordering::SeqCst);
+}
+
+/// The device behind one link.
+enum Backend {
+    Console(ConsoleEcho),
+    Net(NetEcho),
+    Block(BlockDevice<&'static mut [u8]>),
+}
+
+impl Device for Backend {
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+        match self {
+            Self::Console(device) => device.service(window, queues, budget),
+            Self::Net(device) => device.service(window, queues, budget),
+            Self::Block(device) => device.service(window, queues, budget),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Self::Console(device) => device.reset(),
+            Self::Net(device) => device.reset(),
+            Self::Block(device) => device.reset(),
+        }
+    }
+}
+
+impl Backend {
+    fn new(link: &Link) -> Self {
+        match link.kind {
+            Kind::Console => Self::Console(ConsoleEcho::default()),
+            Kind::Net => Self::Net(NetEcho::new()),
+            Kind::Block => {
+                let capacity = link.capacity().unwrap_or(0) as usize;
+                let read_only = link.kind.feature("RO").is_some_and(|ro| link.features & (1 << ro.bit) != 0);
+                Self::Block(BlockDevice::new(vec![0u8; capacity].leak(), read_only))
+            }
+        }
+    }
+
+    /// What it has done, for the report.
+    fn report(&self, name: &str, rang: u64) {
+        match self {
+            Self::Console(echo) => println!("virtio-device: link {name}: echoed {} bytes; rang the driver {rang} times", echo.echoed),
+            Self::Net(echo) => println!(
+                "virtio-device: link {name}: echoed {} frames (checksum {:#010x}), dropped {}; rang the driver {rang} times",
+                echo.frames, echo.checksum, echo.dropped
+            ),
+            Self::Block(disk) => println!(
+                "virtio-device: link {name}: served {} requests, {} refused; rang the driver {rang} times",
+                disk.requests, disk.failed
+            ),
+        }
+    }
+}
+
+/// One link this partition serves.
+struct Served {
+    name: &'static str,
+    link: DeviceLink<RawMemory>,
+    device: Backend,
+    bells: Bells,
+    polls: bool,
+    /// A driver generation has been served and has gone.
+    done: bool,
+}
+
+fn main(boot: &Boot) {
+    let mut links: Vec<Served> = Vec::new();
+    for link in boot.links().filter(|link| link.role == Role::Device) {
+        let opened = DeviceLink::open(virtio::window(link), link.header(), link.polls());
+        let bells = Bells::new(boot, link);
+        let (opened, bells) = match (opened, bells) {
+            (Ok(opened), Ok(bells)) => (opened, bells),
+            (Err(error), _) => fail(&alloc::format!("link {}: {error}", link.name)),
+            (_, Err(error)) => fail(&alloc::format!("link {}: its doorbells: {error:?}", link.name)),
+        };
+        if let Err(error) = virtio::on_notify(link, rung) {
+            fail(&alloc::format!("link {}: its LPIs: {error:?}", link.name));
+        }
+        println!(
+            "virtio-device: serving link {} ({}, {} queue(s) of {}{})",
+            link.name,
+            link.kind.name(),
+            link.queue_count,
+            link.queue_size,
+            if link.polls() { ", polling" } else { "" }
+        );
+        links.push(Served { name: link.name, link: opened, device: Backend::new(link), bells, polls: link.polls(), done: false });
+    }
+    if links.is_empty() {
+        fail("this partition is the device of no link");
+    }
+    irq::init_cpu();
+
+    loop {
+        let mut again = false;
+        for served in links.iter_mut().filter(|served| !served.done) {
+            let was_serving = served.link.serving();
+            let step: Step = served.link.step(&mut served.device, BUDGET);
+            for queue in 0..MAX_QUEUES {
+                if step.notify.has(queue) {
+                    served.bells.ring(queue);
+                }
+            }
+            if let Some(error) = step.failed {
+                println!("virtio-device: link {}: the driver broke a ring rule ({error}); waiting for it to start again", served.name);
+            }
+            if was_serving != 0 && served.link.serving() == 0 {
+                served.done = true;
+                served.device.report(served.name, served.bells.rung);
+            }
+            again |= step.more || served.polls;
+        }
+        if links.iter().all(|served| served.done) {
+            break;
+        }
+        if !again {
+            irq::wait_until(|| RUNG.load(Ordering::SeqCst));
+        }
+        // Whatever rang from here on is seen by the next steps.
+        RUNG.store(false, Ordering::SeqCst);
+    }
+    println!("virtio-device: every driver has finished; LPIs taken: {}", TAKEN.load(Ordering::Relaxed));
+}
+
+fn fail(problem: &str) -> ! {
+    println!("virtio-device: {problem}");
+    psci::system_reset()
+}

@@ -1,0 +1,243 @@
+//! A driver partition: drives every static virtio link its device tree makes it the driver of,
+//! with the stock virtio-drivers drivers on `trapless_virtio`'s transport, and checks what comes
+//! back:
+//!
+//! - console: sends `lines=N` lines (default 20) and reads each one back, byte-exact;
+//! - net: sends `frames=N` frames (default 64) of mixed sizes, eight in flight at a time, and
+//!   checks each one comes back whole; reports the checksums both ways;
+//! - block: `passes=N` times (default 1) writes a pattern over the whole disk and reads it back;
+//!   then reads one sector past the end, which must be refused.
+//!
+//! Each driver is dropped when its work is done, which resets the link: that tells the device
+//! partition this driver has finished. Any failure resets the partition, so it stops as failed.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use trapless_guest::facts::{Link, Role};
+use trapless_guest::virtio::{self, Bells};
+use trapless_guest::{Boot, irq, println, psci};
+use trapless_virtio::Notify;
+use trapless_virtio::binding::Kind;
+use trapless_virtio::device::{CHECKSUM_SEED, checksum};
+use trapless_virtio::driver::{self, LinkConfig, StaticTransport, WindowHal};
+use virtio_drivers::Error;
+use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::device::console::VirtIOConsole;
+use virtio_drivers::device::net::VirtIONet;
+
+trapless_guest::entry!(main);
+
+/// The net driver's queue size (a type parameter of virtio-drivers' `VirtIONet`): a net link
+/// this partition drives must have this `queue-size`.
+const NET_QUEUE: usize = 16;
+/// Bytes of each net receive buffer: a full Ethernet frame and the virtio-net header.
+const NET_BUFFER: usize = 2048;
+/// Net frames in flight at once.
+const NET_WINDOW: usize = 8;
+/// Frame sizes the net stream cycles through: minimum, maximum and odd ones between.
+const FRAME_SIZES: [usize; 8] = [60, 1514, 333, 64, 1000, 42, 777, 128];
+/// Sectors per block request.
+const BLOCK_CHUNK: usize = 8;
+
+/// Doorbells rung, and LPIs taken, over every link.
+static RUNG: AtomicU64 = AtomicU64::new(0);
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// A link's doorbells, counted.
+struct Counted(Bells);
+
+impl Notify for Counted {
+    fn notify(&mut self, queue: u16) {
+        let before = self.0.rung;
+        self.0.ring(usize::from(queue));
+        RUNG.fetch_add(self.0.rung - before, Ordering::Relaxed);
+    }
+}
+
+type Transport = StaticTransport<Counted>;
+
+fn taken(_lpi: u32) {
+    TAKEN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn main(boot: &Boot) {
+    let links: Vec<&Link> = boot.links().filter(|link| link.role == Role::Driver).collect();
+    if links.is_empty() {
+        fail("this partition is the driver of no link");
+    }
+    for link in &links {
+        if let Err(error) = virtio::on_notify(link, taken) {
+            fail(&format!("link {}: its LPIs: {error:?}", link.name));
+        }
+    }
+    irq::init_cpu();
+    for (slot, link) in links.into_iter().enumerate() {
+        let outcome = match slot {
+            0 => drive::<0>(boot, link, slot),
+            1 => drive::<1>(boot, link, slot),
+            2 => drive::<2>(boot, link, slot),
+            3 => drive::<3>(boot, link, slot),
+            4 => drive::<4>(boot, link, slot),
+            5 => drive::<5>(boot, link, slot),
+            6 => drive::<6>(boot, link, slot),
+            _ => drive::<7>(boot, link, slot),
+        };
+        match outcome {
+            Ok(report) => println!("virtio-driver: link {}: {report}", link.name),
+            Err(problem) => fail(&format!("link {}: {problem}", link.name)),
+        }
+    }
+    println!(
+        "virtio-driver: done; rang the device {} times, took {} LPIs",
+        RUNG.load(Ordering::Relaxed),
+        TAKEN.load(Ordering::Relaxed)
+    );
+}
+
+fn fail(problem: &str) -> ! {
+    println!("virtio-driver: {problem}");
+    psci::system_reset()
+}
+
+/// A bootarg count, or its default.
+fn count(boot: &Boot, key: &str, default: usize) -> usize {
+    match boot.arg(key).map(str::parse) {
+        None => default,
+        Some(Ok(value)) => value,
+        Some(Err(_)) => fail(&format!("{key}= takes a number")),
+    }
+}
+
+/// Opens link `link` in slot `SLOT` and runs its workload; returns what to report.
+fn drive<const SLOT: usize>(boot: &Boot, link: &Link, slot: usize) -> Result<String, String> {
+    let config = LinkConfig {
+        kind: link.kind,
+        features: link.features,
+        queue_size: link.queue_size,
+        window: link.window.start as usize,
+        window_ipa: link.window.start,
+        window_size: (link.window.end - link.window.start) as usize,
+    };
+    let bells = Bells::new(boot, link).map_err(|error| format!("its doorbells: {error:?}"))?;
+    // SAFETY: the device tree gives this partition the window, the runtime mapped it, and
+    // nothing else here uses it.
+    let transport = unsafe { driver::open(slot, config, Counted(bells)) }.map_err(|error| format!("{error:?}"))?;
+    // Why a driver refused the link, if the transport knows.
+    let refused = |error: Error| match driver::failure(slot) {
+        Some(failure) => format!("{error:?}: {failure:?}"),
+        None => format!("{error:?}"),
+    };
+    match link.kind {
+        Kind::Console => console::<SLOT>(transport, count(boot, "lines", 20)).map_err(refused),
+        Kind::Net => net::<SLOT>(transport, count(boot, "frames", 64)),
+        Kind::Block => block::<SLOT>(transport, count(boot, "passes", 1)),
+    }
+}
+
+fn console<const SLOT: usize>(transport: Transport, lines: usize) -> Result<String, Error> {
+    let mut console = VirtIOConsole::<WindowHal<SLOT>, _>::new(transport)?;
+    let mut bytes = 0;
+    for index in 0..lines {
+        let line = format!("line {index} of {lines}: the quick brown fox {}\n", "*".repeat(index % 40));
+        console.send_bytes(line.as_bytes())?;
+        let mut echoed = Vec::with_capacity(line.len());
+        while echoed.len() < line.len() {
+            if let Some(byte) = console.recv(true)? {
+                echoed.push(byte);
+            }
+        }
+        if echoed != line.as_bytes() {
+            println!("virtio-driver: line {index} came back as {:?}", String::from_utf8_lossy(&echoed));
+            return Err(Error::IoError);
+        }
+        bytes += line.len();
+    }
+    Ok(format!("{lines} lines ({bytes} bytes) echoed byte-exact"))
+}
+
+fn frame(index: usize) -> impl Iterator<Item = u8> {
+    (0..FRAME_SIZES[index % FRAME_SIZES.len()]).map(move |at| (at * 13 + index) as u8)
+}
+
+fn net<const SLOT: usize>(transport: Transport, frames: usize) -> Result<String, String> {
+    let mut net = VirtIONet::<WindowHal<SLOT>, _, NET_QUEUE>::new(transport, NET_BUFFER)
+        .map_err(|error| format!("{error:?}: {:?}", driver::failure(SLOT)))?;
+    let (mut sent, mut received, mut bytes) = (CHECKSUM_SEED, CHECKSUM_SEED, 0);
+    let mut next = 0;
+    while next < frames {
+        let batch = next..(next + NET_WINDOW).min(frames);
+        for index in batch.clone() {
+            let mut buffer = net.new_tx_buffer(FRAME_SIZES[index % FRAME_SIZES.len()]);
+            buffer.packet_mut().iter_mut().zip(frame(index)).for_each(|(byte, value)| *byte = value);
+            sent = checksum(sent, buffer.packet());
+            net.send(buffer).map_err(|error| format!("sending frame {index}: {error:?}"))?;
+        }
+        for index in batch {
+            let back = loop {
+                match net.receive() {
+                    Ok(back) => break back,
+                    Err(Error::NotReady) => core::hint::spin_loop(),
+                    Err(error) => return Err(format!("receiving frame {index}: {error:?}")),
+                }
+            };
+            if !back.packet().iter().copied().eq(frame(index)) {
+                return Err(format!("frame {index} came back as {} different bytes", back.packet().len()));
+            }
+            received = checksum(received, back.packet());
+            bytes += back.packet().len();
+            net.recycle_rx_buffer(back).map_err(|error| format!("recycling frame {index}: {error:?}"))?;
+        }
+        next += NET_WINDOW;
+    }
+    Ok(format!(
+        "{frames} frames ({bytes} bytes) sent and received whole; checksum sent {sent:#010x}, received {received:#010x}"
+    ))
+}
+
+fn pattern(pass: usize, sector: usize, out: &mut [u8]) {
+    for (at, byte) in out.iter_mut().enumerate() {
+        *byte = (sector * 31 + at * 7 + pass * 101) as u8;
+    }
+}
+
+fn block<const SLOT: usize>(transport: Transport, passes: usize) -> Result<String, String> {
+    let mut disk = VirtIOBlk::<WindowHal<SLOT>, _>::new(transport)
+        .map_err(|error| format!("{error:?}: {:?}", driver::failure(SLOT)))?;
+    let sectors = disk.capacity() as usize;
+    let mut buffer = vec![0u8; BLOCK_CHUNK * SECTOR_SIZE];
+    let mut expected = vec![0u8; SECTOR_SIZE];
+    for pass in 0..passes {
+        for start in (0..sectors).step_by(BLOCK_CHUNK) {
+            let chunk = &mut buffer[..(sectors - start).min(BLOCK_CHUNK) * SECTOR_SIZE];
+            for (offset, sector) in chunk.chunks_mut(SECTOR_SIZE).enumerate() {
+                pattern(pass, start + offset, sector);
+            }
+            disk.write_blocks(start, chunk).map_err(|error| format!("writing sector {start}: {error:?}"))?;
+        }
+        for start in (0..sectors).step_by(BLOCK_CHUNK) {
+            let chunk = &mut buffer[..(sectors - start).min(BLOCK_CHUNK) * SECTOR_SIZE];
+            disk.read_blocks(start, chunk).map_err(|error| format!("reading sector {start}: {error:?}"))?;
+            for (offset, sector) in chunk.chunks(SECTOR_SIZE).enumerate() {
+                pattern(pass, start + offset, &mut expected);
+                if sector != expected {
+                    return Err(format!("pass {pass}: sector {} read back wrong", start + offset));
+                }
+            }
+        }
+    }
+    let refusal = match disk.read_blocks(sectors, &mut buffer[..SECTOR_SIZE]) {
+        Err(error) => format!("{error:?}"),
+        Ok(()) => return Err(format!("a read of sector {sectors}, past the end, was not refused")),
+    };
+    Ok(format!(
+        "{passes} pass(es) over {sectors} sectors written and read back; a read past the end was refused ({refusal})"
+    ))
+}

@@ -1,0 +1,448 @@
+//! The driver side: a `virtio_drivers` [`Transport`] and [`Hal`] over a window, so the stock
+//! virtio-drivers console, net and block drivers run unchanged on a static virtio link.
+//!
+//! - Features are the link's fixed ones; a driver that does not accept every one of them
+//!   refuses the link ([`Failure::Features`]), as does one whose queues are not the link's.
+//! - Each queue's rings go where the layout puts them: when a driver sets a queue up, the
+//!   [`WindowHal`] hands it exactly those pages, and `queue_set` checks that it used them.
+//! - Buffers are bounced through the window's pool: the peer cannot see the rest of this
+//!   partition's memory. The pool's bookkeeping is kept in private memory, never in the window
+//!   (a hostile device could otherwise steer the driver's allocator).
+//! - `notify` rings the queue's doorbell through the link's [`Notify`].
+//! - Configuration space is read from the window, read-only; there are no registers.
+
+use crate::Notify;
+use crate::binding::{Kind, offset, state};
+use crate::header::{Header, HeaderError};
+use crate::layout::{self, Layout, LayoutError, PAGE};
+use crate::window::{Memory, RawMemory, Window};
+use core::sync::atomic::{Ordering, fence};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use spin::Mutex;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Most links one partition drives.
+pub const MAX_LINKS: usize = 8;
+/// The pool's allocation unit: a cache line.
+const BLOCK: usize = 64;
+
+/// What a link is, from this side's device tree.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkConfig {
+    pub kind: Kind,
+    pub features: u64,
+    pub queue_size: u16,
+    /// Where this partition sees the window, and the address both sides use for it.
+    pub window: usize,
+    pub window_ipa: u64,
+    pub window_size: usize,
+}
+
+impl LinkConfig {
+    /// The header the window must hold for this link.
+    pub fn header(&self) -> Header {
+        Header::for_link(self.kind, self.features, self.queue_size, self.window_size as u32)
+    }
+}
+
+/// Why a link cannot be driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Another link already uses this slot, or the slot is out of range.
+    Slot(usize),
+    Layout(LayoutError),
+    Header(HeaderError),
+    /// The driver does not accept every fixed feature: it wanted `accepted` of `fixed`.
+    Features { fixed: u64, accepted: u64 },
+    /// The driver set a queue up with another size or elsewhere than the layout says.
+    Queue(u16),
+}
+
+/// A bitmap allocator for the buffer pool, kept outside the window.
+struct Pool {
+    start: usize,
+    used: Vec<u64>,
+    blocks: usize,
+}
+
+impl Pool {
+    fn new(start: usize, len: usize) -> Self {
+        let blocks = len / BLOCK;
+        Self { start, used: vec![0; blocks.div_ceil(64)], blocks }
+    }
+
+    fn taken(&self, block: usize) -> bool {
+        self.used[block / 64] & (1 << (block % 64)) != 0
+    }
+
+    fn mark(&mut self, first: usize, count: usize, taken: bool) {
+        for block in first..first + count {
+            if taken {
+                self.used[block / 64] |= 1 << (block % 64);
+            } else {
+                self.used[block / 64] &= !(1 << (block % 64));
+            }
+        }
+    }
+
+    /// `len` bytes aligned to `align` (a multiple of [`BLOCK`] or less): an address.
+    fn allocate(&mut self, len: usize, align: usize) -> Option<usize> {
+        let count = len.div_ceil(BLOCK).max(1);
+        let step = (align / BLOCK).max(1);
+        let first_aligned = self.start.next_multiple_of(align.max(BLOCK));
+        let mut first = (first_aligned - self.start) / BLOCK;
+        while first + count <= self.blocks {
+            match (first..first + count).find(|&block| self.taken(block)) {
+                None => {
+                    self.mark(first, count, true);
+                    return Some(self.start + first * BLOCK);
+                }
+                Some(taken) => first = (taken + 1).next_multiple_of(step),
+            }
+        }
+        None
+    }
+
+    fn free(&mut self, address: usize, len: usize) {
+        self.mark((address - self.start) / BLOCK, len.div_ceil(BLOCK).max(1), false);
+    }
+}
+
+struct LinkState {
+    config: LinkConfig,
+    layout: Layout,
+    pool: Pool,
+    /// The queue a driver is setting up (between `max_queue_size` and `queue_set`).
+    setting_up: Option<u16>,
+    failure: Option<Failure>,
+}
+
+impl LinkState {
+    fn ipa(&self, address: usize) -> PhysAddr {
+        self.config.window_ipa + (address - self.config.window) as u64
+    }
+
+    fn address(&self, ipa: PhysAddr) -> usize {
+        self.config.window + (ipa - self.config.window_ipa) as usize
+    }
+}
+
+static LINKS: [Mutex<Option<LinkState>>; MAX_LINKS] = [const { Mutex::new(None) }; MAX_LINKS];
+
+/// Why link `slot` failed, if it did.
+pub fn failure(slot: usize) -> Option<Failure> {
+    LINKS.get(slot)?.lock().as_ref()?.failure
+}
+
+fn fail(slot: usize, failure: Failure) {
+    if let Some(link) = LINKS[slot].lock().as_mut() {
+        link.failure.get_or_insert(failure);
+    }
+}
+
+/// The transport of one link.
+pub struct StaticTransport<N: Notify> {
+    slot: usize,
+    config: LinkConfig,
+    window: Window<RawMemory>,
+    notify: N,
+    status: DeviceStatus,
+    queues_set: u8,
+    /// Which start of the driver this is (0: not started).
+    generation: u32,
+    /// Whether the driver line says `READY`.
+    started: bool,
+}
+
+/// Opens link `config` in slot `slot` (its [`WindowHal<SLOT>`] is the driver's `Hal`): checks the
+/// window's header against the device tree and lays the window out.
+///
+/// # Safety
+///
+/// `[config.window..config.window + config.window_size)` must be the link's window, mapped
+/// read/write, and used by nothing else in this partition.
+pub unsafe fn open<N: Notify>(slot: usize, config: LinkConfig, notify: N) -> Result<StaticTransport<N>, Failure> {
+    let cell = LINKS.get(slot).ok_or(Failure::Slot(slot))?;
+    let mut link = cell.lock();
+    if link.is_some() {
+        return Err(Failure::Slot(slot));
+    }
+    // SAFETY: our caller promised the window is mapped and ours.
+    let memory = unsafe { RawMemory::new(config.window as *mut u8, config.window_size) };
+    let window = Window::new(memory, config.window_ipa);
+    Header::check(&window, &config.header()).map_err(Failure::Header)?;
+    let layout = layout::compute(config.kind.queue_count(), u32::from(config.queue_size), config.window_size)
+        .map_err(Failure::Layout)?;
+    let pool = Pool::new(config.window + layout.pool.start, layout.pool.len());
+    // Carry on from the window's generation, so that a driver that starts again after its
+    // partition did is a new generation to the device.
+    let generation = window.read_u32(offset::DRIVER_STATE + state::GENERATION).unwrap_or(0);
+    *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None });
+    Ok(StaticTransport { slot, config, window, notify, status: DeviceStatus::empty(), queues_set: 0, generation, started: false })
+}
+
+impl<N: Notify> StaticTransport<N> {
+    /// The device's state line.
+    pub fn device(&self) -> Peer {
+        Peer::read(&self.window)
+    }
+
+    fn write_state(&self, value: u32) {
+        let _ = self.window.write_u32(offset::DRIVER_STATE + state::STATE, value);
+    }
+
+    /// Starts over (`docs/static-virtio.md`, driver start), or stops: says `RESET`, and waits
+    /// until the device has let go of the rings of the previous start, if there was one.
+    fn reset(&mut self) {
+        self.started = false;
+        self.write_state(state::RESET);
+        let generation = self.generation;
+        if generation == 0 {
+            return;
+        }
+        // Our RESET is visible before the device is told to look, and before we look for its
+        // answer.
+        fence(Ordering::SeqCst);
+        self.notify.notify(0);
+        loop {
+            let device = self.device();
+            if device.generation != generation || device.state != state::READY {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        fence(Ordering::Acquire);
+    }
+
+    /// Says `READY` under a new generation, after everything written before.
+    fn start(&mut self) {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let _ = self.window.write_u32(offset::DRIVER_STATE + state::GENERATION, self.generation);
+        fence(Ordering::Release);
+        self.write_state(state::READY);
+        self.started = true;
+    }
+}
+
+impl<N: Notify> Drop for StaticTransport<N> {
+    /// A driver that goes away stops the link first, so the device lets go of its rings.
+    fn drop(&mut self) {
+        if self.started {
+            self.reset();
+        }
+        *LINKS[self.slot].lock() = None;
+    }
+}
+
+/// What a device's state line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub state: u32,
+    /// The driver generation it serves (0: none).
+    pub generation: u32,
+    /// Why it failed (`state::ERROR_*`), when it did.
+    pub error: u32,
+}
+
+impl Peer {
+    fn read<M: Memory>(window: &Window<M>) -> Self {
+        let line = offset::DEVICE_STATE;
+        let state = window.read_u32(line + state::STATE).unwrap_or(state::RESET);
+        fence(Ordering::Acquire);
+        Self {
+            state,
+            generation: window.read_u32(line + state::GENERATION).unwrap_or(0),
+            error: window.read_u32(line + state::ERROR).unwrap_or(0),
+        }
+    }
+}
+
+impl<N: Notify> Transport for StaticTransport<N> {
+    fn device_type(&self) -> DeviceType {
+        match self.config.kind {
+            Kind::Console => DeviceType::Console,
+            Kind::Net => DeviceType::Network,
+            Kind::Block => DeviceType::Block,
+        }
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.config.features
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        if driver_features != self.config.features {
+            fail(self.slot, Failure::Features { fixed: self.config.features, accepted: driver_features });
+        }
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        let mut link = LINKS[self.slot].lock();
+        let Some(link) = link.as_mut() else { return 0 };
+        if link.failure.is_some() || queue >= self.config.kind.queue_count() {
+            return 0;
+        }
+        link.setting_up = Some(queue);
+        u32::from(self.config.queue_size)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        self.notify.notify(queue);
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        self.status
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.status = status;
+        if status.is_empty() {
+            self.reset();
+        } else if failure(self.slot).is_some() {
+            self.write_state(state::FAILED);
+        } else if status.contains(DeviceStatus::DRIVER_OK) {
+            self.start();
+        }
+    }
+
+    fn set_guest_page_size(&mut self, _guest_page_size: u32) {}
+
+    fn requires_legacy_layout(&self) -> bool {
+        false
+    }
+
+    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        let mut link = LINKS[self.slot].lock();
+        let Some(link) = link.as_mut() else { return };
+        link.setting_up = None;
+        let expected = link.layout.queues.get(usize::from(queue)).map(|layout| {
+            let ipa = |offset: usize| self.config.window_ipa + offset as u64;
+            (ipa(layout.desc), ipa(layout.avail), ipa(layout.used))
+        });
+        if size != u32::from(self.config.queue_size) || expected != Some((descriptors, driver_area, device_area)) {
+            link.failure.get_or_insert(Failure::Queue(queue));
+            return;
+        }
+        self.queues_set |= 1 << queue;
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.queues_set &= !(1 << queue);
+        // The stock drivers unset their queues when they are dropped, just before they free the
+        // rings: the device must have let go of them by then.
+        if self.queues_set == 0 && self.started {
+            self.reset();
+        }
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.queues_set & (1 << queue) != 0
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        // Nothing to acknowledge: a doorbell is an LPI the runtime has already ended. Tell the
+        // driver to look at its queues.
+        InterruptStatus::QUEUE_INTERRUPT
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.window.read_u32(offset::CONFIG_GENERATION).unwrap_or(0)
+    }
+
+    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<T> {
+        let size = core::mem::size_of::<T>();
+        if offset.checked_add(size).is_none_or(|end| end > self.config.kind.config_size()) {
+            return Err(Error::ConfigSpaceTooSmall);
+        }
+        let mut value = T::new_zeroed();
+        self.window
+            .read_bytes(offset::CONFIG + offset, value.as_mut_bytes())
+            .map_err(|_| Error::ConfigSpaceTooSmall)?;
+        Ok(value)
+    }
+
+    fn write_config_space<T: IntoBytes + Immutable>(&mut self, _offset: usize, _value: T) -> virtio_drivers::Result<()> {
+        // A static link's configuration is fixed at build time.
+        Err(Error::Unsupported)
+    }
+}
+
+/// The `Hal` of the link in slot `SLOT`: rings in their fixed places, buffers bounced through
+/// the window's pool.
+pub struct WindowHal<const SLOT: usize>;
+
+impl<const SLOT: usize> WindowHal<SLOT> {
+    fn with<R>(f: impl FnOnce(&mut LinkState) -> R) -> R {
+        let mut link = LINKS[SLOT].lock();
+        f(link.as_mut().expect("the link is opened before its driver is made"))
+    }
+}
+
+// SAFETY: every pointer handed out lies in the link's window, which `open`'s caller promised is
+// mapped and ours; ring pages are the layout's, which nothing else in the window overlaps, and
+// pool allocations never overlap one another.
+unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
+    fn dma_alloc(pages: usize, direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        Self::with(|link| {
+            let ring = link.setting_up.and_then(|queue| {
+                let queue = link.layout.queues[usize::from(queue)];
+                match direction {
+                    BufferDirection::DriverToDevice => Some(queue.desc),
+                    BufferDirection::DeviceToDriver => Some(queue.used),
+                    BufferDirection::Both => None,
+                }
+            });
+            let address = match ring {
+                Some(offset) => link.config.window + offset,
+                None => link.pool.allocate(pages * PAGE, PAGE).expect("the window's buffer pool is exhausted"),
+            };
+            // SAFETY: the pages lie in the window (see the impl's safety comment).
+            unsafe { core::ptr::write_bytes(address as *mut u8, 0, pages * PAGE) };
+            (link.ipa(address), NonNull::new(address as *mut u8).expect("windows are not at 0"))
+        })
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // A driver drops its transport before its queues: by then there is nothing to free.
+        if let Some(link) = LINKS[SLOT].lock().as_mut() {
+            let address = link.address(paddr);
+            if address >= link.config.window + link.layout.pool.start {
+                link.pool.free(address, pages * PAGE);
+            }
+        }
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(_paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        unreachable!("static virtio has no MMIO registers")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+        Self::with(|link| {
+            let len = buffer.len();
+            let bounce = link.pool.allocate(len, 16).expect("the window's buffer pool is exhausted");
+            if direction != BufferDirection::DeviceToDriver {
+                // SAFETY: the caller promised `buffer` is valid for the call; the bounce buffer
+                // is ours in the window.
+                unsafe { core::ptr::copy_nonoverlapping(buffer.as_ptr().cast::<u8>(), bounce as *mut u8, len) };
+            }
+            link.ipa(bounce)
+        })
+    }
+
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        Self::with(|link| {
+            let bounce = link.address(paddr);
+            let len = buffer.len();
+            if direction != BufferDirection::DriverToDevice {
+                // SAFETY: as in `share`; the device has finished with the bounce buffer.
+                unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, buffer.as_ptr().cast::<u8>(), len) };
+            }
+            link.pool.free(bounce, len);
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The device side of a link: the start-up and reset handshake of `docs/static-virtio.md` around
+//! a [`Device`] and its queues. A device partition calls [`DeviceLink::step`] whenever it looks
+//! at the link (on a doorbell, or polling); the step follows the driver's state line, serves a
+//! bounded amount of work, and says which queues the driver wants to hear about and whether to
+//! look again before waiting.
+
+use crate::binding::{EVENT_IDX, offset, state};
+use crate::device::{Device, Used};
+use crate::header::{Header, HeaderError};
+use crate::layout::{self, LayoutError, MAX_QUEUES};
+use crate::queue::{DeviceQueue, QueueError};
+use crate::window::{Memory, Window};
+use core::fmt;
+use core::sync::atomic::{Ordering, fence};
+
+/// Why a link cannot be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The device tree's own description does not lay out (the planner would not have made it).
+    Layout(LayoutError),
+    /// The window's header is not the one the device tree describes.
+    Header(HeaderError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Layout(error) => write!(f, "the link does not lay out: {error}"),
+            Self::Header(HeaderError::BadMagic) => f.write_str("the window holds no static virtio header"),
+            Self::Header(HeaderError::Version(version)) => write!(f, "the window has layout version {version}"),
+            Self::Header(HeaderError::Mismatch { window, expected }) => {
+                write!(f, "the window's header {window:?} is not the device tree's {expected:?}")
+            }
+            Self::Header(HeaderError::OutOfWindow(error)) => error.fmt(f),
+        }
+    }
+}
+
+/// What one [`DeviceLink::step`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Queues whose driver asked to be notified of what this step used.
+    pub notify: Used,
+    /// Work is left (the budget ran out, or more arrived): step again before waiting.
+    pub more: bool,
+    /// The driver broke a ring rule in this step: the link is failed until it starts again.
+    pub failed: Option<QueueError>,
+}
+
+/// The device side of one link.
+pub struct DeviceLink<M: Memory> {
+    window: Window<M>,
+    queues: [DeviceQueue; MAX_QUEUES],
+    queue_count: usize,
+    /// The driver generation being served (0: none).
+    serving: u32,
+    /// Why the current generation failed.
+    failure: Option<QueueError>,
+    /// The device polls: it keeps the driver's notifications suppressed.
+    polling: bool,
+}
+
+impl<M: Memory> DeviceLink<M> {
+    /// Opens the link in `window` that the device tree describes as `expected`: checks the
+    /// header and says `READY`. On a mismatch the device line says `FAILED` for good.
+    pub fn open(window: Window<M>, expected: Header, polling: bool) -> Result<Self, OpenError> {
+        let layout = layout::compute(expected.queue_count, u32::from(expected.queue_size), window.len())
+            .map_err(OpenError::Layout)?;
+        if let Err(error) = Header::check(&window, &expected) {
+            let line = offset::DEVICE_STATE;
+            let _ = window.write_u32(line + state::ERROR, state::ERROR_HEADER);
+            let _ = window.write_u32(line + state::STATE, state::FAILED);
+            return Err(OpenError::Header(error));
+        }
+        let event_idx = expected.features & (1 << EVENT_IDX.bit) != 0;
+        let queues = core::array::from_fn(|index| {
+            DeviceQueue::new(layout.queues[index], expected.queue_size, layout.pool.clone(), event_idx)
+        });
+        let queue_count = usize::from(expected.queue_count);
+        let link = Self { window, queues, queue_count, serving: 0, failure: None, polling };
+        link.write_line(state::READY, 0, 0);
+        Ok(link)
+    }
+
+    /// The window.
+    pub fn window(&self) -> &Window<M> {
+        &self.window
+    }
+
+    /// The driver generation being served (0: none).
+    pub fn serving(&self) -> u32 {
+        self.serving
+    }
+
+    /// Why the current driver generation failed, if it did.
+    pub fn failure(&self) -> Option<QueueError> {
+        self.failure
+    }
+
+    /// Writes the device's state line: error and generation first, the state last.
+    fn write_line(&self, value: u32, generation: u32, error: u32) {
+        let line = offset::DEVICE_STATE;
+        let _ = self.window.write_u32(line + state::ERROR, error);
+        let _ = self.window.write_u32(line + state::GENERATION, generation);
+        fence(Ordering::Release);
+        let _ = self.window.write_u32(line + state::STATE, value);
+    }
+
+    /// Follows the driver's state line, then serves `device` for at most `budget` chains.
+    pub fn step<D: Device>(&mut self, device: &mut D, budget: usize) -> Step {
+        let line = offset::DRIVER_STATE;
+        let driver_state = self.window.read_u32(line + state::STATE).unwrap_or(state::RESET);
+        // What the driver wrote before its state (its generation, its rings) is visible after.
+        fence(Ordering::Acquire);
+        let generation = self.window.read_u32(line + state::GENERATION).unwrap_or(0);
+        if driver_state != state::READY || generation == 0 {
+            if self.serving != 0 {
+                // The driver is resetting: let go of its rings, then say so.
+                self.serving = 0;
+                device.reset();
+                let (value, error) = if self.failure.is_some() { (state::FAILED, state::ERROR_RING) } else { (state::READY, 0) };
+                self.write_line(value, 0, error);
+            }
+            return Step::default();
+        }
+        if generation != self.serving {
+            // A new start of the driver: fresh rings.
+            for queue in &mut self.queues {
+                queue.reset();
+            }
+            device.reset();
+            self.serving = generation;
+            self.failure = None;
+            self.write_line(state::READY, generation, 0);
+        }
+        if self.failure.is_some() {
+            return Step::default();
+        }
+        match self.serve(device, budget) {
+            Ok(step) => step,
+            Err(error) => {
+                self.failure = Some(error);
+                self.write_line(state::FAILED, self.serving, state::ERROR_RING);
+                Step { failed: Some(error), ..Step::default() }
+            }
+        }
+    }
+
+    fn serve<D: Device>(&mut self, device: &mut D, budget: usize) -> Result<Step, QueueError> {
+        let window = &self.window;
+        let queues = &mut self.queues[..self.queue_count];
+        let before: [u16; MAX_QUEUES] = core::array::from_fn(|index| queues.get(index).map_or(0, DeviceQueue::used_index));
+        let used = device.service(window, queues, budget)?;
+        let mut step = Step::default();
+        let mut pending = false;
+        for (index, queue) in queues.iter().enumerate() {
+            if used.has(index) && queue.should_notify(window, before[index])? {
+                step.notify.mark(index);
+            }
+            if self.polling {
+                queue.disarm(window)?;
+                pending |= queue.has_available(window)?;
+            } else {
+                pending |= queue.arm(window)?;
+            }
+        }
+        // Look again only if this step got somewhere: a device waiting for buffers on one
+        // queue (an echo with nowhere to echo to) must not spin on the other's.
+        step.more = pending && used != Used::default();
+        Ok(step)
+    }
+}
