@@ -138,6 +138,13 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
     if let Some(region) = regions.iter().filter(|region| region.kind() == RegionKind::SharedRam).find(|region| !shares(region)) {
         return Err(alloc::format!("partition {name} maps shared RAM at {} that is not a window of its links", region.pa));
     }
+    let in_a_window = |region: &&trapless_plan::RegionRecord| {
+        let range = trapless_plan::AddrRange::new(region.pa.0, region.size);
+        region.kind() != RegionKind::SharedRam && plan.windows().iter().any(|window| window.range.overlaps(&range))
+    };
+    if let Some(region) = regions.iter().find(in_a_window) {
+        return Err(alloc::format!("partition {name} maps {} of a window as other than shared RAM", region.pa));
+    }
 
     let (base, size) = (memory.base.0 as usize, memory.size as usize);
     // SAFETY: the partition's RAM is its own (the planner checked it overlaps nothing else and
@@ -172,6 +179,10 @@ fn load_windows(plan: &Plan<'_>) -> Result<(), alloc::string::String> {
             || windows[..index].iter().any(|other| other.range.overlaps(&range));
         if !platform.ram.contains_range(&range) || clashes {
             return Err(alloc::format!("window {range} is not RAM of its own"));
+        }
+        // Partitions map windows with 2 MiB blocks (docs/static-virtio.md).
+        if !range.base.0.is_multiple_of(2 << 20) {
+            return Err(alloc::format!("window {range} does not start on a 2 MiB boundary"));
         }
         let (base, size) = (range.base.0 as usize, range.size as usize);
         let init = plan.blob(&window.init);

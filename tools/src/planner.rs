@@ -11,7 +11,9 @@ use crate::platform::Platform;
 use crate::size::describe;
 use crate::system::{MEMORY_ALIGN, System};
 use std::collections::BTreeMap;
+use trapless_arm64::blockmap::{IdentityMap, Regime};
 use trapless_arm64::image::BASE_ALIGN;
+use trapless_virtio::binding::MAX_LINKS_PER_PARTITION;
 use trapless_plan::{AddrRange, PhysAddr, RegionKind};
 
 /// One stage-2 mapping of a partition, with what it is for.
@@ -265,6 +267,9 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             ),
         };
         plan.dtb = dtb::generate(platform, &plan, index, &doorbells, &links);
+        if let Err(problem) = check_windows(&partition.name, memory, &links, index) {
+            problems.push(system.error(index, problem));
+        }
         let needed = plan.dtb_load + plan.dtb.len() as u64 - memory.base.0;
         if needed > memory.size {
             problems.push(system.error(
@@ -285,6 +290,26 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         return Err(Diagnostics(problems));
     }
     Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells, links })
+}
+
+/// Checks that partition `index`, named `name`, with RAM `memory`, can take the windows of its
+/// links: it is on no more links than a partition may be, and its runtime's stage-1 block map
+/// can map them beside its RAM.
+fn check_windows(name: &str, memory: AddrRange, links: &[LinkPlan], index: usize) -> Result<(), String> {
+    let windows: Vec<std::ops::Range<u64>> = links
+        .iter()
+        .filter(|link| link.role_of(index).is_some())
+        .map(|link| link.window.base.0..link.window.end())
+        .collect();
+    if windows.len() > MAX_LINKS_PER_PARTITION {
+        return Err(format!(
+            "partition '{name}' is on {} links, more than the {MAX_LINKS_PER_PARTITION} a partition may be on",
+            windows.len()
+        ));
+    }
+    let mut map = Box::new(IdentityMap::new());
+    map.build(memory.base.0..memory.end(), &windows, Regime::El1)
+        .map_err(|error| format!("partition '{name}' cannot map its RAM and its links' windows: {error}"))
 }
 
 /// Bytes `requests` took before request `index` was placed: every explicit base, and the

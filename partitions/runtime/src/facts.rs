@@ -55,7 +55,7 @@ impl Doorbells {
 }
 
 /// Most static virtio links a [`Boot`] lists.
-pub const MAX_LINKS: usize = 8;
+pub const MAX_LINKS: usize = binding::MAX_LINKS_PER_PARTITION;
 
 /// A static virtio link this partition is on (`trapless,virtio-static` node; see
 /// `docs/static-virtio.md`).
@@ -133,7 +133,7 @@ pub struct Boot {
     pub redistributor_regions: [Range<u64>; MAX_CPUS],
     pub redistributor_region_count: usize,
     pub doorbells: Doorbells,
-    /// The static virtio links it is on; the first [`Boot::link_count`] are valid.
+    /// The static virtio links it is on, in tree order (see [`Boot::links`]).
     pub links: [Option<Link>; MAX_LINKS],
     /// The device tree itself.
     pub dtb: &'static [u8],
@@ -307,12 +307,18 @@ fn read_link(tree: &Fdt<'static>, node: &FdtNode<'_, 'static>, address_cells: us
     let role = text(node, ROLE).and_then(Role::from_name).ok_or(bad)?;
     let kind = cell(node, DEVICE_ID).and_then(|id| Kind::from_device_id(id as u32)).ok_or(bad)?;
     let features = node.property(FEATURES).and_then(|property| property.as_usize()).ok_or(bad)? as u64;
-    let queue_count = cell(node, QUEUES).filter(|&count| (1..=MAX_QUEUES).contains(&count)).ok_or(bad)?;
+    let queue_count = cell(node, QUEUES).filter(|&count| count == usize::from(kind.queue_count())).ok_or(bad)?;
     let queue_size = cell(node, QUEUE_SIZE).and_then(|size| u16::try_from(size).ok()).ok_or(bad)?;
+    // The window node is under /reserved-memory, whose cells give its `reg`'s shape.
+    let reserved = tree.find_node("/reserved-memory").ok_or(bad)?;
+    let window_cells = (
+        cell(&reserved, "#address-cells").unwrap_or(address_cells),
+        cell(&reserved, "#size-cells").unwrap_or(size_cells),
+    );
     let window = cell(node, WINDOW)
         .and_then(|phandle| tree.find_phandle(phandle as u32))
         .and_then(|window| window.property("reg"))
-        .and_then(|reg| dt::reg_entries(reg.value, address_cells, size_cells).next())
+        .and_then(|reg| dt::reg_entries(reg.value, window_cells.0, window_cells.1).next())
         .map(|(base, size)| base..base + size)
         .ok_or(bad)?;
     let config = node.property(CONFIG).map(|property| property.value).filter(|bytes| bytes.len() <= config::MAX).ok_or(bad)?;

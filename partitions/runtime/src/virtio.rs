@@ -5,7 +5,6 @@
 use crate::doorbell::{Bell, DoorbellError};
 use crate::facts::{Boot, Link};
 use crate::irq::{self, IrqError};
-use trapless_virtio::Notify;
 use trapless_virtio::layout::MAX_QUEUES;
 use trapless_virtio::window::{RawMemory, Window};
 
@@ -44,12 +43,6 @@ impl Bells {
             bell.ring();
             self.rung += 1;
         }
-    }
-}
-
-impl Notify for Bells {
-    fn notify(&mut self, queue: u16) {
-        self.ring(usize::from(queue));
     }
 }
 

@@ -4,22 +4,24 @@
 //!
 //! It sleeps in `WFI` until a driver's doorbell raises one of its LPIs (or, on a link where it
 //! polls, looks again at once), then steps each link with a bounded budget, so one busy or
-//! hostile driver cannot keep it from the others. When a driver resets after being served, the
-//! link is done: the device reports what it served, and once every link is done it powers off.
+//! hostile driver cannot keep it from the others. When a driver says it has stopped, the link is
+//! done: the device reports what it served, and once every link is done it powers off. (A
+//! driver that starts again after that finds no one serving it.)
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-use alloc::vec;
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci};
 use trapless_virtio::binding::Kind;
-use trapless_virtio::device::{BlockDevice, ConsoleEcho, Device, NetEcho, Used};
+use trapless_virtio::device::{BlockDevice, ConsoleEcho, Device, NetEcho, QueueSet};
 use trapless_virtio::layout::MAX_QUEUES;
 use trapless_virtio::link::{DeviceLink, Step};
 use trapless_virtio::queue::{DeviceQueue, QueueError};
@@ -48,7 +50,7 @@ enum Backend {
 }
 
 impl Device for Backend {
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
         match self {
             Self::Console(device) => device.service(window, queues, budget),
             Self::Net(device) => device.service(window, queues, budget),
@@ -66,16 +68,21 @@ impl Device for Backend {
 }
 
 impl Backend {
-    fn new(link: &Link) -> Self {
-        match link.kind {
+    /// The device for `link`; a block device's disk comes from this partition's heap.
+    fn new(link: &Link) -> Result<Self, String> {
+        Ok(match link.kind {
             Kind::Console => Self::Console(ConsoleEcho::default()),
             Kind::Net => Self::Net(NetEcho::new()),
             Kind::Block => {
                 let capacity = link.capacity().unwrap_or(0) as usize;
+                let mut disk = Vec::new();
+                disk.try_reserve_exact(capacity)
+                    .map_err(|_| format!("no room for a {capacity}-byte disk in this partition's memory"))?;
+                disk.resize(capacity, 0);
                 let read_only = link.kind.feature("RO").is_some_and(|ro| link.features & (1 << ro.bit) != 0);
-                Self::Block(BlockDevice::new(vec![0u8; capacity].leak(), read_only))
+                Self::Block(BlockDevice::new(disk.leak(), read_only))
             }
-        }
+        })
     }
 
     /// What it has done, for the report.
@@ -101,13 +108,20 @@ struct Served {
     device: Backend,
     bells: Bells,
     polls: bool,
-    /// A driver generation has been served and has gone.
+    /// The driver has stopped.
     done: bool,
 }
 
 fn main(boot: &Boot) {
     let mut links: Vec<Served> = Vec::new();
     for link in boot.links().filter(|link| link.role == Role::Device) {
+        let backend = match Backend::new(link) {
+            Ok(backend) => backend,
+            Err(problem) => {
+                println!("virtio-device: link {}: not served: {problem}", link.name);
+                continue;
+            }
+        };
         let opened = DeviceLink::open(virtio::window(link), link.header(), link.polls());
         let bells = Bells::new(boot, link);
         let (opened, bells) = match (opened, bells) {
@@ -117,10 +131,10 @@ fn main(boot: &Boot) {
                 println!("virtio-device: link {}: not served: {error}", link.name);
                 continue;
             }
-            (_, Err(error)) => fail(&alloc::format!("link {}: its doorbells: {error:?}", link.name)),
+            (_, Err(error)) => fail(&format!("link {}: its doorbells: {error:?}", link.name)),
         };
         if let Err(error) = virtio::on_notify(link, rung) {
-            fail(&alloc::format!("link {}: its LPIs: {error:?}", link.name));
+            fail(&format!("link {}: its LPIs: {error:?}", link.name));
         }
         println!(
             "virtio-device: serving link {} ({}, {} queue(s) of {}{})",
@@ -130,7 +144,7 @@ fn main(boot: &Boot) {
             link.queue_size,
             if link.polls() { ", polling" } else { "" }
         );
-        links.push(Served { name: link.name, link: opened, device: Backend::new(link), bells, polls: link.polls(), done: false });
+        links.push(Served { name: link.name, link: opened, device: backend, bells, polls: link.polls(), done: false });
     }
     if links.is_empty() {
         fail("this partition serves no link");
@@ -140,7 +154,6 @@ fn main(boot: &Boot) {
     loop {
         let mut again = false;
         for served in links.iter_mut().filter(|served| !served.done) {
-            let was_serving = served.link.serving();
             let step: Step = served.link.step(&mut served.device, BUDGET);
             for queue in 0..MAX_QUEUES {
                 if step.notify.has(queue) {
@@ -150,7 +163,7 @@ fn main(boot: &Boot) {
             if let Some(error) = step.failed {
                 println!("virtio-device: link {}: the driver broke a ring rule ({error}); waiting for it to start again", served.name);
             }
-            if was_serving != 0 && served.link.serving() == 0 {
+            if step.stopped {
                 served.done = true;
                 served.device.report(served.name, served.bells.rung);
             }

@@ -23,9 +23,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
-use trapless_guest::{Boot, irq, println, psci};
+use trapless_guest::{Boot, irq, println, psci, time};
 use trapless_virtio::Notify;
-use trapless_virtio::binding::Kind;
+use trapless_virtio::binding::{Kind, state};
 use trapless_virtio::device::{CHECKSUM_SEED, checksum};
 use trapless_virtio::driver::{self, LinkConfig, StaticTransport, WindowHal};
 use virtio_drivers::Error;
@@ -46,6 +46,8 @@ const NET_WINDOW: usize = 8;
 const FRAME_SIZES: [usize; 8] = [60, 1514, 333, 64, 1000, 42, 777, 128];
 /// Sectors per block request.
 const BLOCK_CHUNK: usize = 8;
+/// How long to wait for the device side of a link to open it.
+const DEVICE_WAIT_SECONDS: u64 = 10;
 
 /// Doorbells rung, and LPIs taken, over every link.
 static RUNG: AtomicU64 = AtomicU64::new(0);
@@ -130,6 +132,15 @@ fn drive<const SLOT: usize>(boot: &Boot, link: &Link, slot: usize) -> Result<Str
     // SAFETY: the device tree gives this partition the window, the runtime mapped it, and
     // nothing else here uses it.
     let transport = unsafe { driver::open(slot, config, Counted(bells)) }.map_err(|error| format!("{error:?}"))?;
+    // The device partition boots beside this one: give it time to open its side.
+    let deadline = time::now() + DEVICE_WAIT_SECONDS * time::frequency();
+    while transport.device().state == state::RESET && time::now() < deadline {
+        core::hint::spin_loop();
+    }
+    let device = transport.device();
+    if device.state != state::READY {
+        return Err(format!("the device side is not ready (state {}, error {})", device.state, device.error));
+    }
     // Why a driver refused the link, if the transport knows.
     let refused = |error: Error| match driver::failure(slot) {
         Some(failure) => format!("{error:?}: {failure:?}"),

@@ -122,6 +122,9 @@ impl Kind {
     }
 }
 
+/// Most links one partition may be on (either side).
+pub const MAX_LINKS_PER_PARTITION: usize = 8;
+
 /// The largest queue a split virtqueue can have.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
@@ -149,6 +152,8 @@ pub mod state {
     /// Stopped: the side found the other side's input wrong, or cannot accept the link's fixed
     /// features or layout.
     pub const FAILED: u32 = 2;
+    /// Driver only: done with the link (like `RESET`, but it does not mean to start again soon).
+    pub const STOPPED: u32 = 3;
 
     /// Device `ERROR`: the header does not match the device's device tree (for good).
     pub const ERROR_HEADER: u32 = 1;

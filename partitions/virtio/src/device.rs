@@ -6,17 +6,18 @@
 use crate::queue::{Chain, DeviceQueue, QueueError};
 use crate::window::{Memory, Window};
 
-/// Which queues have new used buffers after a `service` call (by queue index).
+/// A set of a link's queues, by index: those a `service` call gave used buffers to, or those
+/// whose driver wants a notification.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Used(pub u8);
+pub struct QueueSet(pub u8);
 
-impl Used {
-    /// Notes that queue `queue` has new used buffers.
+impl QueueSet {
+    /// Adds queue `queue`.
     pub fn mark(&mut self, queue: usize) {
         self.0 |= 1 << queue;
     }
 
-    /// Whether queue `queue` has new used buffers.
+    /// Whether queue `queue` is in the set.
     pub fn has(&self, queue: usize) -> bool {
         self.0 & (1 << queue) != 0
     }
@@ -25,7 +26,7 @@ impl Used {
 /// A device behind a link: it serves its queues.
 pub trait Device {
     /// Moves at most `budget` chains through `queues` (the link's, in queue order).
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError>;
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError>;
 
     /// Forgets every chain it holds: the driver has started again.
     fn reset(&mut self);
@@ -83,8 +84,8 @@ impl Device for ConsoleEcho {
         self.held = None;
     }
 
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
-        let mut used = Used::default();
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        let mut used = QueueSet::default();
         for _ in 0..budget {
             let held = match self.held.take() {
                 Some(held) => held,
@@ -125,7 +126,7 @@ pub struct NetEcho {
     /// Frames echoed, and a checksum of their bytes (see [`checksum`]).
     pub frames: u64,
     pub checksum: u32,
-    /// Frames that did not fit the receive buffer they were given.
+    /// Frames dropped because they did not fit the next receive buffer.
     pub dropped: u64,
 }
 
@@ -155,8 +156,8 @@ impl Device for NetEcho {
         self.held = None;
     }
 
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
-        let mut used = Used::default();
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        let mut used = QueueSet::default();
         for _ in 0..budget {
             let transmit = match self.held.take() {
                 Some(chain) => chain,
@@ -175,8 +176,9 @@ impl Device for NetEcho {
             let mut header = [0u8; NET_HEADER];
             reader.read(window, &mut header)?;
             if writer.remaining() < NET_HEADER + frame {
+                // As a network drops a frame: the receive buffer stays for the next one.
                 self.dropped += 1;
-                queues[RECEIVE].push(window, receive.head, 0)?;
+                queues[RECEIVE].put_back();
             } else {
                 // A plain frame: no offloads, one buffer.
                 let mut reply = [0u8; NET_HEADER];
@@ -187,9 +189,9 @@ impl Device for NetEcho {
                 self.checksum = sum;
                 self.frames += 1;
                 queues[RECEIVE].push(window, receive.head, NET_HEADER + copied)?;
+                used.mark(RECEIVE);
             }
             queues[TRANSMIT].push(window, transmit.head, 0)?;
-            used.mark(RECEIVE);
             used.mark(TRANSMIT);
         }
         Ok(used)
@@ -230,7 +232,7 @@ pub mod blk {
     pub const S_IOERR: u8 = 1;
     pub const S_UNSUPP: u8 = 2;
     /// Bytes of a sector.
-    pub const SECTOR: u64 = 512;
+    pub const SECTOR: u64 = crate::binding::config::SECTOR;
     /// Bytes of the request header: type, reserved, sector.
     pub const HEADER: usize = 16;
     /// Bytes of the device ID string `GET_ID` returns.
@@ -326,8 +328,8 @@ impl<D: Disk> Device for BlockDevice<D> {
     /// Requests are served whole within a step: nothing is held.
     fn reset(&mut self) {}
 
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<Used, QueueError> {
-        let mut used = Used::default();
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        let mut used = QueueSet::default();
         for _ in 0..budget {
             let Some(chain) = queues[0].pop(window)? else { break };
             let written = self.serve(window, &chain)?;

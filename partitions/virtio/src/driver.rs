@@ -12,7 +12,7 @@
 //! - Configuration space is read from the window, read-only; there are no registers.
 
 use crate::Notify;
-use crate::binding::{Kind, offset, state};
+use crate::binding::{Kind, MAX_LINKS_PER_PARTITION, offset, state};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, PAGE};
 use crate::window::{Memory, RawMemory, Window};
@@ -25,8 +25,6 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// Most links one partition drives.
-pub const MAX_LINKS: usize = 8;
 /// The pool's allocation unit: a cache line.
 const BLOCK: usize = 64;
 
@@ -89,22 +87,23 @@ impl Pool {
         }
     }
 
-    /// `len` bytes aligned to `align` (a multiple of [`BLOCK`] or less): an address.
+    /// `len` bytes at an address aligned to `align` (a power of two).
     fn allocate(&mut self, len: usize, align: usize) -> Option<usize> {
         let count = len.div_ceil(BLOCK).max(1);
-        let step = (align / BLOCK).max(1);
-        let first_aligned = self.start.next_multiple_of(align.max(BLOCK));
-        let mut first = (first_aligned - self.start) / BLOCK;
-        while first + count <= self.blocks {
+        let mut address = self.start.next_multiple_of(align.max(BLOCK));
+        loop {
+            let first = (address - self.start) / BLOCK;
+            if first + count > self.blocks {
+                return None;
+            }
             match (first..first + count).find(|&block| self.taken(block)) {
                 None => {
                     self.mark(first, count, true);
-                    return Some(self.start + first * BLOCK);
+                    return Some(address);
                 }
-                Some(taken) => first = (taken + 1).next_multiple_of(step),
+                Some(taken) => address = (self.start + (taken + 1) * BLOCK).next_multiple_of(align.max(BLOCK)),
             }
         }
-        None
     }
 
     fn free(&mut self, address: usize, len: usize) {
@@ -131,7 +130,7 @@ impl LinkState {
     }
 }
 
-static LINKS: [Mutex<Option<LinkState>>; MAX_LINKS] = [const { Mutex::new(None) }; MAX_LINKS];
+static LINKS: [Mutex<Option<LinkState>>; MAX_LINKS_PER_PARTITION] = [const { Mutex::new(None) }; MAX_LINKS_PER_PARTITION];
 
 /// Why link `slot` failed, if it did.
 pub fn failure(slot: usize) -> Option<Failure> {
@@ -195,17 +194,18 @@ impl<N: Notify> StaticTransport<N> {
         let _ = self.window.write_u32(offset::DRIVER_STATE + state::STATE, value);
     }
 
-    /// Starts over (`docs/static-virtio.md`, driver start), or stops: says `RESET`, and waits
-    /// until the device has let go of the rings of the previous start, if there was one.
-    fn reset(&mut self) {
+    /// Says `value` (`RESET` to start over, `STOPPED` when done) and, if the device may be
+    /// serving our rings, waits until it has let go of them (`docs/static-virtio.md`, steps 3
+    /// and 5).
+    fn let_go(&mut self, value: u32) {
         self.started = false;
-        self.write_state(state::RESET);
+        self.write_state(value);
         let generation = self.generation;
         if generation == 0 {
             return;
         }
-        // Our RESET is visible before the device is told to look, and before we look for its
-        // answer.
+        // Our word is visible before the device is told to look, and before we look for its
+        // answer (the device stores its generation, then checks ours: one of us sees the other).
         fence(Ordering::SeqCst);
         self.notify.notify(0);
         loop {
@@ -215,6 +215,7 @@ impl<N: Notify> StaticTransport<N> {
             }
             core::hint::spin_loop();
         }
+        // Nothing of ours is touched before the device's last ring writes are seen.
         fence(Ordering::Acquire);
     }
 
@@ -232,7 +233,7 @@ impl<N: Notify> Drop for StaticTransport<N> {
     /// A driver that goes away stops the link first, so the device lets go of its rings.
     fn drop(&mut self) {
         if self.started {
-            self.reset();
+            self.let_go(state::STOPPED);
         }
         *LINKS[self.slot].lock() = None;
     }
@@ -301,7 +302,7 @@ impl<N: Notify> Transport for StaticTransport<N> {
     fn set_status(&mut self, status: DeviceStatus) {
         self.status = status;
         if status.is_empty() {
-            self.reset();
+            self.let_go(state::RESET);
         } else if failure(self.slot).is_some() {
             self.write_state(state::FAILED);
         } else if status.contains(DeviceStatus::DRIVER_OK) {
@@ -335,7 +336,7 @@ impl<N: Notify> Transport for StaticTransport<N> {
         // The stock drivers unset their queues when they are dropped, just before they free the
         // rings: the device must have let go of them by then.
         if self.queues_set == 0 && self.started {
-            self.reset();
+            self.let_go(state::STOPPED);
         }
     }
 
@@ -388,17 +389,30 @@ impl<const SLOT: usize> WindowHal<SLOT> {
 unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
     fn dma_alloc(pages: usize, direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         Self::with(|link| {
+            // While a queue is being set up, its rings: the descriptor table and available ring
+            // (driver to device), then the used ring (device to driver), exactly as laid out.
             let ring = link.setting_up.and_then(|queue| {
-                let queue = link.layout.queues[usize::from(queue)];
-                match direction {
-                    BufferDirection::DriverToDevice => Some(queue.desc),
-                    BufferDirection::DeviceToDriver => Some(queue.used),
-                    BufferDirection::Both => None,
+                let layout = link.layout.queues[usize::from(queue)];
+                let (start, end) = match direction {
+                    BufferDirection::DriverToDevice => (layout.desc, layout.used),
+                    BufferDirection::DeviceToDriver => (layout.used, layout.end),
+                    BufferDirection::Both => return None,
+                };
+                if direction == BufferDirection::DeviceToDriver {
+                    link.setting_up = None;
                 }
+                Some(if (end - start) / PAGE == pages { Ok(start) } else { Err(queue) })
             });
             let address = match ring {
-                Some(offset) => link.config.window + offset,
-                None => link.pool.allocate(pages * PAGE, PAGE).expect("the window's buffer pool is exhausted"),
+                Some(Ok(offset)) => link.config.window + offset,
+                Some(Err(queue)) => {
+                    link.failure.get_or_insert(Failure::Queue(queue));
+                    return (0, NonNull::dangling());
+                }
+                None => match link.pool.allocate(pages * PAGE, PAGE) {
+                    Some(address) => address,
+                    None => return (0, NonNull::dangling()),
+                },
             };
             // SAFETY: the pages lie in the window (see the impl's safety comment).
             unsafe { core::ptr::write_bytes(address as *mut u8, 0, pages * PAGE) };
@@ -424,6 +438,7 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
     unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
         Self::with(|link| {
             let len = buffer.len();
+            // `share` cannot fail: a link's pool must hold every buffer its driver has in flight.
             let bounce = link.pool.allocate(len, 16).expect("the window's buffer pool is exhausted");
             if direction != BufferDirection::DeviceToDriver {
                 // SAFETY: the caller promised `buffer` is valid for the call; the bounce buffer
@@ -444,5 +459,24 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
             }
             link.pool.free(bounce, len);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_hands_out_aligned_disjoint_blocks_and_reuses_freed_ones() {
+        // 16 KiB that do not start on a page boundary.
+        let mut pool = Pool::new(0x1000_0040, 256 * BLOCK);
+        let small = pool.allocate(100, 16).unwrap();
+        assert_eq!(small, 0x1000_0040);
+        assert_eq!(pool.allocate(PAGE, PAGE), Some(0x1000_1000), "aligned by address, not by offset in the pool");
+        assert_eq!(pool.allocate(1, 16), Some(0x1000_00c0), "right after the first two blocks");
+        pool.free(small, 100);
+        assert_eq!(pool.allocate(128, 64), Some(0x1000_0040), "freed blocks are reused");
+        assert_eq!(pool.allocate(256 * BLOCK, 16), None, "more than is free");
+        assert_eq!(pool.allocate(0x1000_4040 - 0x1000_2000, PAGE), Some(0x1000_2000), "the rest, to the last block");
     }
 }

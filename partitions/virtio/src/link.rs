@@ -5,7 +5,7 @@
 //! look again before waiting.
 
 use crate::binding::{EVENT_IDX, offset, state};
-use crate::device::{Device, Used};
+use crate::device::{Device, QueueSet};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, LayoutError, MAX_QUEUES};
 use crate::queue::{DeviceQueue, QueueError};
@@ -40,11 +40,13 @@ impl fmt::Display for OpenError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
     /// Queues whose driver asked to be notified of what this step used.
-    pub notify: Used,
+    pub notify: QueueSet,
     /// Work is left (the budget ran out, or more arrived): step again before waiting.
     pub more: bool,
     /// The driver broke a ring rule in this step: the link is failed until it starts again.
     pub failed: Option<QueueError>,
+    /// The driver says it has stopped (it is done with the link, and the device has let go).
+    pub stopped: bool,
 }
 
 /// The device side of one link.
@@ -97,34 +99,52 @@ impl<M: Memory> DeviceLink<M> {
         self.failure
     }
 
-    /// Writes the device's state line: error and generation first, the state last.
+    /// Writes the device's state line after everything written before (the rings it served):
+    /// error and generation first, the state last.
     fn write_line(&self, value: u32, generation: u32, error: u32) {
         let line = offset::DEVICE_STATE;
+        fence(Ordering::Release);
         let _ = self.window.write_u32(line + state::ERROR, error);
         let _ = self.window.write_u32(line + state::GENERATION, generation);
         fence(Ordering::Release);
         let _ = self.window.write_u32(line + state::STATE, value);
     }
 
-    /// Follows the driver's state line, then serves `device` for at most `budget` chains.
-    pub fn step<D: Device>(&mut self, device: &mut D, budget: usize) -> Step {
+    /// The driver's state and generation, and whatever it wrote before them.
+    fn driver_line(&self) -> (u32, u32) {
         let line = offset::DRIVER_STATE;
-        let driver_state = self.window.read_u32(line + state::STATE).unwrap_or(state::RESET);
-        // What the driver wrote before its state (its generation, its rings) is visible after.
+        let value = self.window.read_u32(line + state::STATE).unwrap_or(state::RESET);
         fence(Ordering::Acquire);
         let generation = self.window.read_u32(line + state::GENERATION).unwrap_or(0);
+        fence(Ordering::Acquire);
+        (value, generation)
+    }
+
+    /// Stops serving: forgets the rings, then tells the driver (generation 0), still saying
+    /// why the generation failed if it did.
+    fn let_go<D: Device>(&mut self, device: &mut D) {
+        self.serving = 0;
+        device.reset();
+        match self.failure {
+            Some(_) => self.write_line(state::FAILED, 0, state::ERROR_RING),
+            None => self.write_line(state::READY, 0, 0),
+        }
+    }
+
+    /// Follows the driver's state line, then serves `device` for at most `budget` chains.
+    pub fn step<D: Device>(&mut self, device: &mut D, budget: usize) -> Step {
+        let (driver_state, generation) = self.driver_line();
+        let stopped = Step { stopped: driver_state == state::STOPPED, ..Step::default() };
         if driver_state != state::READY || generation == 0 {
             if self.serving != 0 {
-                // The driver is resetting: let go of its rings, then say so.
-                self.serving = 0;
-                device.reset();
-                let (value, error) = if self.failure.is_some() { (state::FAILED, state::ERROR_RING) } else { (state::READY, 0) };
-                self.write_line(value, 0, error);
+                self.let_go(device);
             }
-            return Step::default();
+            return stopped;
         }
         if generation != self.serving {
-            // A new start of the driver: fresh rings.
+            // A new start of the driver: fresh rings. Say so, then make sure the driver is
+            // still at it: one that reset meanwhile may have missed our word and gone on, but
+            // then (store, full barrier, load on both sides) we see its reset now.
             for queue in &mut self.queues {
                 queue.reset();
             }
@@ -132,6 +152,12 @@ impl<M: Memory> DeviceLink<M> {
             self.serving = generation;
             self.failure = None;
             self.write_line(state::READY, generation, 0);
+            fence(Ordering::SeqCst);
+            let (driver_state, now) = self.driver_line();
+            if driver_state != state::READY || now != generation {
+                self.let_go(device);
+                return Step { stopped: driver_state == state::STOPPED, ..Step::default() };
+            }
         }
         if self.failure.is_some() {
             return Step::default();
@@ -166,7 +192,7 @@ impl<M: Memory> DeviceLink<M> {
         }
         // Look again only if this step got somewhere: a device waiting for buffers on one
         // queue (an echo with nowhere to echo to) must not spin on the other's.
-        step.more = pending && used != Used::default();
+        step.more = pending && used != QueueSet::default();
         Ok(step)
     }
 }

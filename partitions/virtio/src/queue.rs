@@ -3,12 +3,12 @@
 //! Every index, length, address and chain the driver wrote is checked before use and read
 //! once (into a local copy that is then used): the available index may run at most a queue
 //! ahead, heads and `next` links must name descriptors, a chain may not be longer than
-//! [`MAX_CHAIN`] (which also ends loops), indirect descriptors are refused (no link offers
-//! them), device-writable buffers must follow the readable ones, and every buffer must lie in
-//! the window's buffer pool. Any violation is a [`QueueError`]: the device stops serving that
+//! [`MAX_CHAIN`] (which also ends loops) nor hold more bytes than the buffer pool, indirect
+//! descriptors are refused (no link offers them), device-writable buffers must follow the
+//! readable ones, and every buffer must lie in the window's buffer pool. Any violation is a [`QueueError`]: the device stops serving that
 //! link, and nothing outside the window is ever touched ([`Window`] checks every access).
 
-use crate::layout::{QueueLayout, USED_ELEMENT_SIZE};
+use crate::layout::{DESCRIPTOR_SIZE, QueueLayout, USED_ELEMENT_SIZE};
 use crate::window::{Memory, OutOfWindow, Window};
 use core::fmt;
 use core::ops::Range;
@@ -155,6 +155,8 @@ pub enum QueueError {
     Next(u16),
     /// A chain longer than [`MAX_CHAIN`] descriptors (or a loop).
     TooLong,
+    /// A chain whose buffers add up to more bytes than the buffer pool holds.
+    TooLarge,
     /// An indirect descriptor (no static virtio link offers them).
     Indirect,
     /// A readable buffer after a writable one.
@@ -179,6 +181,7 @@ impl fmt::Display for QueueError {
             Self::Head(index) => write!(f, "ring entry names descriptor {index}, beyond the queue"),
             Self::Next(index) => write!(f, "a descriptor links to {index}, beyond the queue"),
             Self::TooLong => write!(f, "a chain is longer than {MAX_CHAIN} descriptors, or loops"),
+            Self::TooLarge => f.write_str("a chain's buffers add up to more than the buffer pool"),
             Self::Indirect => f.write_str("an indirect descriptor"),
             Self::ReadAfterWrite => f.write_str("a readable buffer after a writable one"),
             Self::Address { address, len } => {
@@ -225,6 +228,12 @@ impl DeviceQueue {
         Ok(window.read_u16(self.layout.avail + 2)? != self.next_avail)
     }
 
+    /// Leaves the chain [`Self::pop`] last took for a later `pop` (which reads and checks it
+    /// again).
+    pub fn put_back(&mut self) {
+        self.next_avail = self.next_avail.wrapping_sub(1);
+    }
+
     /// Takes the next chain the driver made available, if any.
     pub fn pop<M: Memory>(&mut self, window: &Window<M>) -> Result<Option<Chain>, QueueError> {
         let index = window.read_u16(self.layout.avail + 2)?;
@@ -251,8 +260,9 @@ impl DeviceQueue {
         let mut chain = Chain { head, buffers: [Buffer::default(); MAX_CHAIN], count: 0 };
         let mut index = head;
         let mut seen_writable = false;
+        let mut total = 0usize;
         for slot in &mut chain.buffers {
-            let descriptor = self.layout.desc + 16 * usize::from(index);
+            let descriptor = self.layout.desc + DESCRIPTOR_SIZE * usize::from(index);
             let address = window.read_u64(descriptor)?;
             let len = window.read_u32(descriptor + 8)?;
             let flags = window.read_u16(descriptor + 12)?;
@@ -263,6 +273,12 @@ impl DeviceQueue {
             let offset = window
                 .offset_of(address, u64::from(len), &self.pool)
                 .ok_or(QueueError::Address { address, len })?;
+            // Buffers may overlap, so a chain could name the pool many times over: its bytes are
+            // capped, which bounds the work one chain costs.
+            total += len as usize;
+            if total > self.pool.len() {
+                return Err(QueueError::TooLarge);
+            }
             let writable = flags & DESC_F_WRITE != 0;
             if seen_writable && !writable {
                 return Err(QueueError::ReadAfterWrite);

@@ -3,11 +3,11 @@
 
 use crate::binding::{Kind, offset, state};
 use crate::link::{DeviceLink, OpenError, Step};
-use crate::device::{BlockDevice, Device, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
+use crate::device::{BlockDevice, Device, QueueSet, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, MIN_POOL, PAGE};
 use crate::queue::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DeviceQueue, QueueError, need_event};
-use crate::window::{CellMemory, Window};
+use crate::window::{CellMemory, Memory, Window};
 use std::cell::Cell;
 
 const BASE: u64 = 0x5000_0000;
@@ -282,14 +282,44 @@ fn net_echoes_frames_with_a_plain_header_and_counts_them() {
         assert_eq!(back[10], 1, "num_buffers");
         assert_eq!(&back[NET_HEADER..], &frame[NET_HEADER..]);
     }
-    // A receive buffer too small for the frame: dropped, and said so.
+    // A frame too big for the receive buffer is dropped, as a network drops it: it is sent
+    // (its transmit buffer comes back) and the receive buffer stays for the next frame.
+    assert_eq!((0..3).filter_map(|_| transmit.pop_used()).count(), 3, "every frame so far was sent");
     let frame = vec![0u8; NET_HEADER + 100];
     let at = transmit.buffer(&frame, frame.len());
-    transmit.add(&[(at, frame.len(), false)]);
+    let big = transmit.add(&[(at, frame.len(), false)]);
     let into = receive.buffer(&[], 64);
     receive.add(&[(into, 64, true)]);
     device.service(&window, &mut queues, 8).unwrap();
-    assert_eq!((device.frames, device.checksum, device.dropped), (3, expected, 1));
+    assert_eq!(transmit.pop_used(), Some((big, 0)));
+    assert_eq!(receive.pop_used(), None);
+    let small = [&[0u8; NET_HEADER][..], b"tiny frame"].concat();
+    let at = transmit.buffer(&small, small.len());
+    transmit.add(&[(at, small.len(), false)]);
+    device.service(&window, &mut queues, 8).unwrap();
+    assert_eq!(receive.pop_used().map(|(_, len)| len as usize), Some(small.len()));
+    assert_eq!(&receive.read(into + NET_HEADER, 10), b"tiny frame");
+    expected = checksum(expected, b"tiny frame");
+    assert_eq!((device.frames, device.checksum, device.dropped), (4, expected, 1));
+}
+
+#[test]
+fn window_copies_are_exact_at_every_alignment() {
+    let bytes = cells(256);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    for offset in 0..17 {
+        for len in 0..41 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + offset + 1) as u8).collect();
+            bytes.iter().for_each(|byte| byte.set(0xee));
+            window.write_bytes(offset, &data).unwrap();
+            let mut back = vec![0u8; len];
+            window.read_bytes(offset, &mut back).unwrap();
+            assert_eq!(back, data, "offset {offset}, {len} bytes");
+            let untouched = bytes[..offset].iter().chain(&bytes[offset + len..]);
+            assert!(untouched.into_iter().all(|byte| byte.get() == 0xee), "offset {offset}, {len} bytes");
+        }
+    }
+    assert_eq!(window.write_bytes(250, &[0; 7]), Err(crate::window::OutOfWindow { offset: 250, len: 7 }));
 }
 
 #[test]
@@ -346,7 +376,7 @@ fn make_available(window: &Window<CellMemory<'_>>, layout: &Layout, heads: &[u16
 fn hostile_rings_are_refused_one_rule_at_a_time() {
     let pool_address = BASE + layout::compute(1, 8, WINDOW).unwrap().pool.start as u64;
     type SetUp<'a> = dyn Fn(&Window<CellMemory<'_>>, &Layout) + 'a;
-    let cases: [(&str, &SetUp<'_>, QueueError); 8] = [
+    let cases: [(&str, &SetUp<'_>, QueueError); 9] = [
         ("available index runs away", &|w, l| make_available(w, l, &[0], 9), QueueError::AvailIndex { index: 9, next: 0 }),
         ("head beyond the queue", &|w, l| make_available(w, l, &[8], 1), QueueError::Head(8)),
         ("next beyond the queue", &|w, l| {
@@ -370,6 +400,12 @@ fn hostile_rings_are_refused_one_rule_at_a_time() {
             descriptor(w, l, 0, pool_address, u32::MAX, 0, 0);
             make_available(w, l, &[0], 1);
         }, QueueError::Address { address: pool_address, len: u32::MAX }),
+        ("the pool named twice over", &|w, l| {
+            let pool = (l.pool.end - l.pool.start) as u32;
+            descriptor(w, l, 0, pool_address, pool, DESC_F_NEXT, 1);
+            descriptor(w, l, 1, pool_address, 1, 0, 0);
+            make_available(w, l, &[0], 1);
+        }, QueueError::TooLarge),
         ("readable after writable", &|w, l| {
             descriptor(w, l, 0, pool_address, 16, DESC_F_WRITE | DESC_F_NEXT, 1);
             descriptor(w, l, 1, pool_address, 16, 0, 0);
@@ -398,44 +434,111 @@ impl Random {
     }
 }
 
-#[test]
-fn random_ring_contents_never_panic_or_escape_the_window() {
-    const GUARD: usize = 4096;
-    let mut random = Random(0x7472_6170_6c65_7373);
-    for round in 0..300 {
-        let window_size = 128 * 1024;
-        // The window, with guard bytes on both sides that nothing may touch.
-        let bytes: Vec<Cell<u8>> = (0..window_size + 2 * GUARD).map(|_| Cell::new(0xa5)).collect();
-        let inside = &bytes[GUARD..GUARD + window_size];
-        let window = Window::new(CellMemory(inside), BASE);
-        let kind = Kind::ALL[round % 3];
-        let layout = layout::compute(kind.queue_count(), 8, window_size).unwrap();
-        // Random ring areas, with addresses pointing near the window now and then.
-        for queue in layout.queues() {
-            for at in (queue.desc..queue.end).step_by(8) {
-                let value = match random.next() % 4 {
-                    0 => BASE + random.next() % (window_size as u64 * 2),
-                    1 => random.next() % 64,
-                    _ => random.next(),
-                };
-                window.write_u64(at, value).unwrap();
-            }
+/// A window of `len` bytes inside a larger slice, so that an access `Window` failed to keep
+/// inside would land on the guard bytes around it rather than panic.
+struct Guarded<'a> {
+    all: &'a [Cell<u8>],
+    start: usize,
+    len: usize,
+}
+
+macro_rules! guarded {
+    ($read:ident, $write:ident, $type:ty) => {
+        unsafe fn $read(&self, offset: usize) -> $type {
+            // SAFETY: as for `CellMemory`, shifted past the guard.
+            unsafe { CellMemory(self.all).$read(self.start + offset) }
         }
-        let mut queues = device_queues(&layout, round % 2 == 0);
-        let mut disk = vec![0u8; 8192];
-        for _ in 0..4 {
-            let outcome = match kind {
-                Kind::Console => ConsoleEcho::default().service(&window, &mut queues, 32).map(drop),
-                Kind::Net => NetEcho::new().service(&window, &mut queues, 32).map(drop),
-                Kind::Block => BlockDevice::new(&mut disk[..], false).service(&window, &mut queues, 32).map(drop),
-            };
-            if outcome.is_err() {
-                break;
-            }
+        unsafe fn $write(&self, offset: usize, value: $type) {
+            // SAFETY: as above.
+            unsafe { CellMemory(self.all).$write(self.start + offset, value) }
         }
-        let guards = bytes[..GUARD].iter().chain(&bytes[GUARD + window_size..]);
-        assert!(guards.into_iter().all(|byte| byte.get() == 0xa5), "round {round} touched memory outside the window");
+    };
+}
+
+// SAFETY: every access goes to `CellMemory` over the whole slice.
+unsafe impl Memory for Guarded<'_> {
+    fn len(&self) -> usize {
+        self.len
     }
+    guarded!(read_u8, write_u8, u8);
+    guarded!(read_u16, write_u16, u16);
+    guarded!(read_u32, write_u32, u32);
+    guarded!(read_u64, write_u64, u64);
+}
+
+/// Either of the devices the fuzzing drives, kept across steps so that chains they hold are
+/// carried into the next step.
+enum Fuzzed<'a> {
+    Console(ConsoleEcho),
+    Net(NetEcho),
+    Block(BlockDevice<&'a mut [u8]>),
+}
+
+impl Device for Fuzzed<'_> {
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        match self {
+            Self::Console(device) => device.service(window, queues, budget),
+            Self::Net(device) => device.service(window, queues, budget),
+            Self::Block(device) => device.service(window, queues, budget),
+        }
+    }
+    fn reset(&mut self) {
+        match self {
+            Self::Console(device) => device.reset(),
+            Self::Net(device) => device.reset(),
+            Self::Block(device) => device.reset(),
+        }
+    }
+}
+
+#[test]
+fn random_window_contents_never_panic_or_escape_the_window() {
+    const GUARD: usize = 4096;
+    const WINDOW_SIZE: usize = 128 * 1024;
+    let mut random = Random(0x7472_6170_6c65_7373);
+    let mut failures = 0;
+    for round in 0..300 {
+        let bytes: Vec<Cell<u8>> = (0..WINDOW_SIZE + 2 * GUARD).map(|_| Cell::new(0xa5)).collect();
+        let window = Window::new(Guarded { all: &bytes, start: GUARD, len: WINDOW_SIZE }, BASE);
+        let kind = Kind::ALL[round % 3];
+        let features = 1 << 32 | if round % 2 == 0 { 1 << 29 } else { 0 };
+        let header = Header::for_link(kind, features, 8, WINDOW_SIZE as u32);
+        window.write_bytes(0, &header.encode()).unwrap();
+        let layout = layout::compute(kind.queue_count(), 8, WINDOW_SIZE).unwrap();
+        let mut link = DeviceLink::open(window, header, round % 5 == 0).unwrap();
+        let mut disk = vec![0u8; 8192];
+        let mut device = match kind {
+            Kind::Console => Fuzzed::Console(ConsoleEcho::default()),
+            Kind::Net => Fuzzed::Net(NetEcho::new()),
+            Kind::Block => Fuzzed::Block(BlockDevice::new(&mut disk[..], false)),
+        };
+        for _ in 0..6 {
+            let window = link.window();
+            // Random rings, with addresses into or near the pool now and then...
+            for queue in layout.queues() {
+                for at in (queue.desc..queue.end).step_by(8) {
+                    let value = match random.next() % 4 {
+                        0 => BASE + random.next() % (WINDOW_SIZE as u64 * 2),
+                        1 => random.next() % 64,
+                        _ => random.next(),
+                    };
+                    window.write_u64(at, value).unwrap();
+                }
+            }
+            // ...and a driver line that is mostly READY, under one of a few generations.
+            let value = [state::READY, state::READY, state::RESET, state::STOPPED, random.next() as u32][random.next() as usize % 5];
+            window.write_u32(offset::DRIVER_STATE + state::GENERATION, (random.next() % 3) as u32).unwrap();
+            window.write_u32(offset::DRIVER_STATE + state::STATE, value).unwrap();
+            let step = link.step(&mut device, 32);
+            if step.failed.is_some() {
+                failures += 1;
+                assert_eq!(link.window().read_u32(offset::DEVICE_STATE + state::STATE), Ok(state::FAILED));
+            }
+        }
+        let guards = bytes[..GUARD].iter().chain(&bytes[GUARD + WINDOW_SIZE..]);
+        assert!(guards.into_iter().all(|byte| byte.get() == 0xa5), "round {round} wrote outside the window");
+    }
+    assert!(failures > 100, "the garbage was caught as ring violations ({failures} times)");
 }
 
 #[test]
@@ -557,4 +660,173 @@ fn with_event_idx_a_batch_costs_one_notification_each_way_and_the_budget_bounds_
     let step = link.step(&mut device, 5);
     assert_eq!((step.notify.0, step.more), (0, false), "the driver has not caught up: no second doorbell");
     assert_eq!((0..8).filter_map(|_| driver.pop_used()).count(), 8);
+}
+
+/// Code the other side runs right after a given read: (the offset read, the code).
+type Hook<'a> = (usize, Box<dyn FnOnce() + 'a>);
+
+/// A window that logs every read and can run the other side's code right after a given read:
+/// for the read-once rule and for interleavings of the handshake.
+struct Recording<'a> {
+    cells: &'a [Cell<u8>],
+    reads: std::cell::RefCell<Vec<usize>>,
+    hook: std::cell::RefCell<Option<Hook<'a>>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(cells: &'a [Cell<u8>]) -> Self {
+        Self { cells, reads: Default::default(), hook: Default::default() }
+    }
+
+    fn read(&self, offset: usize) {
+        self.reads.borrow_mut().push(offset);
+        let due = self.hook.borrow().as_ref().is_some_and(|(at, _)| *at == offset);
+        if due {
+            let (_, hook) = self.hook.borrow_mut().take().unwrap();
+            hook();
+        }
+    }
+}
+
+macro_rules! recorded {
+    ($read:ident, $write:ident, $type:ty) => {
+        unsafe fn $read(&self, offset: usize) -> $type {
+            // SAFETY: as for `CellMemory`.
+            let value = unsafe { CellMemory(self.cells).$read(offset) };
+            self.read(offset);
+            value
+        }
+        unsafe fn $write(&self, offset: usize, value: $type) {
+            // SAFETY: as for `CellMemory`.
+            unsafe { CellMemory(self.cells).$write(offset, value) }
+        }
+    };
+}
+
+// SAFETY: every access goes to `CellMemory` over the same cells.
+unsafe impl Memory for Recording<'_> {
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+    recorded!(read_u8, write_u8, u8);
+    recorded!(read_u16, write_u16, u16);
+    recorded!(read_u32, write_u32, u32);
+    recorded!(read_u64, write_u64, u64);
+}
+
+#[test]
+fn the_device_reads_each_ring_field_once() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let header = driver.buffer(&block_request(blk::T_IN, 0), 16);
+    let data = driver.buffer(&[], 512);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(header, 16, false), (data, 512, true), (status, 1, true)]);
+    let recording = Window::new(Recording::new(&bytes), BASE);
+    let mut queue = DeviceQueue::new(layout.queues[0], 8, layout.pool.clone(), false);
+    queue.pop(&recording).unwrap().unwrap();
+    let reads = recording_reads(&recording);
+    let queue_layout = layout.queues[0];
+    let ring: Vec<usize> = reads.iter().copied().filter(|&at| (queue_layout.desc..queue_layout.end).contains(&at)).collect();
+    let mut unique = ring.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(ring.len(), unique.len(), "a ring field was read twice: {ring:x?}");
+    // The index, the ring entry, and four fields of each of the three descriptors.
+    assert_eq!(ring.len(), 2 + 3 * 4);
+}
+
+fn recording_reads(window: &Window<Recording<'_>>) -> Vec<usize> {
+    window.memory().reads.borrow().clone()
+}
+
+#[test]
+fn a_driver_that_resets_while_the_device_starts_serving_it_is_never_served() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = block_header(1 << 32);
+    window.write_bytes(0, &header.encode()).unwrap();
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver_line(&window, state::READY, 1);
+
+    let recording = Recording::new(&bytes);
+    // Right after the device has read the driver's generation, the driver resets: it says
+    // RESET, then looks whether the device serves its generation. It cannot yet (the device
+    // has not said so), so the driver goes on and may free its rings.
+    let went_on = Cell::new(false);
+    let peer = Window::new(CellMemory(&bytes), BASE);
+    *recording.hook.borrow_mut() = Some((
+        offset::DRIVER_STATE + state::GENERATION,
+        Box::new(|| {
+            peer.write_u32(offset::DRIVER_STATE + state::STATE, state::RESET).unwrap();
+            went_on.set(peer.read_u32(offset::DEVICE_STATE + state::GENERATION).unwrap() != 1);
+        }),
+    ));
+    let mut link = DeviceLink::open(Window::new(recording, BASE), header, false).unwrap();
+    let mut disk = vec![0u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+    link.step(&mut device, 8);
+    assert!(went_on.get(), "the interleaving under test happened");
+    assert_eq!(driver.pop_used(), None, "the device touched the rings of a driver that had gone on");
+    assert_eq!(device_line(&window), (state::READY, 0, 0));
+    assert_eq!(link.serving(), 0);
+}
+
+#[test]
+fn a_polling_device_keeps_notifications_suppressed_and_says_when_work_is_left() {
+    for event_idx in [false, true] {
+        let bytes = cells(WINDOW);
+        let window = Window::new(CellMemory(&bytes), BASE);
+        let features = 1 << 32 | if event_idx { 1 << 29 } else { 0 };
+        let header = block_header(features);
+        window.write_bytes(0, &header.encode()).unwrap();
+        let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, true).unwrap();
+        let layout = layout::compute(1, 8, WINDOW).unwrap();
+        let queue = layout.queues[0];
+        let mut disk = vec![0u8; 4096];
+        let mut device = BlockDevice::new(&mut disk[..], false);
+        let mut driver = MockDriver::new(&window, layout.clone(), 0);
+        driver_line(&window, state::READY, 1);
+        for _ in 0..3 {
+            let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+            let status = driver.buffer(&[0xff], 1);
+            driver.add(&[(request, 16, false), (status, 1, true)]);
+        }
+        let step = link.step(&mut device, 2);
+        assert!(step.more, "one request is left");
+        let step = link.step(&mut device, 2);
+        assert!(!step.more);
+        assert_eq!((0..3).filter_map(|_| driver.pop_used()).count(), 3);
+        // What the driver reads before it notifies says: do not.
+        if event_idx {
+            let avail_event = window.read_u16(queue.avail_event(8)).unwrap();
+            assert!(!need_event(avail_event, 4, 3), "the next buffer would ring the device");
+        } else {
+            assert_eq!(window.read_u16(queue.used), Ok(crate::queue::USED_F_NO_NOTIFY));
+        }
+    }
+}
+
+#[test]
+fn ring_indices_wrap_at_65536() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let layout = layout::compute(1, 2, WINDOW).unwrap();
+    let mut queue = DeviceQueue::new(layout.queues[0], 2, layout.pool.clone(), true);
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let buffer = driver.buffer(&[], 16);
+    for round in 0..70_000u32 {
+        let head = driver.add(&[(buffer, 16, true)]);
+        let chain = queue.pop(&window).unwrap().unwrap_or_else(|| panic!("round {round}: nothing to pop"));
+        assert_eq!(chain.head, head);
+        queue.push(&window, chain.head, round as usize % 17).unwrap();
+        assert_eq!(driver.pop_used(), Some((head, round % 17)), "round {round}");
+    }
+    assert_eq!(queue.used_index(), (70_000u32 % 65_536) as u16);
 }

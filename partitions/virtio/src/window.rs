@@ -90,6 +90,11 @@ impl<M: Memory> Window<M> {
         Self { memory, base }
     }
 
+    /// The memory behind the window.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
     /// Bytes in the window.
     pub fn len(&self) -> usize {
         self.memory.len()
@@ -123,30 +128,50 @@ impl<M: Memory> Window<M> {
     typed!(read_u32, write_u32, u32);
     typed!(read_u64, write_u64, u64);
 
-    /// Copies `buffer.len()` bytes from `offset` into `buffer`.
+    /// Copies `buffer.len()` bytes from `offset` into `buffer`, eight at a time where it can.
     pub fn read_bytes(&self, offset: usize, buffer: &mut [u8]) -> Result<(), OutOfWindow> {
-        let out = OutOfWindow { offset, len: buffer.len() };
-        if offset.checked_add(buffer.len()).is_none_or(|end| end > self.len()) {
-            return Err(out);
-        }
-        for (index, byte) in buffer.iter_mut().enumerate() {
-            // SAFETY: the whole range is in bounds (checked above).
-            *byte = unsafe { self.memory.read_u8(offset + index) };
+        let words = self.span(offset, buffer.len())?;
+        for index in 0..buffer.len() {
+            let at = offset + index;
+            // SAFETY: `span` checked the range; a word access is 8-byte aligned with eight bytes
+            // of the buffer from `index`.
+            unsafe {
+                if !words.contains(&at) {
+                    buffer[index] = self.memory.read_u8(at);
+                } else if at.is_multiple_of(8) {
+                    buffer[index..index + 8].copy_from_slice(&self.memory.read_u64(at).to_le_bytes());
+                }
+            }
         }
         Ok(())
     }
 
-    /// Copies `data` to `offset`.
+    /// Copies `data` to `offset`, eight bytes at a time where it can.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), OutOfWindow> {
-        let out = OutOfWindow { offset, len: data.len() };
-        if offset.checked_add(data.len()).is_none_or(|end| end > self.len()) {
-            return Err(out);
-        }
+        let words = self.span(offset, data.len())?;
         for (index, &byte) in data.iter().enumerate() {
-            // SAFETY: the whole range is in bounds (checked above).
-            unsafe { self.memory.write_u8(offset + index, byte) };
+            let at = offset + index;
+            // SAFETY: `span` checked the range; a word access is 8-byte aligned with eight bytes
+            // of `data` from `index`.
+            unsafe {
+                if !words.contains(&at) {
+                    self.memory.write_u8(at, byte);
+                } else if at.is_multiple_of(8) {
+                    let word: [u8; 8] = data[index..index + 8].try_into().unwrap_or_default();
+                    self.memory.write_u64(at, u64::from_le_bytes(word));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Checks that `len` bytes from `offset` lie in the window, and returns the offsets among
+    /// them that whole aligned 8-byte words cover.
+    fn span(&self, offset: usize, len: usize) -> Result<core::ops::Range<usize>, OutOfWindow> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(offset.next_multiple_of(8).min(end)..end - end % 8),
+            _ => Err(OutOfWindow { offset, len }),
+        }
     }
 }
 

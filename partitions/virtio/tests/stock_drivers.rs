@@ -141,14 +141,14 @@ fn the_stock_console_driver_gets_every_line_back_byte_exact() {
     assert!(backend.to_device.load(Ordering::Relaxed) > 0, "the driver rang the device");
 }
 
-#[test]
-fn the_stock_block_driver_writes_reads_back_and_is_refused_past_the_end() {
+/// The block test, on a link that fixes `features`, in driver slot `SLOT`.
+fn block_round_trip<const SLOT: usize>(features: u64) {
     const CAPACITY: u64 = 64 * 1024;
-    let memory = Memory::new(&link(Kind::Block, 16, fixed(0), std::ptr::null_mut()), CAPACITY);
-    let config = link(Kind::Block, 16, fixed(0), memory.base);
+    let memory = Memory::new(&link(Kind::Block, 16, features, std::ptr::null_mut()), CAPACITY);
+    let config = link(Kind::Block, 16, features, memory.base);
     let disk: &'static mut [u8] = vec![0u8; CAPACITY as usize].leak();
     let backend = Backend::start(&memory, &config, BlockDevice::new(disk, false));
-    let mut block = VirtIOBlk::<WindowHal<1>, _>::new(open::<1>(config, &backend)).unwrap();
+    let mut block = VirtIOBlk::<WindowHal<SLOT>, _>::new(open::<SLOT>(config, &backend)).unwrap();
     assert_eq!(block.capacity(), CAPACITY / SECTOR_SIZE as u64);
     let sectors = (CAPACITY / SECTOR_SIZE as u64) as usize;
     let pattern = |sector: usize| -> Vec<u8> { (0..SECTOR_SIZE).map(|i| (sector * 31 + i * 7) as u8).collect() };
@@ -168,6 +168,16 @@ fn the_stock_block_driver_writes_reads_back_and_is_refused_past_the_end() {
     // Still serving after the refusals.
     block.read_blocks(0, &mut past).unwrap();
     assert_eq!(past, pattern(0));
+}
+
+#[test]
+fn the_stock_block_driver_writes_reads_back_and_is_refused_past_the_end() {
+    block_round_trip::<1>(fixed(0));
+}
+
+#[test]
+fn the_stock_block_driver_works_without_event_idx_too() {
+    block_round_trip::<5>(1 << VERSION_1.bit);
 }
 
 #[test]
