@@ -168,18 +168,29 @@ fn every_cpu_of_a_faulting_partition_stops_with_it() {
     check(&run, run.verdict(&built.plan).is_err(), "a fault fails the run");
 }
 
-/// Boots `tests/systems/doorbell.toml` with `rounds` round trips on `platform`, with QEMU
-/// logging every exception, and returns the run and how many exceptions QEMU saw taken to EL2.
-fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
-    let text = std::fs::read_to_string(trapless_tests::system("doorbell")).unwrap().replace("rounds=100", &format!("rounds={rounds}"));
-    let tag = format!("doorbell-{rounds}-{}-{}", platform.unwrap_or("own"), std::process::id());
+/// Boots `tests/systems/<system>.toml` with `from` replaced by `to` in its text, on `platform`,
+/// with QEMU logging every exception. Checks that it ran to the end, and returns the run and
+/// how many exceptions QEMU saw taken to EL2.
+fn boot_edited(system: &str, from: &str, to: &str, platform: Option<&str>) -> (Run, usize) {
+    let original = std::fs::read_to_string(trapless_tests::system(system)).unwrap();
+    assert!(original.contains(from), "{system}.toml has no '{from}'");
+    let words: String = to.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let tag = format!("{system}-{words}-{}-{}", platform.unwrap_or("own"), std::process::id());
     let path = std::env::temp_dir().join(format!("{tag}.toml"));
     let log = std::env::temp_dir().join(format!("{tag}.log"));
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, original.replace(from, to)).unwrap();
     let (built, run) = trapless_tests::boot_file(&path, platform, &["-d", "int", "-D", log.to_str().unwrap()]);
     let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log), std::fs::remove_dir_all(&built.dir));
     check(&run, run.verdict(&built.plan).is_ok(), &format!("{tag}: {:?}", run.verdict(&built.plan)));
+    let taken = exceptions_to_el2(&qemu_log);
+    (run, taken)
+}
+
+/// Boots `tests/systems/doorbell.toml` with `rounds` round trips on `platform`, with QEMU
+/// logging every exception, and returns the run and how many exceptions QEMU saw taken to EL2.
+fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
+    let (run, taken) = boot_edited("doorbell", "rounds=100", &format!("rounds={rounds}"), platform);
     let initiator = format!("ping-pong: initiator rang 'ping' {rounds} times and was rung by 'pong' (LPI 8193) {rounds} times");
     let responder = format!("ping-pong: responder was rung by 'ping' (LPI 8192) {rounds} times and rang 'pong' as many");
     check(&run, lines(&run, "initiator").contains(&initiator.as_str()), &initiator);
@@ -187,7 +198,7 @@ fn ping_pong(rounds: usize, platform: Option<&str>) -> (Run, usize) {
     for name in ["initiator", "responder"] {
         check(&run, lines(&run, name).contains(&"ping-pong: 0 spurious interrupts"), &format!("{name}: no spurious interrupt"));
     }
-    (run, exceptions_to_el2(&qemu_log))
+    (run, taken)
 }
 
 /// The ring-to-LPI path never enters EL2: EL2's counters and QEMU's own log show the same
@@ -268,16 +279,7 @@ fn number_after(line: &str, label: &str) -> Option<u64> {
 /// `bootargs`, with QEMU logging every exception; checks that every link carried its data
 /// intact, and returns the run and how many exceptions QEMU saw taken to EL2.
 fn virtio_run(system: &str, bootargs: &str, platform: Option<&str>) -> (Run, usize) {
-    let original = std::fs::read_to_string(trapless_tests::system(system)).unwrap();
-    let text = original.replace("lines=10 frames=32 passes=1", bootargs);
-    let tag = format!("{system}-{}-{}-{}", platform.unwrap_or("own"), bootargs.replace([' ', '='], "-"), std::process::id());
-    let path = std::env::temp_dir().join(format!("{tag}.toml"));
-    let log = std::env::temp_dir().join(format!("{tag}.log"));
-    std::fs::write(&path, text).unwrap();
-    let (built, run) = trapless_tests::boot_file(&path, platform, &["-d", "int", "-D", log.to_str().unwrap()]);
-    let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&log), std::fs::remove_dir_all(&built.dir));
-    check(&run, run.verdict(&built.plan).is_ok(), &format!("{tag}: {:?}", run.verdict(&built.plan)));
+    let (run, taken_to_el2) = boot_edited(system, "lines=10 frames=32 passes=1", bootargs, platform);
     let arg = |key: &str| trapless_guest::facts::arg(bootargs, key).and_then(|value| value.parse::<u64>().ok());
     let driver = lines(&run, "frontend");
     let device = lines(&run, "backend");
@@ -313,7 +315,9 @@ fn virtio_run(system: &str, bootargs: &str, platform: Option<&str>) -> (Run, usi
     }
     let taken = find(&device, "virtio-device: every driver has finished; LPIs taken: ").and_then(|line| number_after(line, "taken: "));
     check(&run, taken.is_some_and(|taken| taken > 0), &format!("the drivers' doorbells reached the device: {taken:?} LPIs"));
-    (run, exceptions_to_el2(&qemu_log))
+    let taken = find(&driver, "virtio-driver: done; ").and_then(|line| number_after(line, "took "));
+    check(&run, taken.is_some_and(|taken| taken > 0), &format!("the device's doorbells reached the driver: {taken:?} LPIs"));
+    (run, taken_to_el2)
 }
 
 /// The whole virtio data path, for all three kinds at once, never enters EL2: EL2's counters

@@ -21,11 +21,10 @@ use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci};
 use trapless_virtio::binding::Kind;
-use trapless_virtio::device::{BlockDevice, ConsoleEcho, Device, NetEcho, QueueSet};
+use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, NetEcho};
 use trapless_virtio::layout::MAX_QUEUES;
 use trapless_virtio::link::{DeviceLink, Step};
-use trapless_virtio::queue::{DeviceQueue, QueueError};
-use trapless_virtio::window::{Memory, RawMemory, Window};
+use trapless_virtio::window::RawMemory;
 
 trapless_guest::entry!(main);
 
@@ -42,62 +41,35 @@ fn rung(_lpi: u32) {
     RUNG.store(true, Ordering::SeqCst);
 }
 
-/// The device behind one link.
-enum Backend {
-    Console(ConsoleEcho),
-    Net(NetEcho),
-    Block(BlockDevice<&'static mut [u8]>),
+/// The device for `link`; a block device's disk comes from this partition's heap.
+fn device_for(link: &Link) -> Result<AnyDevice<'static>, String> {
+    Ok(match link.kind {
+        Kind::Console => AnyDevice::Console(ConsoleEcho::default()),
+        Kind::Net => AnyDevice::Net(NetEcho::new()),
+        Kind::Block => {
+            let capacity = link.capacity().unwrap_or(0) as usize;
+            let mut disk = Vec::new();
+            disk.try_reserve_exact(capacity)
+                .map_err(|_| format!("no room for a {capacity}-byte disk in this partition's memory"))?;
+            disk.resize(capacity, 0);
+            let read_only = link.kind.feature("RO").is_some_and(|ro| link.features & (1 << ro.bit) != 0);
+            AnyDevice::Block(BlockDevice::new(disk.leak(), read_only))
+        }
+    })
 }
 
-impl Device for Backend {
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
-        match self {
-            Self::Console(device) => device.service(window, queues, budget),
-            Self::Net(device) => device.service(window, queues, budget),
-            Self::Block(device) => device.service(window, queues, budget),
-        }
-    }
-
-    fn reset(&mut self) {
-        match self {
-            Self::Console(device) => device.reset(),
-            Self::Net(device) => device.reset(),
-            Self::Block(device) => device.reset(),
-        }
-    }
-}
-
-impl Backend {
-    /// The device for `link`; a block device's disk comes from this partition's heap.
-    fn new(link: &Link) -> Result<Self, String> {
-        Ok(match link.kind {
-            Kind::Console => Self::Console(ConsoleEcho::default()),
-            Kind::Net => Self::Net(NetEcho::new()),
-            Kind::Block => {
-                let capacity = link.capacity().unwrap_or(0) as usize;
-                let mut disk = Vec::new();
-                disk.try_reserve_exact(capacity)
-                    .map_err(|_| format!("no room for a {capacity}-byte disk in this partition's memory"))?;
-                disk.resize(capacity, 0);
-                let read_only = link.kind.feature("RO").is_some_and(|ro| link.features & (1 << ro.bit) != 0);
-                Self::Block(BlockDevice::new(disk.leak(), read_only))
-            }
-        })
-    }
-
-    /// What it has done, for the report.
-    fn report(&self, name: &str, rang: u64) {
-        match self {
-            Self::Console(echo) => println!("virtio-device: link {name}: echoed {} bytes; rang the driver {rang} times", echo.echoed),
-            Self::Net(echo) => println!(
-                "virtio-device: link {name}: echoed {} frames (checksum {:#010x}), dropped {}; rang the driver {rang} times",
-                echo.frames, echo.checksum, echo.dropped
-            ),
-            Self::Block(disk) => println!(
-                "virtio-device: link {name}: served {} requests, {} refused; rang the driver {rang} times",
-                disk.requests, disk.failed
-            ),
-        }
+/// Says what the device of link `name` has done.
+fn report(device: &AnyDevice<'_>, name: &str, rang: u64) {
+    match device {
+        AnyDevice::Console(echo) => println!("virtio-device: link {name}: echoed {} bytes; rang the driver {rang} times", echo.echoed),
+        AnyDevice::Net(echo) => println!(
+            "virtio-device: link {name}: echoed {} frames (checksum {:#010x}), dropped {}; rang the driver {rang} times",
+            echo.frames, echo.checksum, echo.dropped
+        ),
+        AnyDevice::Block(disk) => println!(
+            "virtio-device: link {name}: served {} requests, {} refused; rang the driver {rang} times",
+            disk.requests, disk.failed
+        ),
     }
 }
 
@@ -105,7 +77,7 @@ impl Backend {
 struct Served {
     name: &'static str,
     link: DeviceLink<RawMemory>,
-    device: Backend,
+    device: AnyDevice<'static>,
     bells: Bells,
     polls: bool,
     /// The driver has stopped.
@@ -115,8 +87,8 @@ struct Served {
 fn main(boot: &Boot) {
     let mut links: Vec<Served> = Vec::new();
     for link in boot.links().filter(|link| link.role == Role::Device) {
-        let backend = match Backend::new(link) {
-            Ok(backend) => backend,
+        let device = match device_for(link) {
+            Ok(device) => device,
             Err(problem) => {
                 println!("virtio-device: link {}: not served: {problem}", link.name);
                 continue;
@@ -144,7 +116,7 @@ fn main(boot: &Boot) {
             link.queue_size,
             if link.polls() { ", polling" } else { "" }
         );
-        links.push(Served { name: link.name, link: opened, device: backend, bells, polls: link.polls(), done: false });
+        links.push(Served { name: link.name, link: opened, device, bells, polls: link.polls(), done: false });
     }
     if links.is_empty() {
         fail("this partition serves no link");
@@ -165,7 +137,7 @@ fn main(boot: &Boot) {
             }
             if step.stopped {
                 served.done = true;
-                served.device.report(served.name, served.bells.rung);
+                report(&served.device, served.name, served.bells.rung);
             }
             again |= step.more || served.polls;
         }

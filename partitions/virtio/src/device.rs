@@ -339,3 +339,28 @@ impl<D: Disk> Device for BlockDevice<D> {
         Ok(used)
     }
 }
+
+/// Any of the devices above: what a partition serving links of every kind keeps per link.
+pub enum AnyDevice<'a> {
+    Console(ConsoleEcho),
+    Net(NetEcho),
+    Block(BlockDevice<&'a mut [u8]>),
+}
+
+impl Device for AnyDevice<'_> {
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        match self {
+            Self::Console(device) => device.service(window, queues, budget),
+            Self::Net(device) => device.service(window, queues, budget),
+            Self::Block(device) => device.service(window, queues, budget),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Self::Console(device) => device.reset(),
+            Self::Net(device) => device.reset(),
+            Self::Block(device) => device.reset(),
+        }
+    }
+}
