@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 use trapless_guest::ConsoleKind;
-use trapless_guest::facts::Role;
+use trapless_guest::facts::{Role, Transport};
 use trapless_tests::{root, system};
 use trapless_tools::planner::SystemPlan;
 use trapless_tools::{Target, dtb, plan_system};
@@ -90,11 +90,12 @@ fn the_guest_runtime_reads_back_what_the_plan_put_in() {
                     assert_eq!(u64::from(incoming.affinity), plan.platform.cpus[doorbell.cpu]);
                 }
             }
-            let rings = plan.doorbells.iter().any(|doorbell| doorbell.from == index);
+            let rings = plan.doorbells.iter().any(|doorbell| doorbell.sent_by(index));
             assert_eq!(facts.doorbells.translater.is_some(), rings, "{}: a doorbell page only for senders", partition.name);
 
             // Each link it is on, from its side: the window, the fixed parameters, the
-            // configuration space, the EventIDs that ring the peer and the LPIs it takes.
+            // configuration space, the EventIDs that ring the peer (EL2 rings for the driver of
+            // a mmio-trap link), the LPIs it takes, and how it reaches the other side.
             let links: Vec<_> = plan.links.iter().filter(|link| link.device == index || link.driver == index).collect();
             assert_eq!(facts.links().count(), links.len(), "{}", partition.name);
             for (read, link) in facts.links().zip(links) {
@@ -105,11 +106,23 @@ fn the_guest_runtime_reads_back_what_the_plan_put_in() {
                 assert_eq!((read.config, read.queue_count), (link.config.as_slice(), link.kind.queue_count()));
                 let (rings, rung_by) = if is_device { (&link.to_driver, &link.to_device) } else { (&link.to_device, &link.to_driver) };
                 let events: Vec<u32> = read.notify_events.iter().flatten().copied().collect();
-                assert_eq!(events, rings.iter().map(|doorbell| doorbell.event).collect::<Vec<_>>(), "{}", link.name);
+                let rung_here = rings.iter().filter(|doorbell| doorbell.sent_by(index));
+                assert_eq!(events, rung_here.map(|doorbell| doorbell.event).collect::<Vec<_>>(), "{}", link.name);
                 let lpis: Vec<(u32, u64)> = read.notify_lpis.iter().flatten().map(|&(lpi, affinity)| (lpi, u64::from(affinity))).collect();
                 let expected: Vec<(u32, u64)> = rung_by.iter().map(|doorbell| (doorbell.lpi, plan.platform.cpus[doorbell.cpu])).collect();
                 assert_eq!(lpis, expected, "{}", link.name);
-                assert_eq!(read.polls(), expected.is_empty());
+                let transport = match link.emulated {
+                    None => Transport::Doorbell,
+                    Some(emulated) if is_device => Transport::Hypercall(emulated.index as u32),
+                    Some(emulated) => Transport::MmioTrap {
+                        registers: emulated.registers.base.0..emulated.registers.end(),
+                        intid: 32 + emulated.spi,
+                    },
+                };
+                // The driver of a mmio-trap link takes an SPI instead of LPIs.
+                let polls = expected.is_empty() && !matches!(transport, Transport::MmioTrap { .. });
+                assert_eq!(read.transport, transport, "{}", link.name);
+                assert_eq!(read.polls(), polls, "{}", link.name);
             }
         }
     }

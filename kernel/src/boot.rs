@@ -72,7 +72,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
         refuse(&[alloc::format!("doorbells: {error}")]);
     }
 
-    if let Err(problem) = load_windows(&plan) {
+    if let Err(problem) = load_windows(&plan).and_then(|()| crate::emulated::init(&plan)) {
         refuse(&[problem]);
     }
     let this_cpu = current_platform_cpu(&plan);

@@ -1,5 +1,6 @@
 //! What EL2 does when a partition's CPU exits to it: count the exit, then serve PSCI, the
-//! console hypercall and the trapped GIC registers, or stop the partition on a fault. What a
+//! console and link hypercalls, the trapped GIC registers and emulated register blocks, or stop
+//! the partition on a fault. What a
 //! partition passes here is checked before use; at worst it stops itself.
 
 use crate::arch::el2::{self, gic_cpu_interface};
@@ -45,6 +46,13 @@ pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
             }
             None => stop_on_fault(partition, esr, frame.elr),
         },
+        (ExceptionKind::Sync, ExitClass::DataAbort) => {
+            let emulated = el2::fault_ipa(esr).is_some_and(|ipa| crate::emulated::access(partition, ipa.0, esr & ISS_MASK, frame));
+            if !emulated {
+                stop_on_fault(partition, esr, frame.elr);
+            }
+            frame.elr += 4;
+        }
         // With HCR_EL2.IMO/FMO clear no interrupt should come here; if one does, it is not the
         // partition's fault: resume it.
         (ExceptionKind::Irq | ExceptionKind::Fiq, _) => {}
@@ -91,6 +99,7 @@ fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
             crate::console::write_framed(partition, name.as_str(), &bytes[..len as usize]);
             0
         }
+        Ok(Hypercall::LinkNotify { link, queue }) => crate::emulated::notify(partition, link, queue),
         Err(code) => code,
     }
 }

@@ -13,6 +13,7 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod emulated;
 mod exit;
 mod firmware_dt;
 mod heap;

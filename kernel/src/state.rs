@@ -217,6 +217,7 @@ fn power_off() -> ! {
         }
         println!("{}", ExitSummary { partition: name, counts: EXITS[index].snapshot() });
     }
+    crate::emulated::report();
     println!("trapless: every partition has stopped; powering off");
     firmware::system_off();
     arch::halt()

@@ -71,6 +71,14 @@ pub struct DoorbellPlan {
     pub link: Option<LinkQueue>,
 }
 
+impl DoorbellPlan {
+    /// Whether partition `index` rings it itself: it sends it, and EL2 does not ring it in its
+    /// place. Such a partition needs the doorbell page.
+    pub fn sent_by(&self, index: usize) -> bool {
+        self.from == index && !self.link.is_some_and(|queue| queue.el2_rings)
+    }
+}
+
 /// Checks the `[[doorbell]]`s of a system whose partitions are `partitions`, pushing every
 /// problem to `problems`.
 pub fn check(

@@ -210,7 +210,7 @@ fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan
 /// CPU each named doorbell that rings it raises. Link doorbells are listed in their links'
 /// nodes instead. See `docs/doorbells.md`.
 fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorbells: &[DoorbellPlan]) -> FdtWriterResult<()> {
-    let rings_any = doorbells.iter().any(|doorbell| doorbell.from == index);
+    let rings_any = doorbells.iter().any(|doorbell| doorbell.sent_by(index));
     let named = |doorbell: &&DoorbellPlan| doorbell.link.is_none();
     let rings: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.from == index).collect();
     let receives: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.to == index).collect();
@@ -247,7 +247,8 @@ fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorb
 }
 
 /// The nodes of each link the partition is on: its window under `/reserved-memory`, and the
-/// link's node with what this side needs. See `docs/static-virtio.md`.
+/// link's node with what this side needs: a `trapless,virtio-static` node, or, for the driver
+/// of a `mmio-trap` link, a `virtio,mmio` one. See `docs/static-virtio.md`.
 fn write_links(fdt: &mut FdtWriter, platform: &Platform, index: usize, links: &[LinkPlan]) -> FdtWriterResult<()> {
     // (the window's phandle, the link, this partition's side of it)
     let mine: Vec<(u32, &LinkPlan, Role)> = links
@@ -276,30 +277,59 @@ fn write_links(fdt: &mut FdtWriter, platform: &Platform, index: usize, links: &[
     fdt.end_node(reserved)?;
 
     for (phandle, link, role) in mine {
-        let node = fdt.begin_node(&format!("{}{}", virtio_dt::NODE_PREFIX, link.name))?;
-        fdt.property_string("compatible", virtio_dt::COMPATIBLE)?;
-        fdt.property_u32(virtio_dt::WINDOW, phandle)?;
-        fdt.property_string(virtio_dt::LINK, &link.name)?;
-        fdt.property_string(virtio_dt::ROLE, role.name())?;
-        fdt.property_u32(virtio_dt::DEVICE_ID, link.kind.device_id())?;
-        fdt.property_u64(virtio_dt::FEATURES, link.features)?;
-        fdt.property_u32(virtio_dt::QUEUES, link.kind.queue_count().into())?;
-        fdt.property_u32(virtio_dt::QUEUE_SIZE, link.queue_size.into())?;
-        fdt.property(virtio_dt::CONFIG, &link.config)?;
-        // Per queue: the EventID this side stores to ring the peer, and the LPI (and its CPU)
-        // the peer's rings raise here. None where the receiving side polls.
-        let rings = link.rings(role);
-        if !rings.is_empty() {
-            let events: Vec<u32> = rings.iter().map(|doorbell| doorbell.event).collect();
-            fdt.property_array_u32(virtio_dt::NOTIFY_EVENTS, &events)?;
+        match link.emulated {
+            // The driver of a `mmio-trap` link sees a standard virtio-mmio device, whose
+            // registers EL2 emulates.
+            Some(emulated) if role == Role::Driver => {
+                let node = fdt.begin_node(&format!("virtio@{:x}", emulated.registers.base.0))?;
+                fdt.property_string("compatible", virtio_dt::MMIO_COMPATIBLE)?;
+                fdt.property_array_u64("reg", &reg(&[emulated.registers]))?;
+                fdt.property_array_u32("interrupts", &[GIC_SPI, emulated.spi, IRQ_EDGE_RISING])?;
+                fdt.property_null("dma-coherent")?;
+                fdt.property_u32(virtio_dt::WINDOW, phandle)?;
+                // So that trapless's `Hal` puts the rings at the window layout's offsets.
+                write_link_properties(fdt, link, role)?;
+                fdt.end_node(node)?;
+            }
+            _ => {
+                let node = fdt.begin_node(&format!("{}{}", virtio_dt::NODE_PREFIX, link.name))?;
+                fdt.property_string("compatible", virtio_dt::COMPATIBLE)?;
+                fdt.property_u32(virtio_dt::WINDOW, phandle)?;
+                write_link_properties(fdt, link, role)?;
+                // Per queue: the EventID this side stores to ring the peer, and the LPI (and its
+                // CPU) the peer's rings raise here. None where the receiving side polls. The
+                // device of an emulated link notifies through EL2 instead, with the link's number.
+                let rings = link.rings(role);
+                if !rings.is_empty() {
+                    let events: Vec<u32> = rings.iter().map(|doorbell| doorbell.event).collect();
+                    fdt.property_array_u32(virtio_dt::NOTIFY_EVENTS, &events)?;
+                }
+                if let Some(emulated) = link.emulated {
+                    fdt.property_u32(virtio_dt::NOTIFY_HYPERCALL, emulated.index as u32)?;
+                }
+                let rung = link.rung_by_peer(role);
+                if !rung.is_empty() {
+                    let lpis: Vec<u32> = rung
+                        .iter()
+                        .flat_map(|doorbell| [doorbell.lpi, dt::pack_affinity(platform.cpus[doorbell.cpu])])
+                        .collect();
+                    fdt.property_array_u32(virtio_dt::NOTIFY_LPIS, &lpis)?;
+                }
+                fdt.end_node(node)?;
+            }
         }
-        let rung = link.rung_by_peer(role);
-        if !rung.is_empty() {
-            let lpis: Vec<u32> =
-                rung.iter().flat_map(|doorbell| [doorbell.lpi, dt::pack_affinity(platform.cpus[doorbell.cpu])]).collect();
-            fdt.property_array_u32(virtio_dt::NOTIFY_LPIS, &lpis)?;
-        }
-        fdt.end_node(node)?;
     }
     Ok(())
+}
+
+/// What both sides know of a link, whatever its transport: its name, this side's role, and
+/// the fixed device.
+fn write_link_properties(fdt: &mut FdtWriter, link: &LinkPlan, role: Role) -> FdtWriterResult<()> {
+    fdt.property_string(virtio_dt::LINK, &link.name)?;
+    fdt.property_string(virtio_dt::ROLE, role.name())?;
+    fdt.property_u32(virtio_dt::DEVICE_ID, link.kind.device_id())?;
+    fdt.property_u64(virtio_dt::FEATURES, link.features)?;
+    fdt.property_u32(virtio_dt::QUEUES, link.kind.queue_count().into())?;
+    fdt.property_u32(virtio_dt::QUEUE_SIZE, link.queue_size.into())?;
+    fdt.property(virtio_dt::CONFIG, &link.config)
 }

@@ -1,7 +1,9 @@
 //! Static virtio links: `[[link]]` in a system. A link is one virtio device that one partition
 //! implements and another drives, over a *window* of RAM both map, with a doorbell per queue
-//! and direction. This module checks the declarations, derives each link's doorbells, and
-//! builds what EL2 writes into its window; `docs/static-virtio.md` is the specification.
+//! and direction, or, for the trap-and-emulate baseline (`transport = "mmio-trap"`), a
+//! virtio-mmio register block that EL2 emulates for the driver. This module checks the
+//! declarations, derives each link's doorbells, and builds what EL2 writes into its window and
+//! emulates; `docs/static-virtio.md` is the specification.
 
 use crate::diagnostic::{Diagnostic, Source};
 use crate::doorbell::{Doorbell, DoorbellPlan};
@@ -11,7 +13,7 @@ use crate::system::{MEMORY_ALIGN, MemoryToml, Partition, valid_name};
 use serde::Deserialize;
 use std::ops::Range;
 use toml::Spanned;
-use trapless_plan::{AddrRange, MAX_WINDOWS, NAME_CAPACITY};
+use trapless_plan::{AddrRange, EmulatedLinkRecord, Ipa, MAX_LINK_QUEUES, MAX_WINDOWS, NAME_CAPACITY, Name};
 pub use trapless_virtio::binding::Role;
 use trapless_virtio::binding::{self, EVENT_IDX, Kind, MAX_QUEUE_SIZE, VERSION_1, offset};
 use trapless_virtio::header::{self, Header};
@@ -45,6 +47,35 @@ pub struct LinkToml {
     poll: Vec<Spanned<String>>,
     /// Block only: the disk's size in bytes.
     capacity: Option<Spanned<Bytes>>,
+    /// How the driver reaches the device: `doorbell` (the default) or `mmio-trap`.
+    transport: Option<Spanned<String>>,
+}
+
+/// How the driver side reaches a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Trap-free: both sides use the window and ring each other's doorbells.
+    Doorbell,
+    /// The trap-and-emulate baseline: the driver sees a virtio-mmio register block that is not
+    /// mapped, so every access traps to EL2, which emulates it over the window, rings the
+    /// device's doorbells for it and raises an SPI on it when the device notifies.
+    MmioTrap,
+}
+
+impl Transport {
+    pub const ALL: [Self; 2] = [Self::Doorbell, Self::MmioTrap];
+
+    /// Its name in a system file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Doorbell => "doorbell",
+            Self::MmioTrap => "mmio-trap",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|transport| transport.name() == name)
+    }
 }
 
 /// The queue of a link that a derived doorbell serves, and the side it rings.
@@ -56,6 +87,10 @@ pub struct LinkQueue {
     /// The side the doorbell rings: the device ("buffers are available") or the driver
     /// ("buffers are used").
     pub to: Role,
+    /// Whether EL2 rings it rather than its sender: the driver-to-device doorbells of a
+    /// `mmio-trap` link, which EL2 rings when the driver writes `QueueNotify`. The driver then
+    /// gets neither the doorbell page for it nor its EventID.
+    pub el2_rings: bool,
 }
 
 impl LinkQueue {
@@ -88,6 +123,7 @@ pub struct Link {
     pub window: MemoryToml,
     /// Block: the disk's size in bytes; 0 for other kinds.
     pub capacity: u64,
+    pub transport: Transport,
 }
 
 /// Checks the `[[link]]`s of a system whose partitions are `partitions`, pushing every problem
@@ -225,6 +261,37 @@ pub fn check(
             }
             *polls = true;
         }
+
+        let transport = match &raw.transport {
+            None => Some(Transport::Doorbell),
+            Some(wanted) => {
+                let transport = Transport::from_name(wanted.get_ref());
+                if transport.is_none() {
+                    let names: Vec<&str> = Transport::ALL.iter().map(|transport| transport.name()).collect();
+                    fail(
+                        &wanted.span(),
+                        format!("link '{name}' has transport '{}'; the transports are {}", wanted.get_ref(), names.join(", ")),
+                    );
+                }
+                transport
+            }
+        };
+        if let (Some(Transport::MmioTrap), Some(transport)) = (transport, &raw.transport) {
+            // EL2 raises the driver's SPI and rings the device's doorbells for the driver: the
+            // baseline measures those exits, which a polling side would not take.
+            if let Some(side) = raw.poll.first() {
+                fail(&side.span(), format!("link '{name}' cannot poll: with transport mmio-trap, EL2 notifies both of its sides"));
+            }
+            if platform.emulation.is_none() {
+                fail(
+                    &transport.span(),
+                    format!(
+                        "link '{name}' has transport mmio-trap, and platform '{}' has no [emulation] range for its register block and SPI",
+                        platform.name
+                    ),
+                );
+            }
+        }
         if platform.gic.its.is_none() && !(device_polls && driver_polls) {
             fail(
                 &raw.name.span(),
@@ -298,8 +365,8 @@ pub fn check(
             }
         }
 
-        if let (true, Some(kind), Some(device), Some(driver), Some(queue_size)) =
-            (found.is_empty(), kind, device, driver, queue_size)
+        if let (true, Some(kind), Some(device), Some(driver), Some(queue_size), Some(transport)) =
+            (found.is_empty(), kind, device, driver, queue_size, transport)
         {
             links.push(Link {
                 name: name.to_string(),
@@ -313,6 +380,7 @@ pub fn check(
                 driver_polls,
                 window,
                 capacity,
+                transport,
             });
         }
         problems.extend(found);
@@ -322,17 +390,20 @@ pub fn check(
 
 /// The doorbells `links` need, before their EventIDs and LPIs are chosen: per link, per queue,
 /// one from the driver to the device (unless the device polls) then one from the device to the
-/// driver (unless the driver polls), each taken by the receiver's first CPU.
+/// driver (unless the driver polls), each taken by the receiver's first CPU. A `mmio-trap`
+/// link has only the first, which EL2 rings for the driver; EL2 notifies its driver with an
+/// SPI instead of the second.
 pub fn doorbells(links: &[Link], partitions: &[Partition]) -> Vec<Doorbell> {
     let mut doorbells = Vec::new();
     for (index, link) in links.iter().enumerate() {
+        let emulated = link.transport == Transport::MmioTrap;
         for queue in 0..link.kind.queue_count() {
             let ways = [
                 (Role::Device, link.driver, link.device, link.device_polls),
-                (Role::Driver, link.device, link.driver, link.driver_polls),
+                (Role::Driver, link.device, link.driver, link.driver_polls || emulated),
             ];
-            for (to_role, from, to, polls) in ways {
-                if polls {
+            for (to_role, from, to, skip) in ways {
+                if skip {
                     continue;
                 }
                 doorbells.push(Doorbell {
@@ -343,7 +414,7 @@ pub fn doorbells(links: &[Link], partitions: &[Partition]) -> Vec<Doorbell> {
                     cpu: partitions[to].cpus[0],
                     event: None,
                     lpi: None,
-                    link: Some(LinkQueue { link: index, queue, to: to_role }),
+                    link: Some(LinkQueue { link: index, queue, to: to_role, el2_rings: emulated && to_role == Role::Device }),
                 });
             }
         }
@@ -366,14 +437,29 @@ pub struct LinkPlan {
     pub config: Vec<u8>,
     /// Per queue, the doorbell that rings the device; empty if the device polls.
     pub to_device: Vec<DoorbellPlan>,
-    /// Per queue, the doorbell that rings the driver; empty if the driver polls.
+    /// Per queue, the doorbell that rings the driver; empty if the driver polls or the link is
+    /// emulated.
     pub to_driver: Vec<DoorbellPlan>,
+    /// For a `mmio-trap` link, where EL2 emulates its registers; `None` for a doorbell link.
+    pub emulated: Option<Emulated>,
+}
+
+/// Where the driver of a `mmio-trap` link finds its emulated virtio-mmio device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Emulated {
+    /// The link's number among the emulated links: its [`EmulatedLinkRecord`]'s index, and the
+    /// number the device passes to hypercall `LINK_NOTIFY`.
+    pub index: usize,
+    /// The register block in the driver's IPA space, which nothing maps.
+    pub registers: AddrRange,
+    /// The SPI number (INTID - 32) raised on the driver's first CPU.
+    pub spi: u32,
 }
 
 impl Link {
-    /// The plan of this link, number `index`, with its window at `window` and its doorbells
-    /// among `doorbells`.
-    pub fn plan(&self, index: usize, window: AddrRange, doorbells: &[DoorbellPlan]) -> LinkPlan {
+    /// The plan of this link, number `index`, with its window at `window`, its doorbells among
+    /// `doorbells`, and, for a `mmio-trap` link, its `emulated` register block and SPI.
+    pub fn plan(&self, index: usize, window: AddrRange, doorbells: &[DoorbellPlan], emulated: Option<Emulated>) -> LinkPlan {
         let (config, size) = binding::config::encode(self.kind, index as u8, self.capacity);
         let ringing = |role: Role| -> Vec<DoorbellPlan> {
             doorbells
@@ -393,11 +479,38 @@ impl Link {
             config: config[..size].to_vec(),
             to_device: ringing(Role::Device),
             to_driver: ringing(Role::Driver),
+            emulated,
         }
     }
 }
 
 impl LinkPlan {
+    /// How its driver reaches it.
+    pub fn transport(&self) -> Transport {
+        if self.emulated.is_some() { Transport::MmioTrap } else { Transport::Doorbell }
+    }
+
+    /// What EL2 needs to emulate a `mmio-trap` link whose window is number `window` in the
+    /// plan; `None` for a doorbell link.
+    pub fn emulated_record(&self, window: usize) -> Option<EmulatedLinkRecord> {
+        let emulated = self.emulated?;
+        let mut notify_events = [0; MAX_LINK_QUEUES];
+        for (slot, doorbell) in notify_events.iter_mut().zip(&self.to_device) {
+            *slot = doorbell.event;
+        }
+        Some(EmulatedLinkRecord {
+            name: Name::new(&self.name).expect("link names are checked"),
+            registers: Ipa(emulated.registers.base.0),
+            window: window as u32,
+            intid: emulated.spi + 32,
+            features: self.features,
+            device_id: self.kind.device_id(),
+            queue_count: self.kind.queue_count(),
+            queue_size: self.queue_size,
+            notify_events,
+        })
+    }
+
     /// The side partition `index` is on this link, if it is on it.
     pub fn role_of(&self, index: usize) -> Option<Role> {
         if index == self.device {
@@ -462,8 +575,9 @@ mod tests {
             driver_polls: false,
             window: MemoryToml { size: 2 << 20, base: None },
             capacity: 4 << 20,
+            transport: Transport::Doorbell,
         };
-        let plan = link.plan(2, AddrRange::new(0x5000_0000, 2 << 20), &[]);
+        let plan = link.plan(2, AddrRange::new(0x5000_0000, 2 << 20), &[], None);
         let mut init = plan.window_init();
         assert_eq!(init.len(), 0x100 + 24);
 
@@ -509,8 +623,9 @@ mod tests {
             driver_polls: false,
             window: MemoryToml { size: 1 << 20, base: None },
             capacity: 0,
+            transport: Transport::Doorbell,
         };
-        let plan = link.plan(5, AddrRange::new(0x4400_0000, 1 << 20), &[]);
+        let plan = link.plan(5, AddrRange::new(0x4400_0000, 1 << 20), &[], None);
         assert_eq!(&plan.window_init()[0x100..0x106], &[0x02, 0x74, 0x6c, 0x76, 0x00, 5]);
     }
 }

@@ -88,11 +88,18 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     .iter()
                     .filter_map(|doorbell| Some((doorbell, doorbell.link.filter(|queue| queue.link == index)?)))
                     .map(|(doorbell, queue)| {
-                        format!("queue {} to {}: event {}, LPI {}", queue.queue, queue.to.name(), doorbell.event, doorbell.lpi)
+                        let by_el2 = if queue.el2_rings { ", rung by EL2" } else { "" };
+                        format!("queue {} to {}: event {}, LPI {}{by_el2}", queue.queue, queue.to.name(), doorbell.event, doorbell.lpi)
                     })
                     .collect();
+                let transport = match link.emulated {
+                    None => link.transport().name().to_string(),
+                    Some(emulated) => {
+                        format!("{} (registers {}, SPI {})", link.transport().name(), emulated.registers, emulated.spi)
+                    }
+                };
                 println!(
-                    "  {:<12} {} link, window {} ({}), device {}, driver {}, doorbells [{}]",
+                    "  {:<12} {} link, transport {transport}, window {} ({}), device {}, driver {}, doorbells [{}]",
                     link.name,
                     link.kind.name(),
                     link.window,

@@ -50,6 +50,12 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
             }
         }
     }
+    // The SPI EL2 raises on the driver of each emulated link, an edge as virtio-mmio's is.
+    for link in &plan.links {
+        if let Some(emulated) = link.emulated {
+            spi_routes.push(SpiRoute { intid: emulated.spi + 32, cpu: plan.partitions[link.driver].cpus[0] as u32, edge: 1, reserved: 0 });
+        }
+    }
     let partitions = plan
         .partitions
         .iter()
@@ -101,7 +107,9 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
             init,
         })
         .collect();
-    PlanWriter { platform: record, cpus, partitions, spi_routes, doorbells, windows }.to_bytes()
+    // Window `n` is link `n`'s.
+    let emulated_links = plan.links.iter().enumerate().filter_map(|(index, link)| link.emulated_record(index)).collect();
+    PlanWriter { platform: record, cpus, partitions, spi_routes, doorbells, windows, emulated_links }.to_bytes()
 }
 
 /// The bootable Image: the kernel laid out flat with its BSS, then the plan (page aligned),

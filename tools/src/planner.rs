@@ -1,12 +1,13 @@
 //! The planner: from a checked [`System`] to everything the kernel needs: where each
-//! partition's RAM and each link's window are, every doorbell's EventID and LPI, each
-//! partition's stage-2 map, where its image and device tree go, and its VMID.
+//! partition's RAM and each link's window are, every doorbell's EventID and LPI, the register
+//! block and SPI of each emulated link, each partition's stage-2 map, where its image and
+//! device tree go, and its VMID.
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::doorbell::{self, Doorbell, DoorbellPlan};
 use crate::dtb;
 use crate::image::{GuestImage, Placement};
-use crate::link::{self, LinkPlan};
+use crate::link::{self, Emulated, LinkPlan, Transport};
 use crate::platform::Platform;
 use crate::size::describe;
 use crate::system::{MEMORY_ALIGN, System};
@@ -223,12 +224,14 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         })?,
         None => Vec::new(),
     };
+    let emulated = emulate(system)?;
     let links: Vec<LinkPlan> = system
         .links
         .iter()
         .zip(&windows)
+        .zip(emulated)
         .enumerate()
-        .map(|(index, (link, &window))| link.plan(index, window, &doorbells))
+        .map(|(index, ((link, &window), emulated))| link.plan(index, window, &doorbells, emulated))
         .collect();
 
     let mut problems = Vec::new();
@@ -258,7 +261,7 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
                 memory,
                 &partition.cpus,
                 &partition.devices,
-                doorbells.iter().any(|doorbell| doorbell.from == index),
+                doorbells.iter().any(|doorbell| doorbell.sent_by(index)),
                 &links
                     .iter()
                     .filter(|link| link.role_of(index).is_some())
@@ -290,6 +293,39 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         return Err(Diagnostics(problems));
     }
     Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells, links })
+}
+
+/// Gives each `mmio-trap` link of `system`, in the order they are listed, the next register
+/// block and SPI of the platform's `[emulation]`; `None` for the other links.
+fn emulate(system: &System) -> Result<Vec<Option<Emulated>>, Diagnostic> {
+    let platform = &system.platform;
+    let mut count = 0;
+    let mut emulated = Vec::new();
+    for link in &system.links {
+        if link.transport != Transport::MmioTrap {
+            emulated.push(None);
+            continue;
+        }
+        let emulation = platform.emulation.expect("the checker refuses mmio-trap links without [emulation]");
+        let Some((registers, spi)) = emulation.slot(count) else {
+            return Err(Diagnostic {
+                path: system.path.clone(),
+                line: Some(link.line),
+                message: format!(
+                    "no emulated register block or SPI left for link '{}': the [emulation] of platform '{}' has room for {count} mmio-trap {} (a 4 KiB page of {} and an SPI of {} from SPI {} each), taken by the links listed before it",
+                    link.name,
+                    platform.name,
+                    if count == 1 { "link" } else { "links" },
+                    emulation.mmio,
+                    emulation.spi_count,
+                    emulation.first_spi,
+                ),
+            });
+        };
+        emulated.push(Some(Emulated { index: count, registers, spi }));
+        count += 1;
+    }
+    Ok(emulated)
 }
 
 /// Checks that partition `index`, named `name`, with RAM `memory`, can take the windows of its
@@ -358,7 +394,9 @@ mod tests {
     use crate::link::{Link, LinkQueue, Role};
     use crate::platform;
     use crate::system::{ImageRef, MemoryToml, Partition};
-    use trapless_virtio::binding::{Kind, VERSION_1};
+    use trapless_plan::{EmulatedLinkRecord, Ipa, Name, Plan, SpiRoute};
+    use trapless_virtio::binding::{EVENT_IDX, Kind, VERSION_1};
+    use zerocopy::IntoBytes;
 
     fn qemu_virt() -> Platform {
         platform::load(&crate::root().join("platform/qemu-virt/platform.toml")).unwrap()
@@ -392,6 +430,7 @@ mod tests {
             driver_polls: false,
             window: MemoryToml { size, base },
             capacity: 0,
+            transport: Transport::Doorbell,
         }
     }
 
@@ -452,8 +491,8 @@ mod tests {
         let disk = Link { kind: Kind::Block, driver_polls: true, capacity: MIB, ..console("disk0", 3, MIB, None) };
         let plan = plan_of(partitions, vec![kick], vec![console("console0", 1, MIB, None), net, disk]).unwrap();
 
-        let to_device = |link, queue| Some(LinkQueue { link, queue, to: Role::Device });
-        let to_driver = |link, queue| Some(LinkQueue { link, queue, to: Role::Driver });
+        let to_device = |link, queue| Some(LinkQueue { link, queue, to: Role::Device, el2_rings: false });
+        let to_driver = |link, queue| Some(LinkQueue { link, queue, to: Role::Driver, el2_rings: false });
         // (link queue, from, to, CPU, EventID, LPI): the receiver's first CPU; the named
         // doorbell's explicit EventID 1 and LPI 8193 are skipped.
         let summary: Vec<_> =
@@ -498,6 +537,117 @@ mod tests {
                 assert_eq!(doorbell_page, index == 1, "{}: the doorbell page only for the side that rings", partition.name);
             }
         }
+    }
+
+    /// A `mmio-trap` net link from partition 0 (the device) to partition 1, at `line`.
+    fn trapped(name: &str, line: usize) -> Link {
+        Link { kind: Kind::Net, queue_size: 16, transport: Transport::MmioTrap, ..console(name, line, MIB, None) }
+    }
+
+    #[test]
+    fn mmio_trap_links_take_the_next_register_page_and_spi_in_link_order() {
+        let partitions = vec![partition("device", &[0], 16 * MIB), partition("driver", &[1, 2], 16 * MIB)];
+        let links = vec![trapped("trap0", 1), console("console0", 2, MIB, None), trapped("trap1", 3)];
+        let plan = plan_of(partitions, Vec::new(), links).unwrap();
+        let emulated: Vec<Option<Emulated>> = plan.links.iter().map(|link| link.emulated).collect();
+        // qemu-virt's [emulation]: pages from 0x0b00_0000, SPIs from 48.
+        assert_eq!(
+            emulated,
+            [
+                Some(Emulated { index: 0, registers: AddrRange::new(0x0b00_0000, 0x1000), spi: 48 }),
+                None,
+                Some(Emulated { index: 1, registers: AddrRange::new(0x0b00_1000, 0x1000), spi: 49 }),
+            ]
+        );
+        let transports: Vec<Transport> = plan.links.iter().map(LinkPlan::transport).collect();
+        assert_eq!(transports, [Transport::MmioTrap, Transport::Doorbell, Transport::MmioTrap]);
+    }
+
+    #[test]
+    fn running_out_of_emulated_pages_or_spis_names_the_link() {
+        let partitions = vec![partition("device", &[0], 16 * MIB), partition("driver", &[1], 16 * MIB)];
+        let links = vec![trapped("trap0", 10), trapped("trap1", 20), trapped("trap2", 30)];
+        let image = GuestImage { bytes: vec![0; 4096], placement: Placement::Image { text_offset: 0 }, footprint: 4096 };
+        let mut platform = qemu_virt();
+        // Two pages but a single SPI: the second link already finds none.
+        platform.emulation =
+            Some(platform::Emulation { mmio: AddrRange::new(0x0b00_0000, 0x2000), first_spi: 48, spi_count: 1 });
+        let system = System { path: "test.toml".into(), platform, partitions, doorbells: Vec::new(), links };
+        let Err(Diagnostics(problems)) = plan(&system, vec![image; 2]) else { panic!("one SPI for three links") };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(20));
+        assert!(problems[0].message.starts_with("no emulated register block or SPI left for link 'trap1':"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn el2_rings_the_device_for_a_trapped_driver_which_gets_no_doorbell_page_and_no_registers() {
+        let partitions = vec![partition("device", &[0], 16 * MIB), partition("driver", &[1, 2], 16 * MIB)];
+        let plan = plan_of(partitions, Vec::new(), vec![trapped("trap0", 1)]).unwrap();
+        // One doorbell per queue, to the device's first CPU, from the driver but rung by EL2;
+        // none to the driver, which EL2 notifies with an SPI.
+        let summary: Vec<_> = plan.doorbells.iter().map(|d| (d.link, d.from, d.to, d.cpu, d.sent_by(1))).collect();
+        let by_el2 = |queue| Some(LinkQueue { link: 0, queue, to: Role::Device, el2_rings: true });
+        assert_eq!(summary, [(by_el2(0), 1, 0, 0, false), (by_el2(1), 1, 0, 0, false)]);
+        let link = &plan.links[0];
+        assert_eq!((link.to_device.len(), link.to_driver.len()), (2, 0));
+
+        let registers = link.emulated.unwrap().registers;
+        for partition in &plan.partitions {
+            let mapped = |range: AddrRange| partition.stage2.iter().any(|region| region.range.overlaps(&range));
+            // The driver's rings and buffers are in the window: both sides map it.
+            assert!(mapped(link.window), "{} maps the window", partition.name);
+            // Every access to the registers must trap, and nobody else has any business there.
+            assert!(!mapped(registers), "{} maps the register block", partition.name);
+            // Neither rings a doorbell itself: no doorbell page, and no doorbells node.
+            let doorbell_page = partition.stage2.iter().any(|region| region.what == "doorbell page");
+            assert!(!doorbell_page, "{} has the doorbell page", partition.name);
+            let doorbells_node = partition.dtb.windows(18).any(|bytes| bytes == b"trapless,doorbells");
+            assert!(!doorbells_node, "{} has a doorbells node", partition.name);
+        }
+    }
+
+    #[test]
+    fn a_trapped_driver_that_rings_another_doorbell_keeps_the_doorbell_page() {
+        let partitions = vec![partition("device", &[0], 16 * MIB), partition("driver", &[1], 16 * MIB)];
+        let links = vec![trapped("trap0", 1), console("console0", 2, MIB, None)];
+        let plan = plan_of(partitions, Vec::new(), links).unwrap();
+        for partition in &plan.partitions {
+            let doorbell_page = partition.stage2.iter().filter(|region| region.what == "doorbell page").count();
+            assert_eq!(doorbell_page, 1, "{} rings console0's doorbells", partition.name);
+        }
+    }
+
+    #[test]
+    fn the_plan_routes_each_emulated_spi_to_the_driver_and_describes_the_link_to_el2() {
+        let partitions = vec![partition("device", &[0], 16 * MIB), partition("driver", &[2, 1], 16 * MIB)];
+        let features = 1 << VERSION_1.bit | 1 << EVENT_IDX.bit;
+        let links = vec![console("console0", 1, MIB, None), Link { features, ..trapped("trap0", 2) }];
+        let plan = plan_of(partitions, Vec::new(), links).unwrap();
+        let bytes = crate::pack::plan_bytes(&plan);
+        // As the kernel reads it: 8-byte aligned.
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        words.as_mut_bytes()[..bytes.len()].copy_from_slice(&bytes);
+        let parsed = Plan::parse(words.as_bytes()).unwrap();
+
+        // The driver's first CPU takes the SPI, on an edge.
+        assert_eq!(parsed.spi_routes(), [SpiRoute { intid: 32 + 48, cpu: 2, edge: 1, reserved: 0 }]);
+        let [record] = parsed.emulated_links() else { panic!("one emulated link") };
+        let trap0 = &plan.links[1];
+        // console0's doorbells take EventIDs 0 to 3, then trap0's driver-to-device ones 4 and 5.
+        assert_eq!(trap0.to_device.iter().map(|doorbell| doorbell.event).collect::<Vec<_>>(), [4, 5]);
+        let expected = EmulatedLinkRecord {
+            name: Name::new("trap0").unwrap(),
+            registers: Ipa(0x0b00_0000),
+            window: 1,
+            intid: 80,
+            features,
+            device_id: 1,
+            queue_count: 2,
+            queue_size: 16,
+            notify_events: [4, 5, 0, 0],
+        };
+        assert_eq!(*record, expected);
+        assert_eq!(parsed.windows()[record.window as usize].range, trap0.window);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::size::Bytes;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-use trapless_plan::{AddrRange, MPIDR_AFFINITY_MASK};
+use trapless_plan::{AddrRange, EMULATED_REGISTERS_SIZE, MPIDR_AFFINITY_MASK};
 
 /// A base address and a size.
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -37,6 +37,7 @@ struct PlatformToml {
     clock: Vec<Spanned<Clock>>,
     #[serde(default)]
     device: Vec<Spanned<DeviceToml>>,
+    emulation: Option<EmulationToml>,
 }
 
 /// How `cargo xtask run` starts this platform in QEMU.
@@ -53,7 +54,7 @@ pub struct Qemu {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct GicToml {
     version: Spanned<u32>,
-    distributor: RangeToml,
+    distributor: Spanned<RangeToml>,
     redistributors: Spanned<RangeToml>,
     redistributor_stride: Spanned<Bytes>,
     its: Option<Spanned<RangeToml>>,
@@ -109,6 +110,24 @@ struct DeviceToml {
 struct InterruptToml {
     spi: u32,
     trigger: Trigger,
+}
+
+/// `[emulation]`: where trapless may put devices that EL2 emulates.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct EmulationToml {
+    /// Guest-physical pages with nothing behind them, for emulated register blocks.
+    mmio: Spanned<RangeToml>,
+    /// SPIs wired to nothing, that EL2 may raise.
+    spis: Spanned<SpisToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SpisToml {
+    /// SPI number (INTID - 32).
+    first: u32,
+    count: u32,
 }
 
 /// How an SPI is signalled.
@@ -197,6 +216,37 @@ pub struct Device {
     pub clock_names: Vec<String>,
 }
 
+/// Where EL2 emulates devices for partitions (the register blocks of `mmio-trap` links): an
+/// address range no partition has anything at, and SPIs no device raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Emulation {
+    /// Whole pages, clear of RAM, the GIC and every device.
+    pub mmio: AddrRange,
+    /// SPI numbers (INTID - 32) `first_spi..first_spi + spi_count`, all below [`SPI_LIMIT`].
+    pub first_spi: u32,
+    pub spi_count: u32,
+}
+
+impl Emulation {
+    /// The register block and the SPI of emulated device number `index`: the `index`-th page
+    /// of the range and the `index`-th SPI, if the range and the SPIs reach that far.
+    pub fn slot(&self, index: usize) -> Option<(AddrRange, u32)> {
+        if index >= self.capacity() {
+            return None;
+        }
+        let base = self.mmio.base.0.checked_add(index as u64 * EMULATED_REGISTERS_SIZE)?;
+        Some((AddrRange::new(base, EMULATED_REGISTERS_SIZE), self.first_spi + index as u32))
+    }
+
+    /// How many emulated devices it has room for: one page and one SPI each.
+    pub fn capacity(&self) -> usize {
+        (self.mmio.size / EMULATED_REGISTERS_SIZE).min(self.spi_count.into()) as usize
+    }
+}
+
+/// SPIs a GIC may have: INTIDs 32 to 1019.
+pub const SPI_LIMIT: u32 = 988;
+
 /// A checked platform description.
 #[derive(Clone, Debug)]
 pub struct Platform {
@@ -216,6 +266,8 @@ pub struct Platform {
     pub cpus: Vec<u64>,
     pub clocks: Vec<Clock>,
     pub devices: Vec<Device>,
+    /// `[emulation]`, if the board gives one.
+    pub emulation: Option<Emulation>,
 }
 
 impl Platform {
@@ -384,8 +436,8 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             problem(format!("device '{}' needs one clock-names entry per clock", device.name));
         }
         for interrupt in &device.interrupts {
-            if interrupt.spi >= 988 {
-                problem(format!("device '{}' has SPI {}, beyond the 988 SPIs a GIC can have", device.name, interrupt.spi));
+            if interrupt.spi >= SPI_LIMIT {
+                problem(format!("device '{}' has SPI {}, beyond the {SPI_LIMIT} SPIs a GIC can have", device.name, interrupt.spi));
             }
         }
         devices.push(Device {
@@ -407,6 +459,8 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         index
     });
 
+    let emulation = raw.emulation.as_ref().map(|emulation| check_emulation(source, &raw, emulation, &mut problems));
+
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
@@ -419,7 +473,7 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         qemu: raw.qemu,
         gic: Gic {
             version,
-            distributor: raw.gic.distributor.range(),
+            distributor: raw.gic.distributor.get_ref().range(),
             redistributors,
             redistributor_stride: stride,
             its,
@@ -428,5 +482,75 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         cpus,
         clocks,
         devices,
+        emulation,
     })
+}
+
+/// Checks `[emulation]` of the platform `raw`: its range is whole pages that hold nothing the
+/// board has, and its SPIs are SPIs that no device raises.
+fn check_emulation(source: &Source, raw: &PlatformToml, emulation: &EmulationToml, problems: &mut Vec<Diagnostic>) -> Emulation {
+    let mmio = emulation.mmio.get_ref().range();
+    let mut problem = |span: &std::ops::Range<usize>, message: String| problems.push(source.error(span, message));
+    if mmio.size == 0 || !mmio.base.0.is_multiple_of(PAGE) || !mmio.size.is_multiple_of(PAGE) {
+        problem(&emulation.mmio.span(), format!("the [emulation] mmio range {mmio} must be whole 4 KiB pages"));
+    }
+    // Everything at a physical address the board describes: (what, its range, its line).
+    let line = |span: std::ops::Range<usize>| source.line(&span);
+    let mut taken = vec![
+        ("RAM".to_string(), raw.ram.get_ref().range(), line(raw.ram.span())),
+        ("the GIC distributor".to_string(), raw.gic.distributor.get_ref().range(), line(raw.gic.distributor.span())),
+        ("the GIC redistributors".to_string(), raw.gic.redistributors.get_ref().range(), line(raw.gic.redistributors.span())),
+    ];
+    if let Some(its) = &raw.gic.its {
+        taken.push(("the GIC ITS".to_string(), its.get_ref().range(), line(its.span())));
+    }
+    for device in &raw.device {
+        taken.push((format!("device '{}'", device.get_ref().name), device.get_ref().reg.range(), line(device.span())));
+    }
+    for (what, range, other_line) in taken {
+        if mmio.overlaps(&range) {
+            problem(&emulation.mmio.span(), format!("the [emulation] mmio range {mmio} overlaps {what} {range} (line {other_line})"));
+        }
+    }
+
+    let SpisToml { first, count } = *emulation.spis.get_ref();
+    let spis = u64::from(first)..u64::from(first) + u64::from(count);
+    if count == 0 || spis.end > u64::from(SPI_LIMIT) {
+        problem(
+            &emulation.spis.span(),
+            format!(
+                "the [emulation] spis ({count} from SPI {first}) must be at least one SPI, all below {SPI_LIMIT} so that each INTID (SPI + 32) is below 1020"
+            ),
+        );
+    }
+    for device in &raw.device {
+        for interrupt in device.get_ref().interrupts.iter().filter(|interrupt| spis.contains(&u64::from(interrupt.spi))) {
+            problem(
+                &emulation.spis.span(),
+                format!(
+                    "the [emulation] spis ({count} from SPI {first}) include SPI {} of device '{}' (line {})",
+                    interrupt.spi,
+                    device.get_ref().name,
+                    line(device.span())
+                ),
+            );
+        }
+    }
+    Emulation { mmio, first_spi: first, spi_count: count }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_emulated_device_takes_the_next_page_and_spi_while_both_last() {
+        let emulation = Emulation { mmio: AddrRange::new(0x0b00_0000, 0x3000), first_spi: 48, spi_count: 16 };
+        assert_eq!(emulation.slot(0), Some((AddrRange::new(0x0b00_0000, 0x1000), 48)));
+        assert_eq!(emulation.slot(2), Some((AddrRange::new(0x0b00_2000, 0x1000), 50)));
+        // Three pages: the fourth device has an SPI but no page.
+        assert_eq!((emulation.capacity(), emulation.slot(3)), (3, None));
+        let two_spis = Emulation { spi_count: 2, ..emulation };
+        assert_eq!((two_spis.capacity(), two_spis.slot(2)), (2, None));
+    }
 }

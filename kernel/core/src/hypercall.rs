@@ -1,6 +1,6 @@
 //! trapless's own hypercalls (see `trapless_abi::hypercall`), checked against the caller.
 
-use trapless_abi::hypercall::{CONSOLE_WRITE, CONSOLE_WRITE_MAX, INVALID_PARAMETERS, NOT_SUPPORTED};
+use trapless_abi::hypercall::{CONSOLE_WRITE, CONSOLE_WRITE_MAX, INVALID_PARAMETERS, LINK_NOTIFY, NOT_SUPPORTED};
 use trapless_plan::{AddrRange, Ipa};
 
 /// A checked trapless hypercall.
@@ -8,6 +8,9 @@ use trapless_plan::{AddrRange, Ipa};
 pub enum Hypercall {
     /// Print `len` bytes at `ipa` (inside the caller's RAM).
     ConsoleWrite { ipa: Ipa, len: u64 },
+    /// The device of emulated link `link` used buffers of queue `queue` (the kernel checks both
+    /// against the plan and the caller).
+    LinkNotify { link: u64, queue: u64 },
 }
 
 /// Decodes hypercall `function` with arguments `x1`, `x2` for a partition whose RAM is
@@ -20,6 +23,10 @@ pub fn decode(function: u32, args: [u64; 2], memory: &AddrRange) -> Result<Hyper
                 return Err(INVALID_PARAMETERS);
             }
             Ok(Hypercall::ConsoleWrite { ipa: Ipa(ipa), len })
+        }
+        LINK_NOTIFY => {
+            let [link, queue] = args;
+            Ok(Hypercall::LinkNotify { link, queue })
         }
         _ => Err(NOT_SUPPORTED),
     }
@@ -41,6 +48,11 @@ mod tests {
         assert_eq!(decode(CONSOLE_WRITE, [0x4300_0000, 1], &MEMORY), Err(INVALID_PARAMETERS));
         assert_eq!(decode(CONSOLE_WRITE, [u64::MAX, 2], &MEMORY), Err(INVALID_PARAMETERS));
         assert_eq!(decode(CONSOLE_WRITE, [0x4400_0000, 257], &MEMORY), Err(INVALID_PARAMETERS));
+    }
+
+    #[test]
+    fn link_notify_carries_its_link_and_queue() {
+        assert_eq!(decode(LINK_NOTIFY, [2, 1], &MEMORY), Ok(Hypercall::LinkNotify { link: 2, queue: 1 }));
     }
 
     #[test]

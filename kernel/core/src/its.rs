@@ -4,6 +4,9 @@
 //! GICR_PENDBASER). The aarch64 driver (`kernel/src/arch/its.rs`) writes what this module
 //! encodes; the tests here pin every field against the specification's layouts.
 
+/// Offset of `GITS_TRANSLATER` from the ITS base (in the translation frame, 64 KiB in).
+pub const TRANSLATER: u64 = 0x1_0040;
+
 /// An ITS command: four 64-bit doublewords in the command queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {

@@ -1,6 +1,7 @@
 //! The EL2 kernel's logic that needs no hardware, built and tested on the host: how exits are
 //! classified and counted, what the PSCI server answers, how faults and stops are reported,
-//! which trapped GIC registers it serves and how, and how partition console output is framed.
+//! which trapped GIC registers it serves and how, how partition console output is framed, and
+//! the virtio-mmio register block it emulates for the trap-and-emulate baseline.
 //! The aarch64 half (`trapless-kernel`) carries out what these modules decide.
 
 #![cfg_attr(not(test), no_std)]
@@ -13,3 +14,4 @@ pub mod gic_sysreg;
 pub mod hypercall;
 pub mod its;
 pub mod psci;
+pub mod virtio_mmio;

@@ -11,6 +11,7 @@
 //! | `header.spi_routes`    | one [`SpiRoute`] per passthrough SPI          |
 //! | `header.doorbells`     | one [`DoorbellRecord`] per doorbell           |
 //! | `header.windows`       | one [`WindowRecord`] per static virtio link   |
+//! | `header.emulated_links`| one [`EmulatedLinkRecord`] per `mmio-trap` link |
 //! | blobs                  | guest images, DTBs and window contents, each 16-byte aligned |
 //!
 //! The kernel parses no text: it checks this layout once with [`Plan::parse`] (magic, version,
@@ -41,7 +42,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
@@ -61,6 +62,10 @@ pub const MIN_KERNEL_HEAP: u64 = 1 << 20;
 pub const FIRST_LPI: u32 = 8192;
 /// Most static virtio windows a plan may hold.
 pub const MAX_WINDOWS: usize = 16;
+/// Most queues an emulated link has.
+pub const MAX_LINK_QUEUES: usize = 4;
+/// Bytes of an emulated link's register block (one page).
+pub const EMULATED_REGISTERS_SIZE: u64 = 0x1000;
 
 /// A NUL-padded UTF-8 name of at most [`NAME_CAPACITY`] bytes.
 #[derive(Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -323,6 +328,33 @@ pub struct WindowRecord {
     pub driver: u32,
 }
 
+/// A static virtio link whose driver reaches it through an emulated virtio-mmio register block
+/// (`transport = "mmio-trap"`), the classic trap-and-emulate path: the block is unmapped in the
+/// driver's stage 2, so every register access traps to EL2, which emulates virtio-mmio version
+/// 2 over the link's window. EL2 rings the device's doorbell for `QueueNotify`, and raises SPI
+/// `intid` on the driver when the device notifies it (hypercall `LINK_NOTIFY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct EmulatedLinkRecord {
+    /// The link's name, for reports.
+    pub name: Name,
+    /// Where the register block is in the driver's IPA space ([`EMULATED_REGISTERS_SIZE`]).
+    pub registers: Ipa,
+    /// The link's window: an index into [`Header::windows`] (its partitions are the link's).
+    pub window: u32,
+    /// The SPI (GIC INTID) raised on the driver, routed to its CPU by a [`SpiRoute`].
+    pub intid: u32,
+    /// The fixed features.
+    pub features: u64,
+    /// The virtio device ID.
+    pub device_id: u32,
+    pub queue_count: u16,
+    pub queue_size: u16,
+    /// For each queue, the EventID that rings the device (under
+    /// [`PlatformRecord::doorbell_device`]).
+    pub notify_events: [u32; MAX_LINK_QUEUES],
+}
+
 /// The start of every plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -340,6 +372,7 @@ pub struct Header {
     pub spi_routes: TableRef,
     pub doorbells: TableRef,
     pub windows: TableRef,
+    pub emulated_links: TableRef,
 }
 
 /// Why a byte string is not a plan this kernel can use.
@@ -408,6 +441,7 @@ pub struct Plan<'a> {
     spi_routes: &'a [SpiRoute],
     doorbells: &'a [DoorbellRecord],
     windows: &'a [WindowRecord],
+    emulated_links: &'a [EmulatedLinkRecord],
 }
 
 impl<'a> Plan<'a> {
@@ -439,6 +473,7 @@ impl<'a> Plan<'a> {
             spi_routes: table(bytes, header.spi_routes, "spi-routes")?,
             doorbells: table(bytes, header.doorbells, "doorbells")?,
             windows: table(bytes, header.windows, "windows")?,
+            emulated_links: table(bytes, header.emulated_links, "emulated links")?,
         };
         plan.check_records()?;
         Ok(plan)
@@ -510,6 +545,20 @@ impl<'a> Plan<'a> {
                 return Err(PlanError::WindowOutOfBounds { window: index });
             }
         }
+        for (index, link) in self.emulated_links.iter().enumerate() {
+            if link.name.checked().is_none() {
+                return Err(PlanError::BadName { what: "emulated link", index });
+            }
+            if link.window as usize >= self.windows.len() {
+                return Err(PlanError::BadIndex { field: "emulated link window", index });
+            }
+            if !(32..1020).contains(&link.intid) {
+                return Err(bad_value("emulated link intid", index, link.intid.into()));
+            }
+            if !(1..=MAX_LINK_QUEUES).contains(&usize::from(link.queue_count)) {
+                return Err(bad_value("emulated link queue count", index, link.queue_count.into()));
+            }
+        }
         for (index, partition) in self.partitions.iter().enumerate() {
             if partition.name.checked().is_none() {
                 return Err(PlanError::BadName { what: "partition", index });
@@ -568,6 +617,11 @@ impl<'a> Plan<'a> {
     /// Every static virtio window.
     pub fn windows(&self) -> &'a [WindowRecord] {
         self.windows
+    }
+
+    /// Every link reached through an emulated register block.
+    pub fn emulated_links(&self) -> &'a [EmulatedLinkRecord] {
+        self.emulated_links
     }
 
     /// The platform CPU indexes owned by partition number `partition`.

@@ -74,6 +74,17 @@ fn two_partitions() -> Vec<u8> {
             driver: 0,
             init: b"tlvirtio header",
         }],
+        emulated_links: vec![EmulatedLinkRecord {
+            name: Name::new("net0").unwrap(),
+            registers: Ipa(0x0b00_0000),
+            window: 0,
+            intid: 96,
+            features: 1 << 32,
+            device_id: 1,
+            queue_count: 2,
+            queue_size: 16,
+            notify_events: [2, 3, 0, 0],
+        }],
     }
     .to_bytes()
 }
@@ -100,6 +111,8 @@ fn round_trip_keeps_every_record() {
     let [window] = plan.windows() else { panic!("one window") };
     assert_eq!((window.range, window.device, window.driver), (AddrRange::new(0x4a00_0000, 0x10_0000), 1, 0));
     assert_eq!((plan.blob(&window.init), window.init.load), (&b"tlvirtio header"[..], PhysAddr(0x4a00_0000)));
+    let [link] = plan.emulated_links() else { panic!("one emulated link") };
+    assert_eq!((link.name.as_str(), link.registers, link.intid, link.notify_events), ("net0", Ipa(0x0b00_0000), 96, [2, 3, 0, 0]));
 }
 
 #[test]
@@ -158,7 +171,7 @@ fn rejects_misaligned_bytes() {
 fn rejects_tables_and_blobs_out_of_bounds() {
     let header = size_of::<Header>();
     // `partitions.count` lies after `cpus` in the header; make it far too large.
-    let partitions_count = header - 5 * size_of::<TableRef>() + 4;
+    let partitions_count = header - 6 * size_of::<TableRef>() + 4;
     assert_eq!(
         corrupt(|b| header_field(b, partitions_count, &1000u32.to_le_bytes())),
         PlanError::TableOutOfBounds { table: "partitions" }
@@ -224,6 +237,16 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, window + 8, &8u64.to_le_bytes())),
         PlanError::WindowOutOfBounds { window: 0 }
+    );
+    // An emulated link whose window does not exist, and one raising a PPI.
+    let link = window + size_of::<WindowRecord>();
+    assert_eq!(
+        corrupt(|b| header_field(b, link + 40, &1u32.to_le_bytes())),
+        PlanError::BadIndex { field: "emulated link window", index: 0 }
+    );
+    assert_eq!(
+        corrupt(|b| header_field(b, link + 44, &27u32.to_le_bytes())),
+        PlanError::BadValue { field: "emulated link intid", index: 0, value: 27 }
     );
 }
 

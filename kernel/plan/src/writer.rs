@@ -2,7 +2,7 @@
 
 use crate::{
     AddrRange, BLOB_ALIGN, BlobRef, CpuRecord, DoorbellRecord, FORMAT_VERSION, Header, Ipa, MAGIC,
-    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, WindowRecord,
+    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, WindowRecord, EmulatedLinkRecord,
 };
 use alloc::vec::Vec;
 use core::mem::size_of;
@@ -41,6 +41,7 @@ pub struct PlanWriter<'a> {
     pub spi_routes: Vec<SpiRoute>,
     pub doorbells: Vec<DoorbellRecord>,
     pub windows: Vec<WindowDraft<'a>>,
+    pub emulated_links: Vec<EmulatedLinkRecord>,
 }
 
 impl<'a> PlanWriter<'a> {
@@ -61,6 +62,7 @@ impl<'a> PlanWriter<'a> {
         let spi_routes = place(self.spi_routes.len(), size_of::<SpiRoute>());
         let doorbells = place(self.doorbells.len(), size_of::<DoorbellRecord>());
         let window_table = place(self.windows.len(), size_of::<WindowRecord>());
+        let emulated_links = place(self.emulated_links.len(), size_of::<EmulatedLinkRecord>());
 
         // Blobs, stored once each however many partitions share them.
         let mut blobs = BlobStore { end: offset, stored: Vec::new() };
@@ -118,6 +120,7 @@ impl<'a> PlanWriter<'a> {
             spi_routes,
             doorbells,
             windows: window_table,
+            emulated_links,
         };
         let mut out = Vec::with_capacity(total_size);
         out.extend_from_slice(header.as_bytes());
@@ -127,6 +130,7 @@ impl<'a> PlanWriter<'a> {
         out.extend_from_slice(self.spi_routes.as_bytes());
         out.extend_from_slice(self.doorbells.as_bytes());
         out.extend_from_slice(windows.as_bytes());
+        out.extend_from_slice(self.emulated_links.as_bytes());
         for (bytes, at) in blobs.stored {
             out.resize(at as usize, 0);
             out.extend_from_slice(bytes);

@@ -148,3 +148,14 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
     clear_active_priorities();
     Ok(())
 }
+
+/// Makes SPI `intid` pending (an emulated link's interrupt), through `GICD_ISPENDR<n>`: a write
+/// of one bit, which sets it and touches no other, so it needs no lock.
+pub fn raise_spi(intid: u32) {
+    const GICD_ISPENDR: u64 = 0x200;
+    let register = crate::state::kernel().plan.platform().gicd.base.0 + GICD_ISPENDR + 4 * u64::from(intid / 32);
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ST);
+    // SAFETY: the distributor is EL2's, mapped as Device memory; `intid` is an SPI the plan
+    // routes to the driver (`Plan::parse` checked it is one).
+    unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
+}

@@ -211,3 +211,13 @@ pub fn init(plan: &Plan<'static>, gic_id_bits: u8) -> Result<(), Error> {
     its.wait()?;
     Ok(())
 }
+
+/// Rings doorbell `event` from EL2 (for an emulated link's `QueueNotify`): a store of the
+/// EventID to `GITS_TRANSLATER`, after everything written before, as a partition rings one.
+pub fn ring(event: u32) {
+    let its = crate::state::kernel().plan.platform().its.base.0 + trapless_kernel_core::its::TRANSLATER;
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ST);
+    // SAFETY: the plan's ITS (checked against the firmware's tree at boot) is mapped as Device
+    // memory at EL2; a 32-bit store of an EventID to GITS_TRANSLATER is what it takes.
+    unsafe { (its as *mut u32).write_volatile(event) };
+}

@@ -15,6 +15,12 @@ pub mod hypercall {
     pub const CONSOLE_WRITE: u32 = 0xC600_0001;
     /// Most bytes one [`CONSOLE_WRITE`] takes.
     pub const CONSOLE_WRITE_MAX: u64 = 256;
+    /// The device side of a `mmio-trap` static virtio link notifies its driver about a queue:
+    /// EL2 sets the used-buffer bit of the emulated `InterruptStatus` and raises the link's SPI
+    /// on the driver. `x1` = the link's number (its device tree's `trapless,notify-hypercall`),
+    /// `x2` = the queue. Returns [`SUCCESS`], or [`INVALID_PARAMETERS`] for a link this
+    /// partition is not the device of or a queue it does not have.
+    pub const LINK_NOTIFY: u32 = 0xC600_0002;
 
     /// SMCCC: the call succeeded.
     pub const SUCCESS: i64 = 0;

@@ -57,7 +57,21 @@ impl Doorbells {
 /// Most static virtio links a [`Boot`] lists.
 pub const MAX_LINKS: usize = binding::MAX_LINKS_PER_PARTITION;
 
-/// A static virtio link this partition is on (`trapless,virtio-static` node; see
+/// How this side of a link reaches the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Trap-free: the window, and doorbells (`notify_events`, `notify_lpis`) or polling.
+    Doorbell,
+    /// The driver of a `mmio-trap` link: a `virtio,mmio` register block EL2 emulates, and the
+    /// SPI (GIC INTID) EL2 raises when the device notifies.
+    MmioTrap { registers: Range<u64>, intid: u32 },
+    /// The device of a `mmio-trap` link: it notifies the driver with hypercall `LINK_NOTIFY`
+    /// and this link number.
+    Hypercall(u32),
+}
+
+/// A static virtio link this partition is on (a `trapless,virtio-static` node, or for the
+/// driver of a `mmio-trap` link a `virtio,mmio` node with `trapless,link`; see
 /// `docs/static-virtio.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -76,12 +90,13 @@ pub struct Link {
     /// Per queue: the LPI the peer's notifications raise here and the affinity of the CPU that
     /// takes it (`None`: this side polls).
     pub notify_lpis: [Option<(u32, u32)>; MAX_QUEUES],
+    pub transport: Transport,
 }
 
 impl Link {
-    /// Whether this side polls (it has no LPIs).
+    /// Whether this side polls (it takes no interrupts for the link).
     pub fn polls(&self) -> bool {
-        self.notify_lpis.iter().all(Option::is_none)
+        self.notify_lpis.iter().all(Option::is_none) && !matches!(self.transport, Transport::MmioTrap { .. })
     }
 
     /// A block device's capacity in bytes.
@@ -274,7 +289,10 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
     };
 
     let mut links = [const { None }; MAX_LINKS];
-    let nodes = tree.all_nodes().filter(|node| is_compatible(node, binding::dt::COMPATIBLE));
+    let nodes = tree.all_nodes().filter(|node| {
+        is_compatible(node, binding::dt::COMPATIBLE)
+            || is_compatible(node, binding::dt::MMIO_COMPATIBLE) && node.property(binding::dt::LINK).is_some()
+    });
     for (slot, node) in nodes.enumerate() {
         *links.get_mut(slot).ok_or(FactsError::BadLink)? = Some(read_link(&tree, &node, address_cells, size_cells)?);
     }
@@ -336,6 +354,20 @@ fn read_link(tree: &Fdt<'static>, node: &FdtNode<'_, 'static>, address_cells: us
             *slot = Some(lpis.next().zip(lpis.next()).ok_or(bad)?);
         }
     }
+    let transport = if is_compatible(node, MMIO_COMPATIBLE) {
+        let registers = node
+            .property("reg")
+            .and_then(|reg| dt::reg_entries(reg.value, address_cells, size_cells).next())
+            .map(|(base, size)| base..base + size)
+            .ok_or(bad)?;
+        // `interrupts = <GIC_SPI n flags>`: INTID 32 + n.
+        let spi = node.property("interrupts").and_then(|property| dt::cells(property.value).nth(1)).ok_or(bad)?;
+        Transport::MmioTrap { registers, intid: 32 + spi }
+    } else if let Some(link) = cell(node, NOTIFY_HYPERCALL) {
+        Transport::Hypercall(link as u32)
+    } else {
+        Transport::Doorbell
+    };
     Ok(Link {
         name: text(node, LINK).ok_or(bad)?,
         role,
@@ -347,6 +379,7 @@ fn read_link(tree: &Fdt<'static>, node: &FdtNode<'_, 'static>, address_cells: us
         config,
         notify_events,
         notify_lpis,
+        transport,
     })
 }
 

@@ -27,7 +27,12 @@ use trapless_guest::{Boot, irq, println, psci, time};
 use trapless_virtio::Notify;
 use trapless_virtio::binding::{Kind, state};
 use trapless_virtio::device::{CHECKSUM_SEED, checksum};
-use trapless_virtio::driver::{self, LinkConfig, StaticTransport, WindowHal};
+use core::ptr::NonNull;
+use trapless_guest::facts::Transport as LinkTransport;
+use trapless_virtio::driver::{self, LinkConfig, Placed, StaticTransport, WindowHal};
+use trapless_virtio::link::Peer;
+use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::Error;
 use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
 use virtio_drivers::device::console::VirtIOConsole;
@@ -49,7 +54,8 @@ const BLOCK_CHUNK: usize = 8;
 /// How long to wait for the device side of a link to open it.
 const DEVICE_WAIT_SECONDS: u64 = 10;
 
-/// Doorbells rung, and LPIs taken, over every link.
+/// Doorbells rung, and link interrupts taken (LPIs, or the SPI of a `mmio-trap` link), over
+/// every link.
 static RUNG: AtomicU64 = AtomicU64::new(0);
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 
@@ -63,8 +69,6 @@ impl Notify for Counted {
         RUNG.fetch_add(self.0.rung - before, Ordering::Relaxed);
     }
 }
-
-type Transport = StaticTransport<Counted>;
 
 fn taken(_lpi: u32) {
     TAKEN.fetch_add(1, Ordering::Relaxed);
@@ -98,7 +102,7 @@ fn main(boot: &Boot) {
         }
     }
     println!(
-        "virtio-driver: done; rang the device {} times, took {} LPIs",
+        "virtio-driver: done; rang the device {} times, took {} interrupts",
         RUNG.load(Ordering::Relaxed),
         TAKEN.load(Ordering::Relaxed)
     );
@@ -128,32 +132,52 @@ fn drive<const SLOT: usize>(boot: &Boot, link: &Link, slot: usize) -> Result<Str
         window_ipa: link.window.start,
         window_size: (link.window.end - link.window.start) as usize,
     };
-    let bells = Bells::new(boot, link).map_err(|error| format!("its doorbells: {error:?}"))?;
     // SAFETY: the device tree gives this partition the window, the runtime mapped it, and
     // nothing else here uses it.
-    let transport = unsafe { driver::open(slot, config, Counted(bells)) }.map_err(|error| format!("{error:?}"))?;
+    let window = unsafe { driver::attach(slot, config) }.map_err(|error| format!("{error:?}"))?;
     // The device partition boots beside this one: give it time to open its side.
     let deadline = time::now() + DEVICE_WAIT_SECONDS * time::frequency();
-    while transport.device().state == state::RESET && time::now() < deadline {
+    while Peer::read(&window).state == state::RESET && time::now() < deadline {
         core::hint::spin_loop();
     }
-    let device = transport.device();
+    let device = Peer::read(&window);
     if device.state != state::READY {
         return Err(format!("the device side is not ready (state {}, error {})", device.state, device.error));
     }
-    // Why a driver refused the link, if the transport knows.
-    let refused = |error: Error| match driver::failure(slot) {
-        Some(failure) => format!("{error:?}: {failure:?}"),
-        None => format!("{error:?}"),
-    };
-    match link.kind {
-        Kind::Console => console::<SLOT>(transport, count(boot, "lines", 20)).map_err(refused),
-        Kind::Net => net::<SLOT>(transport, count(boot, "frames", 64)),
-        Kind::Block => block::<SLOT>(transport, count(boot, "passes", 1)),
+    match &link.transport {
+        LinkTransport::MmioTrap { registers, .. } => {
+            let header = NonNull::new(registers.start as *mut VirtIOHeader).ok_or("no register block")?;
+            // SAFETY: the device tree gives this partition the register block (EL2 emulates it:
+            // every access traps), and nothing else here uses it.
+            let mmio = unsafe { MmioTransport::new(header, (registers.end - registers.start) as usize) }
+                .map_err(|error| format!("the register block: {error}"))?;
+            run::<SLOT, _>(boot, link, slot, Placed::new(slot, mmio))
+        }
+        LinkTransport::Doorbell | LinkTransport::Hypercall(_) => {
+            let bells = Bells::new(boot, link).map_err(|error| format!("its doorbells: {error:?}"))?;
+            run::<SLOT, _>(boot, link, slot, StaticTransport::new(slot, config, window, Counted(bells)))
+        }
     }
 }
 
-fn console<const SLOT: usize>(transport: Transport, lines: usize) -> Result<String, Error> {
+/// Runs `link`'s workload over `transport`, whose `Hal` is slot `SLOT`'s.
+fn run<const SLOT: usize, T: Transport>(boot: &Boot, link: &Link, slot: usize, transport: T) -> Result<String, String> {
+    match link.kind {
+        Kind::Console => console::<SLOT, T>(transport, count(boot, "lines", 20)).map_err(|error| with_failure(format!("{error:?}"), slot)),
+        Kind::Net => net::<SLOT, T>(transport, count(boot, "frames", 64)).map_err(|problem| with_failure(problem, slot)),
+        Kind::Block => block::<SLOT, T>(transport, count(boot, "passes", 1)).map_err(|problem| with_failure(problem, slot)),
+    }
+}
+
+/// `problem`, and why the transport refused the link, if it did.
+fn with_failure(problem: String, slot: usize) -> String {
+    match driver::failure(slot) {
+        Some(failure) => format!("{problem}: {failure:?}"),
+        None => problem,
+    }
+}
+
+fn console<const SLOT: usize, T: Transport>(transport: T, lines: usize) -> Result<String, Error> {
     let mut console = VirtIOConsole::<WindowHal<SLOT>, _>::new(transport)?;
     let mut bytes = 0;
     for index in 0..lines {
@@ -178,9 +202,8 @@ fn frame(index: usize) -> impl Iterator<Item = u8> {
     (0..FRAME_SIZES[index % FRAME_SIZES.len()]).map(move |at| (at * 13 + index) as u8)
 }
 
-fn net<const SLOT: usize>(transport: Transport, frames: usize) -> Result<String, String> {
-    let mut net = VirtIONet::<WindowHal<SLOT>, _, NET_QUEUE>::new(transport, NET_BUFFER)
-        .map_err(|error| format!("{error:?}: {:?}", driver::failure(SLOT)))?;
+fn net<const SLOT: usize, T: Transport>(transport: T, frames: usize) -> Result<String, String> {
+    let mut net = VirtIONet::<WindowHal<SLOT>, _, NET_QUEUE>::new(transport, NET_BUFFER).map_err(|error| format!("{error:?}"))?;
     let (mut sent, mut received, mut bytes) = (CHECKSUM_SEED, CHECKSUM_SEED, 0);
     let mut next = 0;
     while next < frames {
@@ -219,9 +242,8 @@ fn pattern(pass: usize, sector: usize, out: &mut [u8]) {
     }
 }
 
-fn block<const SLOT: usize>(transport: Transport, passes: usize) -> Result<String, String> {
-    let mut disk = VirtIOBlk::<WindowHal<SLOT>, _>::new(transport)
-        .map_err(|error| format!("{error:?}: {:?}", driver::failure(SLOT)))?;
+fn block<const SLOT: usize, T: Transport>(transport: T, passes: usize) -> Result<String, String> {
+    let mut disk = VirtIOBlk::<WindowHal<SLOT>, _>::new(transport).map_err(|error| format!("{error:?}"))?;
     let sectors = disk.capacity() as usize;
     let mut buffer = vec![0u8; BLOCK_CHUNK * SECTOR_SIZE];
     let mut expected = vec![0u8; SECTOR_SIZE];

@@ -182,6 +182,11 @@ pub mod dt {
     pub const CONFIG: &str = "trapless,config";
     pub const NOTIFY_EVENTS: &str = "trapless,notify-events";
     pub const NOTIFY_LPIS: &str = "trapless,notify-lpis";
+    /// Device side of a `mmio-trap` link: notify the driver with hypercall `LINK_NOTIFY` and
+    /// this number, instead of a doorbell.
+    pub const NOTIFY_HYPERCALL: &str = "trapless,notify-hypercall";
+    /// `compatible` of the driver's node of a `mmio-trap` link: standard virtio-mmio.
+    pub const MMIO_COMPATIBLE: &str = "virtio,mmio";
     /// Values of [`ROLE`].
     pub const ROLE_DEVICE: &str = "device";
     pub const ROLE_DRIVER: &str = "driver";

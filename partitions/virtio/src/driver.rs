@@ -15,8 +15,8 @@ use crate::Notify;
 use crate::binding::{Kind, MAX_LINKS_PER_PARTITION, offset, state};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, PAGE};
-use crate::window::{Memory, RawMemory, Window};
-use core::sync::atomic::{Ordering, fence};
+use crate::link::{DriverSide, Peer};
+use crate::window::{RawMemory, Window};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -115,7 +115,8 @@ struct LinkState {
     config: LinkConfig,
     layout: Layout,
     pool: Pool,
-    /// The queue a driver is setting up (between `max_queue_size` and `queue_set`).
+    /// The queue a driver is setting up (from `max_queue_size` until its used ring is
+    /// allocated): its rings are the next [`Hal::dma_alloc`]s.
     setting_up: Option<u16>,
     failure: Option<Failure>,
 }
@@ -151,22 +152,19 @@ pub struct StaticTransport<N: Notify> {
     notify: N,
     status: DeviceStatus,
     queues_set: u8,
-    /// Which start of the driver this is (0: not started).
-    generation: u32,
-    /// Whether the driver line says `READY`.
-    started: bool,
+    side: DriverSide,
 }
 
-/// Opens link `config` in slot `slot` (its [`WindowHal<SLOT>`] is the driver's `Hal`): checks the
-/// window's header against the device tree and lays the window out.
+/// Lays link `config` out in slot `slot`, for the slot's [`WindowHal<SLOT>`]: checks the
+/// window's header against the device tree and returns the window. A driver on another
+/// transport (`MmioTransport` on a `mmio-trap` link) needs only this; [`open`] does it too.
 ///
 /// # Safety
 ///
 /// `[config.window..config.window + config.window_size)` must be the link's window, mapped
 /// read/write, and used by nothing else in this partition.
-pub unsafe fn open<N: Notify>(slot: usize, config: LinkConfig, notify: N) -> Result<StaticTransport<N>, Failure> {
-    let cell = LINKS.get(slot).ok_or(Failure::Slot(slot))?;
-    let mut link = cell.lock();
+pub unsafe fn attach(slot: usize, config: LinkConfig) -> Result<Window<RawMemory>, Failure> {
+    let mut link = LINKS.get(slot).ok_or(Failure::Slot(slot))?.lock();
     if link.is_some() {
         return Err(Failure::Slot(slot));
     }
@@ -177,88 +175,57 @@ pub unsafe fn open<N: Notify>(slot: usize, config: LinkConfig, notify: N) -> Res
     let layout = layout::compute(config.kind.queue_count(), u32::from(config.queue_size), config.window_size)
         .map_err(Failure::Layout)?;
     let pool = Pool::new(config.window + layout.pool.start, layout.pool.len());
-    // Carry on from the window's generation, so that a driver that starts again after its
-    // partition did is a new generation to the device.
-    let generation = window.read_u32(offset::DRIVER_STATE + state::GENERATION).unwrap_or(0);
     *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None });
-    Ok(StaticTransport { slot, config, window, notify, status: DeviceStatus::empty(), queues_set: 0, generation, started: false })
+    Ok(window)
+}
+
+/// Frees slot `slot` (its driver is gone).
+pub fn detach(slot: usize) {
+    if let Some(link) = LINKS.get(slot) {
+        *link.lock() = None;
+    }
+}
+
+/// Opens link `config` in slot `slot` (its [`WindowHal<SLOT>`] is the driver's `Hal`): the
+/// trap-free transport over the window, which rings the device through `notify`.
+///
+/// # Safety
+///
+/// As for [`attach`].
+pub unsafe fn open<N: Notify>(slot: usize, config: LinkConfig, notify: N) -> Result<StaticTransport<N>, Failure> {
+    // SAFETY: our caller's promise.
+    let window = unsafe { attach(slot, config) }?;
+    Ok(StaticTransport::new(slot, config, window, notify))
 }
 
 impl<N: Notify> StaticTransport<N> {
+    /// The trap-free transport of the link [`attach`]ed in slot `slot` as `config`, whose window
+    /// `attach` returned; it rings the device through `notify`.
+    pub fn new(slot: usize, config: LinkConfig, window: Window<RawMemory>, notify: N) -> Self {
+        let side = DriverSide::new(&window);
+        Self { slot, config, window, notify, status: DeviceStatus::empty(), queues_set: 0, side }
+    }
+
     /// The device's state line.
     pub fn device(&self) -> Peer {
         Peer::read(&self.window)
     }
 
-    fn write_state(&self, value: u32) {
-        let _ = self.window.write_u32(offset::DRIVER_STATE + state::STATE, value);
-    }
-
-    /// Says `value` (`RESET` to start over, `STOPPED` when done) and, if the device may be
-    /// serving our rings, waits until it has let go of them (`docs/static-virtio.md`, steps 3
-    /// and 5).
+    /// Says `value` (`RESET` or `STOPPED`), ringing the device and waiting for it if it may
+    /// be serving our rings.
     fn let_go(&mut self, value: u32) {
-        self.started = false;
-        self.write_state(value);
-        let generation = self.generation;
-        if generation == 0 {
-            return;
-        }
-        // Our word is visible before the device is told to look, and before we look for its
-        // answer (the device stores its generation, then checks ours: one of us sees the other).
-        fence(Ordering::SeqCst);
-        self.notify.notify(0);
-        loop {
-            let device = self.device();
-            if device.generation != generation || device.state != state::READY {
-                break;
-            }
-            core::hint::spin_loop();
-        }
-        // Nothing of ours is touched before the device's last ring writes are seen.
-        fence(Ordering::Acquire);
-    }
-
-    /// Says `READY` under a new generation, after everything written before.
-    fn start(&mut self) {
-        self.generation = self.generation.wrapping_add(1).max(1);
-        let _ = self.window.write_u32(offset::DRIVER_STATE + state::GENERATION, self.generation);
-        fence(Ordering::Release);
-        self.write_state(state::READY);
-        self.started = true;
+        let notify = &mut self.notify;
+        self.side.let_go(&self.window, value, || notify.notify(0));
     }
 }
 
 impl<N: Notify> Drop for StaticTransport<N> {
     /// A driver that goes away stops the link first, so the device lets go of its rings.
     fn drop(&mut self) {
-        if self.started {
+        if self.side.started() {
             self.let_go(state::STOPPED);
         }
-        *LINKS[self.slot].lock() = None;
-    }
-}
-
-/// What a device's state line says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub state: u32,
-    /// The driver generation it serves (0: none).
-    pub generation: u32,
-    /// Why it failed (`state::ERROR_*`), when it did.
-    pub error: u32,
-}
-
-impl Peer {
-    fn read<M: Memory>(window: &Window<M>) -> Self {
-        let line = offset::DEVICE_STATE;
-        let state = window.read_u32(line + state::STATE).unwrap_or(state::RESET);
-        fence(Ordering::Acquire);
-        Self {
-            state,
-            generation: window.read_u32(line + state::GENERATION).unwrap_or(0),
-            error: window.read_u32(line + state::ERROR).unwrap_or(0),
-        }
+        detach(self.slot);
     }
 }
 
@@ -304,9 +271,9 @@ impl<N: Notify> Transport for StaticTransport<N> {
         if status.is_empty() {
             self.let_go(state::RESET);
         } else if failure(self.slot).is_some() {
-            self.write_state(state::FAILED);
+            self.side.fail(&self.window);
         } else if status.contains(DeviceStatus::DRIVER_OK) {
-            self.start();
+            self.side.start(&self.window);
         }
     }
 
@@ -319,7 +286,6 @@ impl<N: Notify> Transport for StaticTransport<N> {
     fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
         let mut link = LINKS[self.slot].lock();
         let Some(link) = link.as_mut() else { return };
-        link.setting_up = None;
         let expected = link.layout.queues.get(usize::from(queue)).map(|layout| {
             let ipa = |offset: usize| self.config.window_ipa + offset as u64;
             (ipa(layout.desc), ipa(layout.avail), ipa(layout.used))
@@ -335,7 +301,7 @@ impl<N: Notify> Transport for StaticTransport<N> {
         self.queues_set &= !(1 << queue);
         // The stock drivers unset their queues when they are dropped, just before they free the
         // rings: the device must have let go of them by then.
-        if self.queues_set == 0 && self.started {
+        if self.queues_set == 0 && self.side.started() {
             self.let_go(state::STOPPED);
         }
     }
@@ -369,6 +335,81 @@ impl<N: Notify> Transport for StaticTransport<N> {
     fn write_config_space<T: IntoBytes + Immutable>(&mut self, _offset: usize, _value: T) -> virtio_drivers::Result<()> {
         // A static link's configuration is fixed at build time.
         Err(Error::Unsupported)
+    }
+}
+
+/// Another transport (virtio-drivers' `MmioTransport`, for a `mmio-trap` link) that tells the
+/// slot's [`WindowHal`] which queue its driver is setting up, so that the queue's rings go
+/// where the layout puts them; every call passes through unchanged.
+pub struct Placed<T: Transport> {
+    slot: usize,
+    inner: T,
+}
+
+impl<T: Transport> Placed<T> {
+    /// `inner`, for the link [`attach`]ed in slot `slot`.
+    pub fn new(slot: usize, inner: T) -> Self {
+        Self { slot, inner }
+    }
+}
+
+impl<T: Transport> Drop for Placed<T> {
+    fn drop(&mut self) {
+        detach(self.slot);
+    }
+}
+
+impl<T: Transport> Transport for Placed<T> {
+    fn device_type(&self) -> DeviceType {
+        self.inner.device_type()
+    }
+    fn read_device_features(&mut self) -> u64 {
+        self.inner.read_device_features()
+    }
+    fn write_driver_features(&mut self, driver_features: u64) {
+        self.inner.write_driver_features(driver_features)
+    }
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        if let Some(link) = LINKS[self.slot].lock().as_mut() {
+            link.setting_up = Some(queue).filter(|&queue| queue < link.layout.queue_count);
+        }
+        self.inner.max_queue_size(queue)
+    }
+    fn notify(&mut self, queue: u16) {
+        self.inner.notify(queue)
+    }
+    fn get_status(&self) -> DeviceStatus {
+        self.inner.get_status()
+    }
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.inner.set_status(status)
+    }
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        self.inner.set_guest_page_size(guest_page_size)
+    }
+    fn requires_legacy_layout(&self) -> bool {
+        self.inner.requires_legacy_layout()
+    }
+    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        self.inner.queue_set(queue, size, descriptors, driver_area, device_area)
+    }
+    fn queue_unset(&mut self, queue: u16) {
+        self.inner.queue_unset(queue)
+    }
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.inner.queue_used(queue)
+    }
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.inner.ack_interrupt()
+    }
+    fn read_config_generation(&self) -> u32 {
+        self.inner.read_config_generation()
+    }
+    fn read_config_space<T2: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<T2> {
+        self.inner.read_config_space(offset)
+    }
+    fn write_config_space<T2: IntoBytes + Immutable>(&mut self, offset: usize, value: T2) -> virtio_drivers::Result<()> {
+        self.inner.write_config_space(offset, value)
     }
 }
 

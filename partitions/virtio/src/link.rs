@@ -1,8 +1,12 @@
-//! The device side of a link: the start-up and reset handshake of `docs/static-virtio.md` around
-//! a [`Device`] and its queues. A device partition calls [`DeviceLink::step`] whenever it looks
-//! at the link (on a doorbell, or polling); the step follows the driver's state line, serves a
-//! bounded amount of work, and says which queues the driver wants to hear about and whether to
-//! look again before waiting.
+//! The start-up, reset and stop handshake of `docs/static-virtio.md`, both halves.
+//!
+//! The device's half is [`DeviceLink`], around a [`Device`] and its queues: a device partition
+//! calls [`DeviceLink::step`] whenever it looks at the link (on a doorbell, or polling); the
+//! step follows the driver's state line, serves a bounded amount of work, and says which queues
+//! the driver wants to hear about and whether to look again before waiting.
+//!
+//! The driver's half is [`DriverSide`]: the driver transport uses it, and so does EL2 when it
+//! plays the driver's part for an emulated (`mmio-trap`) link.
 
 use crate::binding::{EVENT_IDX, offset, state};
 use crate::device::{Device, QueueSet};
@@ -194,5 +198,96 @@ impl<M: Memory> DeviceLink<M> {
         // queue (an echo with nowhere to echo to) must not spin on the other's.
         step.more = pending && used != QueueSet::default();
         Ok(step)
+    }
+}
+
+/// What a device's state line says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub state: u32,
+    /// The driver generation it serves (0: none).
+    pub generation: u32,
+    /// Why it failed (`state::ERROR_*`), when it did.
+    pub error: u32,
+}
+
+impl Peer {
+    /// Reads the device line of `window`.
+    pub fn read<M: Memory>(window: &Window<M>) -> Self {
+        let line = offset::DEVICE_STATE;
+        let value = window.read_u32(line + state::STATE).unwrap_or(state::RESET);
+        fence(Ordering::Acquire);
+        Self {
+            state: value,
+            generation: window.read_u32(line + state::GENERATION).unwrap_or(0),
+            error: window.read_u32(line + state::ERROR).unwrap_or(0),
+        }
+    }
+}
+
+/// The driver's half of the handshake: its generation, kept in private memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverSide {
+    /// Which start of the driver this is (0: not started).
+    generation: u32,
+    /// Whether the driver line says `READY`.
+    started: bool,
+}
+
+impl DriverSide {
+    /// Carries on from the generation the driver line of `window` holds, so that a driver that
+    /// starts again after its partition did is a new generation to the device.
+    pub fn new<M: Memory>(window: &Window<M>) -> Self {
+        Self { generation: window.read_u32(offset::DRIVER_STATE + state::GENERATION).unwrap_or(0), started: false }
+    }
+
+    /// Whether the driver line says `READY`.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    fn write_state<M: Memory>(window: &Window<M>, value: u32) {
+        let _ = window.write_u32(offset::DRIVER_STATE + state::STATE, value);
+    }
+
+    /// Says `value` (`RESET` to start over, `STOPPED` when done) and, if the device may be
+    /// serving our rings, calls `ring` (to notify it) and waits until it has let go of them
+    /// (`docs/static-virtio.md`, steps 3 and 5).
+    pub fn let_go<M: Memory>(&mut self, window: &Window<M>, value: u32, ring: impl FnOnce()) {
+        self.started = false;
+        Self::write_state(window, value);
+        let generation = self.generation;
+        if generation == 0 {
+            return;
+        }
+        // Our word is visible before the device is told to look, and before we look for its
+        // answer (the device stores its generation, then checks ours: one of us sees the other).
+        fence(Ordering::SeqCst);
+        ring();
+        loop {
+            let device = Peer::read(window);
+            if device.generation != generation || device.state != state::READY {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        // Nothing of ours is touched before the device's last ring writes are seen.
+        fence(Ordering::Acquire);
+    }
+
+    /// Says `READY` under a new generation, after everything written before (the rings).
+    pub fn start<M: Memory>(&mut self, window: &Window<M>) {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        fence(Ordering::Release);
+        let _ = window.write_u32(offset::DRIVER_STATE + state::GENERATION, self.generation);
+        fence(Ordering::Release);
+        Self::write_state(window, state::READY);
+        self.started = true;
+    }
+
+    /// Says `FAILED`: this driver cannot use the link as it is fixed.
+    pub fn fail<M: Memory>(&mut self, window: &Window<M>) {
+        self.started = false;
+        Self::write_state(window, state::FAILED);
     }
 }
