@@ -42,7 +42,4 @@ pub fn check(run: &Run, condition: bool, what: &str) {
     assert!(condition, "{what}\n--- console ---\n{}--- end ---", run.output);
 }
 
-/// How many exceptions a QEMU `-d int` log shows taken from a partition (EL1 or EL0) to EL2.
-pub fn exceptions_to_el2(qemu_log: &str) -> usize {
-    qemu_log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count()
-}
+pub use trapless_tools::qemu::exceptions_to_el2;

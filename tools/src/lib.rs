@@ -1,9 +1,10 @@
 //! The host side of trapless, behind `cargo xtask`: reading and checking platform and system
 //! descriptions, planning a system, generating each partition's device tree, packing one
-//! bootable Image, and booting it in QEMU.
+//! bootable Image, booting it in QEMU, and benchmarking the I/O transports.
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cargo;
 pub mod diagnostic;
 pub mod doorbell;

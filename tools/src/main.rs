@@ -45,6 +45,22 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Measure trap-free I/O against trap-and-emulate and polling, side by side
+    /// (docs/performance.md); writes target/bench/report.json and a histogram per transport.
+    Bench {
+        /// Round trips, and bulk frames, per transport.
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+        /// Bytes of a round trip's frame (1 to 1514).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Boots each transport's share is split over; the transports alternate between them.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Run on this platform instead of qemu-virt (e.g. qemu-virt-gicv4).
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Run every test: host unit tests, invalid configs, golden device trees, QEMU boots.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -134,6 +150,17 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 }
                 Err(reason) => Err(Error::Failed(format!("{}: {reason}", built.plan.name))),
             }
+        }
+        Command::Bench { iterations, size, rounds, platform } => {
+            if !(1..=1514).contains(&size) {
+                return Err(Error::Failed(format!("--size {size}: a frame holds 1 to 1514 bytes")));
+            }
+            let out = root().join("target").join("bench");
+            let options = trapless_tools::bench::Options { iterations, size, rounds, platform, out: out.clone(), progress: true };
+            let report = trapless_tools::bench::run(&options)?;
+            print!("{}", trapless_tools::bench::table(&report));
+            println!("xtask: report in {}, histograms beside it", out.join("report.json").display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Test { args } => {
             trapless_tools::setup::ensure_test_tools()?;

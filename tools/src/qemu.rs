@@ -37,6 +37,11 @@ pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Comm
     Ok(command)
 }
 
+/// How many exceptions a QEMU `-d int` log shows taken from a partition (EL1 or EL0) to EL2.
+pub fn exceptions_to_el2(log: &str) -> usize {
+    log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count()
+}
+
 /// The exit counts EL2 printed for one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Exits {

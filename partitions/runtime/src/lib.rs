@@ -9,6 +9,9 @@
 
 #![cfg_attr(target_os = "none", no_std)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod facts;
 
 #[cfg(target_os = "none")]

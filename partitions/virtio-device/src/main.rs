@@ -94,6 +94,16 @@ fn main(boot: &Boot) {
                 continue;
             }
         };
+        // Said before the link opens: a driver that prints on a console of its own once the
+        // device is ready must not find this line half written.
+        println!(
+            "virtio-device: serving link {} ({}, {} queue(s) of {}{})",
+            link.name,
+            link.kind.name(),
+            link.queue_count,
+            link.queue_size,
+            if link.polls() { ", polling" } else { "" }
+        );
         let opened = DeviceLink::open(virtio::window(link), link.header(), link.polls());
         let bells = Bells::new(boot, link);
         let (opened, bells) = match (opened, bells) {
@@ -108,14 +118,6 @@ fn main(boot: &Boot) {
         if let Err(error) = virtio::on_notify(link, rung) {
             fail(&format!("link {}: its LPIs: {error:?}", link.name));
         }
-        println!(
-            "virtio-device: serving link {} ({}, {} queue(s) of {}{})",
-            link.name,
-            link.kind.name(),
-            link.queue_count,
-            link.queue_size,
-            if link.polls() { ", polling" } else { "" }
-        );
         links.push(Served { name: link.name, link: opened, device, bells, polls: link.polls(), done: false });
     }
     if links.is_empty() {

@@ -23,16 +23,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
-use trapless_guest::{Boot, irq, println, psci, time};
-use trapless_virtio::Notify;
-use trapless_virtio::binding::{Kind, state};
+use trapless_guest::{Boot, irq, println, psci};
+use trapless_virtio::binding::Kind;
 use trapless_virtio::device::{CHECKSUM_SEED, checksum};
-use core::ptr::NonNull;
-use trapless_guest::facts::Transport as LinkTransport;
-use trapless_virtio::driver::{self, LinkConfig, Placed, StaticTransport, WindowHal};
-use trapless_virtio::link::Peer;
+use trapless_virtio::driver::{self, WindowHal};
 use virtio_drivers::transport::Transport;
-use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::Error;
 use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
 use virtio_drivers::device::console::VirtIOConsole;
@@ -54,21 +49,8 @@ const BLOCK_CHUNK: usize = 8;
 /// How long to wait for the device side of a link to open it.
 const DEVICE_WAIT_SECONDS: u64 = 10;
 
-/// Doorbells rung, and link interrupts taken (LPIs, or the SPI of a `mmio-trap` link), over
-/// every link.
-static RUNG: AtomicU64 = AtomicU64::new(0);
+/// Link interrupts taken (LPIs, or the SPI of a `mmio-trap` link), over every link.
 static TAKEN: AtomicU64 = AtomicU64::new(0);
-
-/// A link's doorbells, counted.
-struct Counted(Bells);
-
-impl Notify for Counted {
-    fn notify(&mut self, queue: u16) {
-        let before = self.0.rung;
-        self.0.ring(usize::from(queue));
-        RUNG.fetch_add(self.0.rung - before, Ordering::Relaxed);
-    }
-}
 
 fn taken(_lpi: u32) {
     TAKEN.fetch_add(1, Ordering::Relaxed);
@@ -103,7 +85,7 @@ fn main(boot: &Boot) {
     }
     println!(
         "virtio-driver: done; rang the device {} times, took {} interrupts",
-        RUNG.load(Ordering::Relaxed),
+        virtio::rung(),
         TAKEN.load(Ordering::Relaxed)
     );
 }
@@ -124,38 +106,12 @@ fn count(boot: &Boot, key: &str, default: usize) -> usize {
 
 /// Opens link `link` in slot `SLOT` and runs its workload; returns what to report.
 fn drive<const SLOT: usize>(boot: &Boot, link: &Link, slot: usize) -> Result<String, String> {
-    let config = LinkConfig {
-        kind: link.kind,
-        features: link.features,
-        queue_size: link.queue_size,
-        window: link.window.start as usize,
-        window_ipa: link.window.start,
-        window_size: (link.window.end - link.window.start) as usize,
-    };
-    // SAFETY: the device tree gives this partition the window, the runtime mapped it, and
-    // nothing else here uses it.
-    let window = unsafe { driver::attach(slot, config) }.map_err(|error| format!("{error:?}"))?;
-    // The device partition boots beside this one: give it time to open its side.
-    let deadline = time::now() + DEVICE_WAIT_SECONDS * time::frequency();
-    while Peer::read(&window).state == state::RESET && time::now() < deadline {
-        core::hint::spin_loop();
-    }
-    let device = Peer::read(&window);
-    if device.state != state::READY {
-        return Err(format!("the device side is not ready (state {}, error {})", device.state, device.error));
-    }
-    match &link.transport {
-        LinkTransport::MmioTrap { registers, .. } => {
-            let header = NonNull::new(registers.start as *mut VirtIOHeader).ok_or("no register block")?;
-            // SAFETY: the device tree gives this partition the register block (EL2 emulates it:
-            // every access traps), and nothing else here uses it.
-            let mmio = unsafe { MmioTransport::new(header, (registers.end - registers.start) as usize) }
-                .map_err(|error| format!("the register block: {error}"))?;
-            run::<SLOT, _>(boot, link, slot, Placed::new(slot, mmio))
-        }
-        LinkTransport::Doorbell | LinkTransport::Hypercall(_) => {
+    let opened = virtio::open_driver(link, slot, DEVICE_WAIT_SECONDS)?;
+    match opened.mmio(link) {
+        Some(mmio) => run::<SLOT, _>(boot, link, slot, mmio?),
+        None => {
             let bells = Bells::new(boot, link).map_err(|error| format!("its doorbells: {error:?}"))?;
-            run::<SLOT, _>(boot, link, slot, StaticTransport::new(slot, config, window, Counted(bells)))
+            run::<SLOT, _>(boot, link, slot, opened.transport(bells))
         }
     }
 }

@@ -1,0 +1,260 @@
+//! The driver side of `cargo xtask bench` (`docs/performance.md`): it drives the one net link
+//! its device tree gives it with virtio-drivers' `VirtIONetRaw`, against `virtio-device`'s echo,
+//! over whichever transport the link has, and times it with the architected counter:
+//!
+//! - `workload=rtt`: `iterations` round trips, one at a time, of a frame of `size` bytes; the
+//!   time of each is a sample.
+//! - `workload=bulk`: a stream of `iterations` full-size frames (1514 bytes), eight in flight;
+//!   the time from the first send to the last echo.
+//!
+//! It waits the way its transport does: sleeping in `WFI` until the link's interrupt (a
+//! doorbell's LPI, or the SPI EL2 raises on a `mmio-trap` link, which it then acknowledges
+//! through the transport, as a driver's interrupt handler does), or spinning on the rings when
+//! the link polls. Results go to its own UART, which costs no exit, so that the exits EL2
+//! counts are the workload's alone; then it stops the link.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use trapless_guest::facts::{Link, Role};
+use trapless_guest::virtio::{self, Bells};
+use trapless_guest::{Boot, irq, println, psci, time};
+use trapless_virtio::device::{CHECKSUM_SEED, checksum};
+use trapless_virtio::driver::{self, WindowHal};
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::Transport;
+
+trapless_guest::entry!(main);
+
+/// The link's queue size (a type parameter of `VirtIONetRaw`).
+const QUEUE: usize = 16;
+/// Bytes of a receive buffer: the largest frame and the virtio-net header.
+const BUFFER: usize = 2048;
+/// The bulk workload's frame size (a full Ethernet frame) and frames in flight.
+const BULK_FRAME: usize = 1514;
+const IN_FLIGHT: usize = 8;
+/// How long to wait for the device side to open the link.
+const DEVICE_WAIT_SECONDS: u64 = 10;
+/// Samples per output line.
+const PER_LINE: usize = 24;
+
+/// Set by the link's interrupt; cleared by the waiter.
+static WOKEN: AtomicBool = AtomicBool::new(false);
+/// Link interrupts taken.
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+fn woken(_intid: u32) {
+    TAKEN.fetch_add(1, Ordering::Relaxed);
+    WOKEN.store(true, Ordering::SeqCst);
+}
+
+fn fail(problem: &str) -> ! {
+    println!("bench: failed: {problem}");
+    psci::system_reset()
+}
+
+fn number(boot: &Boot, key: &str, default: usize) -> usize {
+    match boot.arg(key).map(str::parse) {
+        None => default,
+        Some(Ok(value)) => value,
+        Some(Err(_)) => fail(&format!("{key}= takes a number")),
+    }
+}
+
+fn main(boot: &Boot) {
+    let Some(link) = boot.links().find(|link| link.role == Role::Driver) else { fail("no link to drive") };
+    let iterations = number(boot, "iterations", 1000);
+    let size = number(boot, "size", 64);
+    if size == 0 || size > BULK_FRAME {
+        fail(&format!("size={size}: a frame holds 1 to {BULK_FRAME} bytes"));
+    }
+    let workload = boot.arg("workload").unwrap_or("rtt");
+    if virtio::on_notify(link, woken).is_err() {
+        fail("no interrupt handler slot for the link");
+    }
+    irq::init_cpu();
+
+    let opened = virtio::open_driver(link, 0, DEVICE_WAIT_SECONDS).unwrap_or_else(|problem| fail(&problem));
+    let outcome = match opened.mmio(link) {
+        Some(mmio) => measure(mmio.unwrap_or_else(|problem| fail(&problem)), link, workload, iterations, size),
+        None => {
+            let bells = Bells::new(boot, link).unwrap_or_else(|error| fail(&format!("its doorbells: {error:?}")));
+            measure(opened.transport(bells), link, workload, iterations, size)
+        }
+    };
+    if let Err(problem) = outcome {
+        fail(&problem);
+    }
+}
+
+/// The net device, its receive buffers, and how to wait for it.
+struct Bench<T: Transport> {
+    net: VirtIONetRaw<WindowHal<0>, T, QUEUE>,
+    /// Receive buffers, by the token (descriptor) they were posted under.
+    receive: Vec<Option<Box<[u8; BUFFER]>>>,
+    polls: bool,
+}
+
+impl<T: Transport> Bench<T> {
+    /// Sleeps until the link's interrupt, then acknowledges it through the transport (two
+    /// register accesses on `mmio-trap`, nothing on the trap-free transport); or, polling,
+    /// just returns to look again.
+    fn wait(&mut self) {
+        if self.polls {
+            core::hint::spin_loop();
+            return;
+        }
+        irq::wait_until(|| WOKEN.load(Ordering::SeqCst));
+        WOKEN.store(false, Ordering::SeqCst);
+        self.net.ack_interrupt();
+    }
+
+    /// Posts `buffer` for receiving.
+    fn post(&mut self, mut buffer: Box<[u8; BUFFER]>) -> Result<(), String> {
+        // SAFETY: the buffer is kept in `receive` until its token completes.
+        let token = unsafe { self.net.receive_begin(&mut buffer[..]) }.map_err(|error| format!("posting a receive buffer: {error:?}"))?;
+        self.receive[usize::from(token)] = Some(buffer);
+        Ok(())
+    }
+
+    /// Takes a received frame, if one is there: its payload's length and checksum; the buffer
+    /// goes back to the device.
+    fn take(&mut self) -> Result<Option<(usize, u32)>, String> {
+        let Some(token) = self.net.poll_receive() else { return Ok(None) };
+        let mut buffer = self.receive[usize::from(token)].take().ok_or("a receive completed for no buffer")?;
+        // SAFETY: `buffer` is the one posted under `token`.
+        let (header, len) = unsafe { self.net.receive_complete(token, &mut buffer[..]) }.map_err(|error| format!("receiving: {error:?}"))?;
+        let sum = checksum(CHECKSUM_SEED, &buffer[header..header + len]);
+        self.post(buffer)?;
+        Ok(Some((len, sum)))
+    }
+}
+
+/// A frame of `len` bytes after the virtio-net header, numbered `index`; and its payload's
+/// checksum.
+fn frame<T: Transport>(net: &VirtIONetRaw<WindowHal<0>, T, QUEUE>, index: usize, len: usize) -> Result<(Vec<u8>, u32), String> {
+    let mut bytes = alloc::vec![0u8; BUFFER];
+    let header = net.fill_buffer_header(&mut bytes).map_err(|error| format!("{error:?}"))?;
+    bytes.truncate(header + len);
+    for (at, byte) in bytes[header..].iter_mut().enumerate() {
+        *byte = (at * 7 + index) as u8;
+    }
+    let sum = checksum(CHECKSUM_SEED, &bytes[header..]);
+    Ok((bytes, sum))
+}
+
+fn measure<T: Transport>(transport: T, link: &Link, workload: &str, iterations: usize, size: usize) -> Result<(), String> {
+    let net = VirtIONetRaw::<WindowHal<0>, T, QUEUE>::new(transport).map_err(|error| format!("{error:?}: {:?}", driver::failure(0)))?;
+    let mut bench = Bench { net, receive: (0..QUEUE).map(|_| None).collect(), polls: link.polls() };
+    for _ in 0..QUEUE {
+        bench.post(Box::new([0; BUFFER]))?;
+    }
+    let frequency = time::frequency();
+    match workload {
+        "rtt" => {
+            let samples = round_trips(&mut bench, iterations, size)?;
+            // One write to the UART per line: nothing else runs meanwhile.
+            println!("bench: workload=rtt iterations={iterations} size={size} frequency={frequency}");
+            for chunk in samples.chunks(PER_LINE) {
+                let mut line = String::from("bench: samples");
+                for sample in chunk {
+                    let _ = write!(line, " {sample}");
+                }
+                println!("{line}");
+            }
+        }
+        "bulk" => {
+            let ticks = stream(&mut bench, iterations)?;
+            let bytes = iterations * BULK_FRAME;
+            println!("bench: workload=bulk iterations={iterations} size={BULK_FRAME} frequency={frequency}");
+            println!("bench: bulk frames={iterations} bytes={bytes} ticks={ticks}");
+        }
+        other => return Err(format!("workload={other}: the workloads are rtt and bulk")),
+    }
+    println!("bench: rang the device {} times, took {} interrupts", virtio::rung(), TAKEN.load(Ordering::Relaxed));
+    // Dropping the driver stops the link, which lets the device partition finish and report;
+    // nothing is printed here after that, so the two consoles' lines do not mix.
+    drop(bench);
+    Ok(())
+}
+
+/// `iterations` round trips of a `size`-byte frame; the ticks of each.
+fn round_trips<T: Transport>(bench: &mut Bench<T>, iterations: usize, size: usize) -> Result<Vec<u64>, String> {
+    let mut samples = Vec::with_capacity(iterations);
+    for index in 0..iterations {
+        let (frame, sum) = frame(&bench.net, index, size)?;
+        let start = time::now();
+        // SAFETY: `frame` lives until its transmission completes, below.
+        let token = unsafe { bench.net.transmit_begin(&frame) }.map_err(|error| format!("sending: {error:?}"))?;
+        let echo = loop {
+            if let Some(echo) = bench.take()? {
+                break echo;
+            }
+            bench.wait();
+        };
+        samples.push(time::now() - start);
+        if echo != (size, sum) {
+            return Err(format!("round trip {index}: {size} bytes came back as {} different ones", echo.0));
+        }
+        // The device gives the transmit buffer back with the echo.
+        while bench.net.poll_transmit() != Some(token) {
+            core::hint::spin_loop();
+        }
+        // SAFETY: `frame` is the buffer sent under `token`.
+        unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;
+    }
+    Ok(samples)
+}
+
+/// Streams `frames` full-size frames, [`IN_FLIGHT`] at a time, and takes their echoes; the
+/// ticks from the first send to the last echo.
+fn stream<T: Transport>(bench: &mut Bench<T>, frames: usize) -> Result<u64, String> {
+    let mut sending: [Option<(u16, Vec<u8>)>; IN_FLIGHT] = Default::default();
+    let (mut sent, mut echoed, mut sum_sent, mut sum_echoed) = (0, 0, 0u64, 0u64);
+    let start = time::now();
+    while echoed < frames {
+        let mut progress = false;
+        for slot in sending.iter_mut().filter(|slot| slot.is_none()) {
+            if sent == frames {
+                break;
+            }
+            let (frame, sum) = frame(&bench.net, sent, BULK_FRAME)?;
+            // SAFETY: the frame stays in `sending` until its transmission completes.
+            let token = unsafe { bench.net.transmit_begin(&frame) }.map_err(|error| format!("sending: {error:?}"))?;
+            *slot = Some((token, frame));
+            sum_sent += u64::from(sum);
+            sent += 1;
+        }
+        while let Some(token) = bench.net.poll_transmit() {
+            let slot = sending.iter_mut().find(|slot| slot.as_ref().is_some_and(|(sent, _)| *sent == token)).ok_or("a send completed twice")?;
+            let (_, frame) = slot.take().unwrap_or_default();
+            // SAFETY: `frame` is the buffer sent under `token`.
+            unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;
+            progress = true;
+        }
+        while let Some((len, sum)) = bench.take()? {
+            if len != BULK_FRAME {
+                return Err(format!("frame {echoed}: {len} bytes came back"));
+            }
+            sum_echoed += u64::from(sum);
+            echoed += 1;
+            progress = true;
+        }
+        if !progress {
+            bench.wait();
+        }
+    }
+    let ticks = time::now() - start;
+    if sum_sent != sum_echoed {
+        return Err(format!("the echoed frames' checksums add up to {sum_echoed:#x}, the sent ones' to {sum_sent:#x}"));
+    }
+    Ok(ticks)
+}
