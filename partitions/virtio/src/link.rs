@@ -252,27 +252,46 @@ impl DriverSide {
 
     /// Says `value` (`RESET` to start over, `STOPPED` when done) and, if the device may be
     /// serving our rings, calls `ring` (to notify it) and waits until it has let go of them
-    /// (`docs/static-virtio.md`, steps 3 and 5).
+    /// (`docs/static-virtio.md`, steps 3 and 5). The wait has no time limit: a side that must
+    /// not wait on another partition uses [`DriverSide::begin_let_go`] and
+    /// [`DriverSide::has_let_go`] instead.
     pub fn let_go<M: Memory>(&mut self, window: &Window<M>, value: u32, ring: impl FnOnce()) {
+        self.begin_let_go(window, value, ring);
+        while !self.has_let_go(window) {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// The first half of [`DriverSide::let_go`], which does not wait: says `value` and, if the
+    /// device may be serving our rings, calls `ring`. EL2, playing the driver of an emulated
+    /// link, then asks [`DriverSide::has_let_go`] when it likes, and never touches the rings.
+    pub fn begin_let_go<M: Memory>(&mut self, window: &Window<M>, value: u32, ring: impl FnOnce()) {
         self.started = false;
         Self::write_state(window, value);
-        let generation = self.generation;
-        if generation == 0 {
+        if self.generation == 0 {
             return;
         }
         // Our word is visible before the device is told to look, and before we look for its
         // answer (the device stores its generation, then checks ours: one of us sees the other).
         fence(Ordering::SeqCst);
         ring();
-        loop {
-            let device = Peer::read(window);
-            if device.generation != generation || device.state != state::READY {
-                break;
-            }
-            core::hint::spin_loop();
+    }
+
+    /// Whether the device has let go of the rings of our generation, from one look at its line:
+    /// it serves another generation or none, or it is not `READY`. Always true before the first
+    /// start. Once it says true, what the caller does next is ordered after the device's last
+    /// ring writes.
+    pub fn has_let_go<M: Memory>(&self, window: &Window<M>) -> bool {
+        if self.generation == 0 {
+            return true;
         }
-        // Nothing of ours is touched before the device's last ring writes are seen.
-        fence(Ordering::Acquire);
+        let device = Peer::read(window);
+        let gone = device.generation != self.generation || device.state != state::READY;
+        if gone {
+            // Nothing of ours is touched before the device's last ring writes are seen.
+            fence(Ordering::Acquire);
+        }
+        gone
     }
 
     /// Says `READY` under a new generation, after everything written before (the rings).

@@ -2,7 +2,7 @@
 //! the device side against hostile and random ring contents.
 
 use crate::binding::{Kind, offset, state};
-use crate::link::{DeviceLink, OpenError, Step};
+use crate::link::{DeviceLink, DriverSide, OpenError, Step};
 use crate::device::{AnyDevice, BlockDevice, Device, CHECKSUM_SEED, ConsoleEcho, NET_HEADER, NetEcho, blk, checksum};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, MIN_POOL, PAGE};
@@ -805,4 +805,60 @@ fn ring_indices_wrap_at_65536() {
         assert_eq!(driver.pop_used(), Some((head, round % 17)), "round {round}");
     }
     assert_eq!(queue.used_index(), (70_000u32 % 65_536) as u16);
+}
+
+/// The driver line's state.
+fn driver_state(window: &Window<CellMemory<'_>>) -> u32 {
+    window.read_u32(offset::DRIVER_STATE + state::STATE).unwrap()
+}
+
+#[test]
+fn a_driver_side_that_must_not_wait_learns_of_the_let_go_by_looking() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = block_header(1 << 32);
+    window.write_bytes(0, &header.encode()).unwrap();
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, false).unwrap();
+    let mut disk = vec![0u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+    let mut side = DriverSide::new(&window);
+    let rings = Cell::new(0);
+    let ring = || rings.set(rings.get() + 1);
+
+    // Never started: nothing to let go of, and the device is not rung.
+    side.begin_let_go(&window, state::RESET, ring);
+    assert!(side.has_let_go(&window));
+    assert_eq!((driver_state(&window), rings.get()), (state::RESET, 0));
+
+    // Generation 1, served: the device holds the rings until it looks again, and a side that
+    // looks meanwhile is told so every time, without waiting.
+    side.start(&window);
+    link.step(&mut device, 8);
+    assert_eq!(device_line(&window), (state::READY, 1, 0));
+    assert!(!side.has_let_go(&window));
+    side.begin_let_go(&window, state::STOPPED, ring);
+    assert_eq!((driver_state(&window), rings.get()), (state::STOPPED, 1));
+    assert!((0..1000).all(|_| !side.has_let_go(&window)), "a device that has not looked still holds the rings");
+    assert!(link.step(&mut device, 8).stopped);
+    assert_eq!(device_line(&window), (state::READY, 0, 0));
+    assert!(side.has_let_go(&window));
+
+    // Generation 2: a driver that writes its own line back to READY (a partition can; EL2
+    // cannot stop it) keeps the device on its rings. The side sees no let-go, and has not
+    // waited for one.
+    side.start(&window);
+    link.step(&mut device, 8);
+    side.begin_let_go(&window, state::RESET, ring);
+    driver_line(&window, state::READY, 2);
+    link.step(&mut device, 8);
+    assert_eq!((link.serving(), side.has_let_go(&window)), (2, false));
+    // A device that failed the generation is off the rings too.
+    make_available(&window, &layout, &[200], 1);
+    assert_eq!(link.step(&mut device, 8).failed, Some(QueueError::Head(200)));
+    assert_eq!(device_line(&window), (state::FAILED, 2, state::ERROR_RING));
+    assert!(side.has_let_go(&window));
+    // The waiting half says the same: a let-go the device has already made returns at once.
+    side.let_go(&window, state::RESET, ring);
+    assert_eq!(rings.get(), 3, "one ring per let-go of a started side");
 }
