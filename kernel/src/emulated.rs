@@ -7,14 +7,19 @@
 //! the trap-free transport uses), ringing the device's doorbell for `QueueNotify`. The device
 //! notifies the driver with hypercall `LINK_NOTIFY`: EL2 sets `InterruptStatus` and makes the
 //! link's SPI pending. Nothing here is on the trap-free path.
+//!
+//! EL2 never waits on the device partition without bound: when the driver resets or stops the
+//! link, EL2 gives the device [`LET_GO_GRACE_US`] to let go of the rings, then returns to the
+//! driver with the let-go pending (`Status` non-zero, `QueueReady` 1, `DRIVER_OK` refused) and
+//! looks at the device line again on each of the driver's later accesses.
 
-use crate::arch::{gic, lpi, vectors::GuestFrame};
+use crate::arch::{el2, gic, lpi, vectors::GuestFrame};
 use crate::println;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::{Mutex, Once};
 use trapless_abi::hypercall::{INVALID_PARAMETERS, SUCCESS};
-use trapless_kernel_core::virtio_mmio::{self, Access, Device, Effect, QueueAddresses, Registers};
+use trapless_kernel_core::virtio_mmio::{self, Access, Device, Effect, InterruptStatus, QueueAddresses, Registers};
 use trapless_plan::{EMULATED_REGISTERS_SIZE, EmulatedLinkRecord, Plan};
 use trapless_virtio::binding::{offset, state};
 use trapless_virtio::layout;
@@ -30,6 +35,21 @@ struct Counters {
     notifies: AtomicU64,
     /// `LINK_NOTIFY` hypercalls that raised the interrupt.
     interrupts: AtomicU64,
+    /// Resets and stops the device had not let go of within [`LET_GO_GRACE_US`].
+    late_let_gos: AtomicU64,
+}
+
+/// How long EL2 waits, in microseconds, for the device to let go of the rings when the driver
+/// resets or stops the link, before it returns to the driver with the let-go pending. A device
+/// partition that is running lets go within one look at the link.
+const LET_GO_GRACE_US: u64 = 2000;
+
+/// The driver's half of the handshake and the registers it wrote, under one lock: each access
+/// is applied and carried out whole (its window handshake included) before the next, from
+/// whichever of the driver's CPUs, begins.
+struct Emulation {
+    side: DriverSide,
+    registers: Registers,
 }
 
 /// One emulated link.
@@ -40,11 +60,10 @@ struct Link {
     device: usize,
     device_model: Device<'static>,
     window: Window<RawMemory>,
-    /// What the driver has written.
-    registers: Mutex<Registers>,
-    /// The driver's half of the handshake. Held while EL2 waits for the device, which the
-    /// registers lock must not be: the device's `LINK_NOTIFY` takes that one.
-    side: Mutex<DriverSide>,
+    emulation: Mutex<Emulation>,
+    /// Apart from the lock: the device's `LINK_NOTIFY` sets it without waiting for the driver's
+    /// accesses, and cannot hold them up.
+    interrupt: InterruptStatus,
     counters: Counters,
 }
 
@@ -100,8 +119,8 @@ pub fn init(plan: &Plan<'static>) -> Result<(), alloc::string::String> {
             device: window.device as usize,
             device_model,
             window: window_memory,
-            registers: Mutex::new(Registers::new()),
-            side: Mutex::new(side),
+            emulation: Mutex::new(Emulation { side, registers: Registers::new() }),
+            interrupt: InterruptStatus::new(),
             counters: Counters::default(),
         });
     }
@@ -119,30 +138,34 @@ pub fn access(partition: usize, ipa: u64, iss: u64, frame: &mut GuestFrame) -> b
     }) else {
         return false;
     };
-    // A pair, a writeback or a SIMD access has no syndrome to emulate: the driver faults.
+    // A pair, a writeback, a SIMD access, a cache maintenance instruction or any abort but a
+    // translation fault is not emulated: the driver faults.
     let Some(access) = Access::decode(iss) else { return false };
     let offset = (ipa - link.record.registers.0) as usize;
-    let effect = {
-        let mut registers = link.registers.lock();
-        if access.write {
-            link.counters.writes.fetch_add(1, Ordering::Relaxed);
-            let value = if access.register < 31 { frame.x[access.register] } else { 0 };
-            registers.write(&link.device_model, offset, access.size, access.stored(value))
-        } else {
-            link.counters.reads.fetch_add(1, Ordering::Relaxed);
-            let value = registers.read(&link.device_model, offset, access.size);
-            if access.register < 31 {
-                frame.x[access.register] = access.loaded(value);
-            }
-            Effect::None
+    let mut emulation = link.emulation.lock();
+    let Emulation { side, registers } = &mut *emulation;
+    // A pending let-go ends at the first access after the device line shows it.
+    if registers.letting_go() && side.has_let_go(&link.window) {
+        registers.let_go_done();
+    }
+    let effect = if access.write {
+        link.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let value = if access.register < 31 { frame.x[access.register] } else { 0 };
+        registers.write(&link.device_model, &link.interrupt, offset, access.size, access.stored(value))
+    } else {
+        link.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let value = registers.read(&link.device_model, &link.interrupt, offset, access.size);
+        if access.register < 31 {
+            frame.x[access.register] = access.loaded(value);
         }
+        Effect::None
     };
-    carry_out(link, effect);
+    carry_out(link, side, registers, effect);
     true
 }
 
-/// Does what a register write asked for.
-fn carry_out(link: &Link, effect: Effect) {
+/// Does what a register write asked for, under the lock the write took.
+fn carry_out(link: &Link, side: &mut DriverSide, registers: &mut Registers, effect: Effect) {
     let ring = |queue: u16| lpi::ring(link.record.notify_events[usize::from(queue)]);
     match effect {
         Effect::None => {}
@@ -150,11 +173,27 @@ fn carry_out(link: &Link, effect: Effect) {
             link.counters.notifies.fetch_add(1, Ordering::Relaxed);
             ring(queue);
         }
-        Effect::Reset => link.side.lock().let_go(&link.window, state::RESET, || ring(0)),
-        Effect::Stop => link.side.lock().let_go(&link.window, state::STOPPED, || ring(0)),
-        Effect::Start => link.side.lock().start(&link.window),
-        Effect::Refuse => link.side.lock().fail(&link.window),
+        Effect::Reset => let_go(link, side, registers, state::RESET),
+        Effect::Stop => let_go(link, side, registers, state::STOPPED),
+        Effect::Start => side.start(&link.window),
+        Effect::Refuse => side.fail(&link.window),
     }
+}
+
+/// Says `value` on the driver line, rings the device if it may be serving the rings, and waits
+/// at most [`LET_GO_GRACE_US`] for it to let go; the registers show the let-go pending until it
+/// has.
+fn let_go(link: &Link, side: &mut DriverSide, registers: &mut Registers, value: u32) {
+    side.begin_let_go(&link.window, value, || lpi::ring(link.record.notify_events[0]));
+    let deadline = el2::counter().saturating_add(el2::counter_frequency() * LET_GO_GRACE_US / 1_000_000);
+    while !side.has_let_go(&link.window) {
+        if el2::counter() >= deadline {
+            link.counters.late_let_gos.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    registers.let_go_done();
 }
 
 /// Serves `LINK_NOTIFY` from `partition`: the device of emulated link `index` used buffers of
@@ -166,7 +205,7 @@ pub fn notify(partition: usize, index: u64, queue: u64) -> i64 {
     if link.device != partition || queue >= u64::from(link.record.queue_count) {
         return INVALID_PARAMETERS;
     }
-    link.registers.lock().raise();
+    link.interrupt.raise();
     link.counters.interrupts.fetch_add(1, Ordering::Relaxed);
     gic::raise_spi(link.record.intid);
     SUCCESS
@@ -178,12 +217,13 @@ pub fn report() {
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let counters = &link.counters;
         println!(
-            "trapless: link {} transport=mmio-trap reads={} writes={} notifies={} interrupts={}",
+            "trapless: link {} transport=mmio-trap reads={} writes={} notifies={} interrupts={} late-let-gos={}",
             link.record.name,
             count(&counters.reads),
             count(&counters.writes),
             count(&counters.notifies),
-            count(&counters.interrupts)
+            count(&counters.interrupts),
+            count(&counters.late_let_gos)
         );
     }
 }
