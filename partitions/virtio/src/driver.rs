@@ -10,15 +10,21 @@
 //!   (a hostile device could otherwise steer the driver's allocator).
 //! - `notify` rings the queue's doorbell through the link's [`Notify`].
 //! - Configuration space is read from the window, read-only; there are no registers.
+//! - [`StaticTransport::guarded`] also keeps the driver's rings in private memory and moves
+//!   only checked copies across the window ([`crate::guard`]), and takes the configuration
+//!   space from this side's device tree: a hostile device then cannot make a stock driver panic
+//!   or read past a buffer, and the link fails instead ([`Failure::Device`]).
 
 use crate::Notify;
-use crate::binding::{Kind, MAX_LINKS_PER_PARTITION, offset, state};
+use crate::binding::{EVENT_IDX, Kind, MAX_LINKS_PER_PARTITION, offset, state};
+use crate::guard::{DeviceError, Guard};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, PAGE};
 use crate::link::{DriverSide, Peer};
 use crate::window::{RawMemory, Window};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::fmt;
 use core::ptr::NonNull;
 use spin::Mutex;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
@@ -58,6 +64,26 @@ pub enum Failure {
     Features { fixed: u64, accepted: u64 },
     /// The driver set a queue up with another size or elsewhere than the layout says.
     Queue(u16),
+    /// A guarded link: no memory for the driver's private rings.
+    Memory,
+    /// A guarded link: the device broke a rule ([`crate::guard`]).
+    Device(DeviceError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Slot(slot) => write!(f, "driver slot {slot} is taken or out of range"),
+            Self::Layout(error) => write!(f, "the link does not lay out: {error}"),
+            Self::Header(error) => write!(f, "the window's header is wrong: {error:?}"),
+            Self::Features { fixed, accepted } => {
+                write!(f, "the driver accepts features {accepted:#x}, the link fixes {fixed:#x}")
+            }
+            Self::Queue(queue) => write!(f, "the driver set queue {queue} up other than the layout says"),
+            Self::Memory => f.write_str("no memory for the driver's private rings"),
+            Self::Device(error) => write!(f, "the device broke a rule: {error}"),
+        }
+    }
 }
 
 /// A bitmap allocator for the buffer pool, kept outside the window.
@@ -111,6 +137,13 @@ impl Pool {
     }
 }
 
+/// Private pages a guarded link's driver uses for a queue's rings.
+struct Private {
+    queue: u16,
+    address: usize,
+    layout: core::alloc::Layout,
+}
+
 struct LinkState {
     config: LinkConfig,
     layout: Layout,
@@ -119,9 +152,55 @@ struct LinkState {
     /// allocated): its rings are the next [`Hal::dma_alloc`]s.
     setting_up: Option<u16>,
     failure: Option<Failure>,
+    /// The window, for the guard.
+    window: Window<RawMemory>,
+    /// A guarded link's guard, and the private ring pages it gave the driver.
+    guard: Option<Guard<RawMemory>>,
+    private: Vec<Private>,
+}
+
+impl Drop for LinkState {
+    /// Frees the private rings. The driver is gone (its transport is dropped first, and a
+    /// dropped `VirtQueue` only hands its pages back).
+    fn drop(&mut self) {
+        for private in self.private.drain(..) {
+            // SAFETY: allocated in `private_ring` with this layout, and freed once (it left the list).
+            unsafe { alloc::alloc::dealloc(private.address as *mut u8, private.layout) };
+        }
+    }
 }
 
 impl LinkState {
+    /// Private pages for queue `queue`'s rings in `direction` (descriptor table and available
+    /// ring, or used ring), handed to the guard; `None` if there is no memory.
+    fn private_ring(&mut self, queue: u16, direction: BufferDirection, pages: usize) -> Option<NonNull<u8>> {
+        let layout = core::alloc::Layout::from_size_align(pages.max(1) * PAGE, PAGE).ok()?;
+        let guarded = self.guard.as_mut()?.queue(queue)?;
+        // SAFETY: the layout's size is not zero.
+        let pointer = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        // SAFETY: the allocation is ours, mapped and 4 KiB aligned, until `Drop` or
+        // `free_private` frees it, after the guard forgot it.
+        let area = Window::new(unsafe { RawMemory::new(pointer.as_ptr(), layout.size()) }, 0);
+        match direction {
+            BufferDirection::DeviceToDriver => guarded.set_device_area(area),
+            _ => guarded.set_driver_area(area),
+        }
+        self.private.push(Private { queue, address: pointer.as_ptr() as usize, layout });
+        Some(pointer)
+    }
+
+    /// Frees the private pages at `address`, if they are some; says whether they were.
+    fn free_private(&mut self, address: usize) -> bool {
+        let Some(at) = self.private.iter().position(|private| private.address == address) else { return false };
+        let private = self.private.swap_remove(at);
+        if let Some(guarded) = self.guard.as_mut().and_then(|guard| guard.queue(private.queue)) {
+            guarded.clear_areas();
+        }
+        // SAFETY: allocated in `private_ring` with this layout; the guard no longer uses it.
+        unsafe { alloc::alloc::dealloc(private.address as *mut u8, private.layout) };
+        true
+    }
+
     fn ipa(&self, address: usize) -> PhysAddr {
         self.config.window_ipa + (address - self.config.window) as u64
     }
@@ -136,6 +215,21 @@ static LINKS: [Mutex<Option<LinkState>>; MAX_LINKS_PER_PARTITION] = [const { Mut
 /// Why link `slot` failed, if it did.
 pub fn failure(slot: usize) -> Option<Failure> {
     LINKS.get(slot)?.lock().as_ref()?.failure
+}
+
+/// For a guarded link ([`StaticTransport::guarded`]): checks the device's state line and takes
+/// what the device used into the driver's private rings, checked. A driver polling for receive
+/// buffers must call it as it polls: nothing else brings them in (driver-to-device queues are
+/// brought in by `notify`, which waits for them). Returns why the link failed, if it has.
+pub fn sync(slot: usize) -> Option<Failure> {
+    let mut link = LINKS.get(slot)?.lock();
+    let link = link.as_mut()?;
+    if let Some(guard) = link.guard.as_mut()
+        && let Some(error) = guard.sync(&link.window)
+    {
+        link.failure.get_or_insert(Failure::Device(error));
+    }
+    link.failure
 }
 
 fn fail(slot: usize, failure: Failure) {
@@ -153,6 +247,8 @@ pub struct StaticTransport<N: Notify> {
     status: DeviceStatus,
     queues_set: u8,
     side: DriverSide,
+    /// A guarded link's configuration space, from this side's device tree.
+    fixed_config: Option<[u8; crate::binding::config::MAX]>,
 }
 
 /// Lays link `config` out in slot `slot`, for the slot's [`WindowHal<SLOT>`]: checks the
@@ -175,7 +271,9 @@ pub unsafe fn attach(slot: usize, config: LinkConfig) -> Result<Window<RawMemory
     let layout = layout::compute(config.kind.queue_count(), u32::from(config.queue_size), config.window_size)
         .map_err(Failure::Layout)?;
     let pool = Pool::new(config.window + layout.pool.start, layout.pool.len());
-    *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None });
+    // SAFETY: as above.
+    let own = Window::new(unsafe { RawMemory::new(config.window as *mut u8, config.window_size) }, config.window_ipa);
+    *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None, window: own, guard: None, private: Vec::new() });
     Ok(window)
 }
 
@@ -203,7 +301,49 @@ impl<N: Notify> StaticTransport<N> {
     /// `attach` returned; it rings the device through `notify`.
     pub fn new(slot: usize, config: LinkConfig, window: Window<RawMemory>, notify: N) -> Self {
         let side = DriverSide::new(&window);
-        Self { slot, config, window, notify, status: DeviceStatus::empty(), queues_set: 0, side }
+        Self { slot, config, window, notify, status: DeviceStatus::empty(), queues_set: 0, side, fixed_config: None }
+    }
+
+    /// Guards the link against a hostile device ([`crate::guard`]): the driver's rings go in
+    /// private memory and only checked copies cross the window, a request queue's `notify`
+    /// waits until the device has used something on it (or the link failed), and the
+    /// configuration space is `config`, this side's device-tree copy (`trapless,config`), never
+    /// the window's. Call it before making the driver; the driver must call [`sync`] while it
+    /// polls for receive buffers.
+    pub fn guarded(mut self, config: &[u8]) -> Self {
+        let mut fixed = [0; crate::binding::config::MAX];
+        let len = config.len().min(fixed.len());
+        fixed[..len].copy_from_slice(&config[..len]);
+        self.fixed_config = Some(fixed);
+        let event_idx = self.config.features & (1 << EVENT_IDX.bit) != 0;
+        if let Some(link) = LINKS[self.slot].lock().as_mut() {
+            link.guard = Some(Guard::new(self.config.kind, &link.layout, event_idx));
+        }
+        self
+    }
+
+    /// A guarded link: waits until the device has used something on `queue`, if the stock
+    /// drivers wait for that queue right after notifying, or until the link has failed. The
+    /// wait has no time limit, as the stock driver's own would not.
+    fn wait_for_device(&mut self, queue: u16) {
+        loop {
+            let mut link = LINKS[self.slot].lock();
+            let Some(LinkState { guard: Some(guard), window, failure, .. }) = link.as_mut() else { return };
+            let Some(guarded) = guard.queue(queue) else { return };
+            if !guarded.waits_in_notify() || guarded.in_flight() == 0 {
+                return;
+            }
+            let seen = guarded.seen();
+            if let Some(error) = guard.sync(window) {
+                failure.get_or_insert(Failure::Device(error));
+                return;
+            }
+            if guard.queue(queue).is_none_or(|guarded| guarded.seen() != seen) {
+                return;
+            }
+            drop(link);
+            core::hint::spin_loop();
+        }
     }
 
     /// The device's state line.
@@ -259,7 +399,19 @@ impl<N: Notify> Transport for StaticTransport<N> {
     }
 
     fn notify(&mut self, queue: u16) {
-        self.notify.notify(queue);
+        let guarded = match LINKS[self.slot].lock().as_mut() {
+            Some(LinkState { guard: Some(guard), window, .. }) => Some(guard.publish(queue, window)),
+            _ => None,
+        };
+        match guarded {
+            None => self.notify.notify(queue),
+            Some(ring) => {
+                if ring {
+                    self.notify.notify(queue);
+                }
+                self.wait_for_device(queue);
+            }
+        }
     }
 
     fn get_status(&self) -> DeviceStatus {
@@ -270,10 +422,23 @@ impl<N: Notify> Transport for StaticTransport<N> {
         self.status = status;
         if status.is_empty() {
             self.let_go(state::RESET);
+            if let Some(link) = LINKS[self.slot].lock().as_mut()
+                && let Some(guard) = link.guard.as_mut()
+            {
+                guard.reset();
+                if matches!(link.failure, Some(Failure::Device(_))) {
+                    link.failure = None;
+                }
+            }
         } else if failure(self.slot).is_some() {
             self.side.fail(&self.window);
         } else if status.contains(DeviceStatus::DRIVER_OK) {
             self.side.start(&self.window);
+            // The generation just written: the one the device must serve.
+            let generation = self.window.read_u32(offset::DRIVER_STATE + state::GENERATION).unwrap_or(0);
+            if let Some(guard) = LINKS[self.slot].lock().as_mut().and_then(|link| link.guard.as_mut()) {
+                guard.started(generation);
+            }
         }
     }
 
@@ -317,6 +482,10 @@ impl<N: Notify> Transport for StaticTransport<N> {
     }
 
     fn read_config_generation(&self) -> u32 {
+        // A guarded link's configuration is the device tree's, which never changes.
+        if self.fixed_config.is_some() {
+            return 0;
+        }
         self.window.read_u32(offset::CONFIG_GENERATION).unwrap_or(0)
     }
 
@@ -326,6 +495,10 @@ impl<N: Notify> Transport for StaticTransport<N> {
             return Err(Error::ConfigSpaceTooSmall);
         }
         let mut value = T::new_zeroed();
+        if let Some(fixed) = &self.fixed_config {
+            value.as_mut_bytes().copy_from_slice(&fixed[offset..offset + size]);
+            return Ok(value);
+        }
         self.window
             .read_bytes(offset::CONFIG + offset, value.as_mut_bytes())
             .map_err(|_| Error::ConfigSpaceTooSmall)?;
@@ -442,28 +615,42 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
                 if direction == BufferDirection::DeviceToDriver {
                     link.setting_up = None;
                 }
-                Some(if (end - start) / PAGE == pages { Ok(start) } else { Err(queue) })
+                Some(if (end - start) / PAGE == pages { Ok((queue, start)) } else { Err(queue) })
             });
-            let address = match ring {
-                Some(Ok(offset)) => link.config.window + offset,
+            let (address, ring) = match ring {
+                Some(Ok((queue, offset))) => (link.config.window + offset, Some(queue)),
                 Some(Err(queue)) => {
                     link.failure.get_or_insert(Failure::Queue(queue));
                     return (0, NonNull::dangling());
                 }
                 None => match link.pool.allocate(pages * PAGE, PAGE) {
-                    Some(address) => address,
+                    Some(address) => (address, None),
                     None => return (0, NonNull::dangling()),
                 },
             };
             // SAFETY: the pages lie in the window (see the impl's safety comment).
             unsafe { core::ptr::write_bytes(address as *mut u8, 0, pages * PAGE) };
+            // A guarded link's driver works on private copies of its rings (the device sees
+            // the window's): it is told the window's address, and given private pages.
+            if let Some(queue) = ring.filter(|_| link.guard.is_some()) {
+                return match link.private_ring(queue, direction, pages) {
+                    Some(private) => (link.ipa(address), private),
+                    None => {
+                        link.failure.get_or_insert(Failure::Memory);
+                        (0, NonNull::dangling())
+                    }
+                };
+            }
             (link.ipa(address), NonNull::new(address as *mut u8).expect("windows are not at 0"))
         })
     }
 
-    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+    unsafe fn dma_dealloc(paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
         // A driver drops its transport before its queues: by then there is nothing to free.
         if let Some(link) = LINKS[SLOT].lock().as_mut() {
+            if link.free_private(vaddr.as_ptr() as usize) {
+                return 0;
+            }
             let address = link.address(paddr);
             if address >= link.config.window + link.layout.pool.start {
                 link.pool.free(address, pages * PAGE);

@@ -9,7 +9,8 @@
 //! ([`window`]); the device side: split virtqueues that treat everything in the window as
 //! hostile ([`queue`]), the console, net and block devices built on them ([`device`]) and the
 //! start-up and reset handshake around them ([`link`]); and, with feature `driver`, a
-//! virtio-drivers transport, so the stock drivers run on a link ([`driver`]).
+//! virtio-drivers transport, so the stock drivers run on a link ([`driver`]), and a guard that
+//! keeps a hostile device from making them panic or overrun a buffer ([`guard`]).
 //! `docs/static-virtio.md` is the specification.
 
 #![cfg_attr(not(test), no_std)]
@@ -21,6 +22,8 @@ pub mod binding;
 pub mod device;
 #[cfg(feature = "driver")]
 pub mod driver;
+#[cfg(feature = "driver")]
+pub mod guard;
 pub mod header;
 pub mod layout;
 pub mod link;
