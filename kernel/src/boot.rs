@@ -146,17 +146,9 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
         return Err(alloc::format!("partition {name} maps {} of a window as other than shared RAM", region.pa));
     }
 
-    let (base, size) = (memory.base.0 as usize, memory.size as usize);
     // SAFETY: the partition's RAM is its own (the planner checked it overlaps nothing else and
     // the kernel checked the firmware has it), and no CPU runs the partition yet.
-    unsafe {
-        core::ptr::write_bytes(base as *mut u8, 0, size);
-        for blob in [&partition.image, &partition.dtb] {
-            let bytes = plan.blob(blob);
-            core::ptr::copy_nonoverlapping(bytes.as_ptr(), blob.load.0 as *mut u8, bytes.len());
-        }
-    }
-    cache::clean_invalidate(base, size);
+    unsafe { fill_memory(plan, partition) };
     let map = Stage2Map::new(regions)
         .map_err(|error| alloc::format!("stage 2 of partition {name}: {error}"))?;
     let cpus: Vec<usize> = plan.cpus_of(index as usize).collect();
@@ -165,6 +157,27 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
         partition.vmid, partition.entry
     );
     Ok(map)
+}
+
+/// Clears the RAM of `partition`, copies its image and DTB in and cleans it all to the point of
+/// coherency, for a CPU that starts with its MMU and caches off.
+///
+/// # Safety
+///
+/// The partition's RAM must be checked to be its own, its blobs to fit it (as [`load`] does),
+/// and none of its CPUs may be running.
+pub unsafe fn fill_memory(plan: &Plan<'_>, partition: &PartitionRecord) {
+    let (base, size) = (partition.memory.base.0 as usize, partition.memory.size as usize);
+    // SAFETY: the caller promises the RAM is the partition's alone, that nothing runs in it
+    // and that the blobs fit it.
+    unsafe {
+        core::ptr::write_bytes(base as *mut u8, 0, size);
+        for blob in [&partition.image, &partition.dtb] {
+            let bytes = plan.blob(blob);
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), blob.load.0 as *mut u8, bytes.len());
+        }
+    }
+    cache::clean_invalidate(base, size);
 }
 
 /// Clears every static virtio window and writes its header and configuration space, before

@@ -30,7 +30,7 @@ pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
     EXITS[partition].record(class);
     if state::is_stopped(partition) {
         // A CPU of a stopped partition, faulting on its revoked stage 2.
-        state::park();
+        state::park_stopped(cpu);
     }
     match (kind, class) {
         (ExceptionKind::Sync, ExitClass::Hvc) => serve_call(frame, cpu, partition),
@@ -100,6 +100,7 @@ fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
             0
         }
         Ok(Hypercall::LinkNotify { link, queue }) => crate::emulated::notify(partition, link, queue),
+        Ok(Hypercall::Restarts) => i64::from(state::restarts(partition)),
         Err(code) => code,
     }
 }

@@ -40,13 +40,22 @@ struct CpuSlot {
 
 struct State {
     cpus: [CpuSlot; MAX_CPUS],
-    /// Why each partition stopped, once it has.
+    /// Why each partition stopped, once it has for good.
     stopped: [Option<StopReason>; MAX_PARTITIONS],
+    /// Each partition being restarted (it is stopped, but not for good).
+    restarting: [bool; MAX_PARTITIONS],
+    /// How many times each partition has been restarted.
+    restarts: [u16; MAX_PARTITIONS],
+    /// A CPU has seen every partition stopped for good and is powering off.
+    powering_off: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     cpus: [CpuSlot { power: Power::Off, entry: 0, context: 0 }; MAX_CPUS],
     stopped: [None; MAX_PARTITIONS],
+    restarting: [false; MAX_PARTITIONS],
+    restarts: [0; MAX_PARTITIONS],
+    powering_off: false,
 });
 
 /// Set once a partition has stopped, so its CPUs' exits can tell without taking the lock.
@@ -160,22 +169,26 @@ pub fn start_cpu(cpu: usize, mpidr: u64) -> Result<(), ()> {
 }
 
 /// Stops `partition` for `reason` (the first reason wins), from one of its CPUs: its stage 2
-/// is revoked so its other CPUs fault into EL2 and park, this CPU parks, and the machine
-/// powers off if it was the last partition running.
+/// is revoked so its other CPUs fault into EL2 and park. Then, if its `on-stop` policy and
+/// what is left of its restart limit say so, this CPU restarts it; otherwise this CPU parks,
+/// and the machine powers off if it was the last partition running.
 pub fn stop_partition(partition: usize, reason: StopReason) -> ! {
     let cpu = el2::current_cpu();
-    let (first, all_stopped) = {
+    let limit = kernel().plan.partitions()[partition].restart_limit;
+    let (first, restart) = {
         let mut state = STATE.lock();
-        let first = state.stopped[partition].is_none();
+        let first = state.stopped[partition].is_none() && !state.restarting[partition];
+        let restart = first && restarts_after(reason) && state.restarts[partition] < limit;
         if first {
-            state.stopped[partition] = Some(reason);
             STOPPED[partition].store(true, Ordering::Release);
+            if restart {
+                state.restarting[partition] = true;
+            } else {
+                state.stopped[partition] = Some(reason);
+            }
         }
         state.cpus[cpu].power = Power::Off;
-        let count = kernel().plan.partitions().len();
-        // Only the CPU that records the last stop sees this, so the machine powers off once.
-        let last = first && state.stopped[..count].iter().all(Option::is_some);
-        (first, last)
+        (first, restart)
     };
     if first {
         // Unmap first: the report goes to a console a partition may share, and may be slow.
@@ -185,9 +198,123 @@ pub fn stop_partition(partition: usize, reason: StopReason) -> ! {
             println!("trapless: partition {name} faulted and is stopped: {fault}");
         }
     }
-    if all_stopped {
+    if restart {
+        restart_partition(partition, cpu, reason);
+    }
+    if first && last_to_stop() {
         power_off();
     }
+    park();
+}
+
+/// Whether a stop for `reason` is one the `on-stop = "restart"` policy covers: a fault or a
+/// `SYSTEM_RESET`. `SYSTEM_OFF` (and the last CPU turning off) is a finish.
+fn restarts_after(reason: StopReason) -> bool {
+    matches!(reason, StopReason::Fault(_) | StopReason::SystemReset)
+}
+
+/// Whether every partition has now stopped for good and the caller is the first to see it (it
+/// then powers the machine off, once).
+fn last_to_stop() -> bool {
+    let count = kernel().plan.partitions().len();
+    let mut state = STATE.lock();
+    let last = !state.powering_off && state.stopped[..count].iter().all(Option::is_some);
+    state.powering_off |= last;
+    last
+}
+
+/// How long the CPUs of a stopped partition may take to fault in and park before its restart
+/// is given up.
+const PARK_TIMEOUT_MS: u64 = 100;
+
+/// Starts stopped `partition` again, from `cpu` (one of its CPUs, already marked off): waits
+/// for its other CPUs to park, loads its RAM afresh, maps its stage 2 again and starts its
+/// boot CPU. Its windows are left as they are: its peers see it come back through the link
+/// handshake. Gives up (the partition stays stopped) if one of its CPUs does not park.
+fn restart_partition(partition: usize, cpu: usize, reason: StopReason) -> ! {
+    let kernel = kernel();
+    let record = &kernel.plan.partitions()[partition];
+    let name = record.name;
+    let count = STATE.lock().restarts[partition] + 1;
+    match reason {
+        // The fault was reported as it was taken.
+        StopReason::Fault(_) => println!("trapless: partition {name} restarting ({count} of {})", record.restart_limit),
+        _ => println!("trapless: partition {name} restarting ({count} of {}) after {reason}", record.restart_limit),
+    }
+    if let Err(stuck) = wait_until_parked(partition, cpu) {
+        println!("trapless: partition {name} cannot restart: its CPU {stuck} did not stop within {PARK_TIMEOUT_MS} ms");
+        give_up_restart(partition, reason);
+    }
+    // SAFETY: the boot CPU checked this partition's RAM and blobs when it first loaded it, and
+    // every CPU of the partition is parked.
+    unsafe { crate::boot::fill_memory(&kernel.plan, record) };
+    let restored = kernel.stage2[partition].lock().0.restore(kernel.plan.regions(record));
+    if let Err(error) = restored {
+        println!("trapless: partition {name} cannot restart: stage 2: {error}");
+        give_up_restart(partition, reason);
+    }
+    let boot = record.boot_cpu as usize;
+    {
+        let mut state = STATE.lock();
+        state.restarts[partition] = count;
+        state.restarting[partition] = false;
+        state.cpus[boot] = CpuSlot { power: Power::OnPending, entry: record.entry.0, context: record.dtb.load.0 };
+        STOPPED[partition].store(false, Ordering::Release);
+    }
+    if boot == cpu {
+        run_cpu(cpu);
+    }
+    if start_cpu(boot, kernel.plan.cpus()[boot].mpidr).is_err() {
+        println!("trapless: partition {name} cannot restart: its boot CPU {boot} did not start");
+        STOPPED[partition].store(true, Ordering::Release);
+        give_up_restart(partition, reason);
+    }
+    park();
+}
+
+/// Waits until every CPU of stopped `partition` but `cpu` is off, waking any that sleeps.
+/// Returns the first that is still on after [`PARK_TIMEOUT_MS`].
+fn wait_until_parked(partition: usize, cpu: usize) -> Result<(), usize> {
+    let plan = &kernel().plan;
+    let deadline = el2::counter() + el2::counter_frequency() * PARK_TIMEOUT_MS / 1000;
+    for other in plan.cpus_of(partition).filter(|&other| other != cpu) {
+        let mut kicked = false;
+        while STATE.lock().cpus[other].power != Power::Off {
+            if el2::counter() > deadline {
+                return Err(other);
+            }
+            if !kicked {
+                arch::gic::kick(other, plan.cpus()[other].mpidr);
+                kicked = true;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    Ok(())
+}
+
+/// Records that restarting `partition` failed: it has stopped for good, for `reason`.
+fn give_up_restart(partition: usize, reason: StopReason) -> ! {
+    {
+        let mut state = STATE.lock();
+        state.restarting[partition] = false;
+        state.stopped[partition] = Some(reason);
+    }
+    if last_to_stop() {
+        power_off();
+    }
+    park();
+}
+
+/// How many times `partition` has been restarted (the `RESTARTS` hypercall).
+pub fn restarts(partition: usize) -> u16 {
+    STATE.lock().restarts[partition]
+}
+
+/// Parks a CPU of a stopped partition that has just exited (on its revoked stage 2), marking
+/// it off so that a restart knows it is out of the way.
+pub fn park_stopped(cpu: usize) -> ! {
+    STATE.lock().cpus[cpu].power = Power::Off;
     park();
 }
 
@@ -209,11 +336,17 @@ pub fn park() -> ! {
 /// Prints why each partition stopped and its exit counts, then powers the machine off.
 fn power_off() -> ! {
     let kernel = kernel();
-    let reasons = STATE.lock().stopped;
+    let (reasons, restarts) = {
+        let state = STATE.lock();
+        (state.stopped, state.restarts)
+    };
     for (index, (partition, reason)) in kernel.plan.partitions().iter().zip(reasons).enumerate() {
         let name = partition.name.as_str();
         if let Some(reason) = reason {
             println!("trapless: partition {name} stopped: {reason}");
+        }
+        if restarts[index] != 0 {
+            println!("trapless: partition {name} was restarted {} time(s)", restarts[index]);
         }
         println!("{}", ExitSummary { partition: name, counts: EXITS[index].snapshot() });
     }

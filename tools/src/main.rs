@@ -86,8 +86,12 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             for partition in &plan.partitions {
                 let devices: Vec<&str> =
                     partition.devices.iter().map(|&device| plan.platform.devices[device].name.as_str()).collect();
+                let on_stop = match partition.restart_limit {
+                    0 => String::new(),
+                    limit => format!(", restarts up to {limit} times"),
+                };
                 println!(
-                    "  {:<12} CPUs {:?}, memory {} ({}), image {} at {:#x}, device tree at {:#x}, devices [{}]",
+                    "  {:<12} CPUs {:?}, memory {} ({}), image {} at {:#x}, device tree at {:#x}, devices [{}]{on_stop}",
                     partition.name,
                     partition.cpus,
                     partition.memory,

@@ -62,6 +62,7 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
         .map(|partition| PartitionDraft {
             name: Name::new(&partition.name).expect("partition names are checked"),
             vmid: partition.vmid,
+            restart_limit: partition.restart_limit,
             boot_cpu: partition.cpus[0] as u32,
             memory: partition.memory,
             entry: Ipa(partition.entry),

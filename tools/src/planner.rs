@@ -37,6 +37,8 @@ pub struct PartitionPlan {
     /// Platform device indexes.
     pub devices: Vec<usize>,
     pub bootargs: String,
+    /// Restarts after a fault or `SYSTEM_RESET` (0: it halts).
+    pub restart_limit: u16,
     pub image: GuestImage,
     pub image_load: u64,
     pub entry: u64,
@@ -251,6 +253,7 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             memory,
             devices: partition.devices.clone(),
             bootargs: partition.bootargs.clone(),
+            restart_limit: partition.restart_limit,
             image,
             image_load,
             entry,
@@ -413,6 +416,7 @@ mod tests {
             image: ImageRef::Guest("hello".into()),
             devices: Vec::new(),
             bootargs: String::new(),
+            restart_limit: 0,
         }
     }
 

@@ -42,7 +42,27 @@ struct PartitionToml {
     #[serde(default)]
     devices: Vec<Spanned<String>>,
     bootargs: Option<Spanned<String>>,
+    #[serde(default)]
+    on_stop: OnStop,
+    restart_limit: Option<Spanned<i64>>,
 }
+
+/// What EL2 does when a partition stops by a fault or PSCI `SYSTEM_RESET` (a `SYSTEM_OFF` is a
+/// finish, and always halts it).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStop {
+    /// It stays stopped.
+    #[default]
+    Halt,
+    /// It is loaded afresh and started again, at most `restart-limit` times.
+    Restart,
+}
+
+/// How many times a partition with `on-stop = "restart"` restarts unless it says otherwise.
+pub const DEFAULT_RESTART_LIMIT: u16 = 3;
+/// The most restarts a partition may ask for.
+pub const MAX_RESTART_LIMIT: u16 = 1000;
 
 /// `memory = "64MiB"` or `memory = { size = "64MiB", base = 0x5000_0000 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +140,8 @@ pub struct Partition {
     /// Platform device indexes.
     pub devices: Vec<usize>,
     pub bootargs: String,
+    /// How many times EL2 restarts it after a fault or `SYSTEM_RESET` (0: `on-stop = "halt"`).
+    pub restart_limit: u16,
 }
 
 /// A checked system.
@@ -149,7 +171,13 @@ impl System {
 /// `platform/` and `partitions/`). `platform`, if given, replaces the platform the file names
 /// (to run one system on several boards).
 pub fn load(path: &Path, root: &Path, platform: Option<&str>) -> Result<System, Diagnostics> {
-    let source = Source::read(path)?;
+    load_text(path, Source::read(path)?.text, root, platform)
+}
+
+/// Checks the system description `text` as [`load`] checks the file at `path` (the fuzz targets
+/// give text that no file holds).
+pub fn load_text(path: &Path, text: String, root: &Path, platform: Option<&str>) -> Result<System, Diagnostics> {
+    let source = Source { path: path.to_path_buf(), text };
     let raw: SystemToml = toml::from_str(&source.text).map_err(|error| source.toml_error(&error))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let platform_name = platform.unwrap_or(raw.platform.get_ref());
@@ -346,11 +374,59 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
             ));
         }
 
-        partitions.push(Partition { name: name.to_string(), line: line(&name_span), cpus, memory, image, devices, bootargs });
+        let restart_limit = match (partition.on_stop, &partition.restart_limit) {
+            (OnStop::Halt, None) => 0,
+            (OnStop::Halt, Some(limit)) => {
+                problems.push(at(
+                    &limit.span(),
+                    format!("partition '{name}' sets restart-limit, but it does not restart: add on-stop = \"restart\""),
+                ));
+                0
+            }
+            (OnStop::Restart, None) => DEFAULT_RESTART_LIMIT,
+            (OnStop::Restart, Some(limit)) => match u16::try_from(*limit.get_ref()) {
+                Ok(value @ 1..=MAX_RESTART_LIMIT) => value,
+                _ => {
+                    problems.push(at(
+                        &limit.span(),
+                        format!("restart-limit of partition '{name}' is {}, not 1 to {MAX_RESTART_LIMIT}", limit.get_ref()),
+                    ));
+                    0
+                }
+            },
+        };
+
+        partitions.push(Partition {
+            name: name.to_string(),
+            line: line(&name_span),
+            cpus,
+            memory,
+            image,
+            devices,
+            bootargs,
+            restart_limit,
+        });
     }
 
     let doorbells = doorbell::check(source, &raw.doorbell, &partitions, &platform, &mut problems);
     let links = link::check(source, &raw.link, &partitions, &platform, &mut problems);
+    // EL2 plays the driver of an emulated link and keeps its registers across either side's
+    // life, so it could not follow a side that starts again.
+    for link in links.iter().filter(|link| link.transport == link::Transport::MmioTrap) {
+        for (role, index) in [("device", link.device), ("driver", link.driver)] {
+            let partition = &partitions[index];
+            if partition.restart_limit != 0 {
+                problems.push(Diagnostic {
+                    path: source.path.clone(),
+                    line: Some(link.line),
+                    message: format!(
+                        "link '{}' uses transport \"mmio-trap\", but its {role} '{}' restarts (on-stop = \"restart\", line {}): EL2's emulation cannot follow a restart",
+                        link.name, partition.name, partition.line
+                    ),
+                });
+            }
+        }
+    }
 
     if problems.is_empty() {
         Ok(System { path: source.path.clone(), platform, partitions, doorbells, links })

@@ -1,6 +1,6 @@
 //! trapless's own hypercalls (see `trapless_abi::hypercall`), checked against the caller.
 
-use trapless_abi::hypercall::{CONSOLE_WRITE, CONSOLE_WRITE_MAX, INVALID_PARAMETERS, LINK_NOTIFY, NOT_SUPPORTED};
+use trapless_abi::hypercall::{CONSOLE_WRITE, CONSOLE_WRITE_MAX, INVALID_PARAMETERS, LINK_NOTIFY, NOT_SUPPORTED, RESTARTS};
 use trapless_plan::{AddrRange, Ipa};
 
 /// A checked trapless hypercall.
@@ -11,6 +11,8 @@ pub enum Hypercall {
     /// The device of emulated link `link` used buffers of queue `queue` (the kernel checks both
     /// against the plan and the caller).
     LinkNotify { link: u64, queue: u64 },
+    /// How many times the caller has been restarted.
+    Restarts,
 }
 
 /// Decodes hypercall `function` with arguments `x1`, `x2` for a partition whose RAM is
@@ -28,6 +30,7 @@ pub fn decode(function: u32, args: [u64; 2], memory: &AddrRange) -> Result<Hyper
             let [link, queue] = args;
             Ok(Hypercall::LinkNotify { link, queue })
         }
+        RESTARTS => Ok(Hypercall::Restarts),
         _ => Err(NOT_SUPPORTED),
     }
 }
@@ -53,6 +56,11 @@ mod tests {
     #[test]
     fn link_notify_carries_its_link_and_queue() {
         assert_eq!(decode(LINK_NOTIFY, [2, 1], &MEMORY), Ok(Hypercall::LinkNotify { link: 2, queue: 1 }));
+    }
+
+    #[test]
+    fn restarts_takes_no_arguments() {
+        assert_eq!(decode(RESTARTS, [u64::MAX, u64::MAX], &MEMORY), Ok(Hypercall::Restarts));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
@@ -221,7 +221,9 @@ pub struct PartitionRecord {
     pub name: Name,
     /// Stage-2 VMID, distinct per partition and never 0.
     pub vmid: u16,
-    pub reserved: u16,
+    /// How many times EL2 starts the partition again after it stops by a fault or PSCI
+    /// `SYSTEM_RESET` (0: it stays stopped). Never set for a partition on an emulated link.
+    pub restart_limit: u16,
     /// The CPU the partition starts on (a platform CPU index it owns).
     pub boot_cpu: u32,
     /// Its RAM.
@@ -578,6 +580,14 @@ impl<'a> Plan<'a> {
                 if self.blob_bytes(&blob).is_none() {
                     return Err(PlanError::BlobOutOfBounds { partition: index });
                 }
+            }
+        }
+        // EL2 plays the driver of an emulated link and holds its state across a partition's
+        // life; neither side of one may start again under it.
+        for (index, link) in self.emulated_links.iter().enumerate() {
+            let window = &self.windows[link.window as usize];
+            if [window.device, window.driver].iter().any(|&side| self.partitions[side as usize].restart_limit != 0) {
+                return Err(bad_value("restart limit of a partition on emulated link", index, 1));
             }
         }
         Ok(())

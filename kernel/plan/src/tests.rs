@@ -29,6 +29,7 @@ fn draft<'a>(name: &str, vmid: u16, boot_cpu: u32, base: u64, image: &'a [u8], d
     PartitionDraft {
         name: Name::new(name).unwrap(),
         vmid,
+        restart_limit: 0,
         boot_cpu,
         memory: AddrRange::new(base, 0x400_0000),
         entry: Ipa(base + 0x8_0000),
@@ -247,6 +248,11 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, link + 44, &27u32.to_le_bytes())),
         PlanError::BadValue { field: "emulated link intid", index: 0, value: 27 }
+    );
+    // A side of the emulated link that would restart under EL2's emulation.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_partition + 34, &1u16.to_le_bytes())),
+        PlanError::BadValue { field: "restart limit of a partition on emulated link", index: 0, value: 1 }
     );
 }
 

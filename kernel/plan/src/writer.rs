@@ -13,6 +13,7 @@ use zerocopy::IntoBytes;
 pub struct PartitionDraft<'a> {
     pub name: Name,
     pub vmid: u16,
+    pub restart_limit: u16,
     pub boot_cpu: u32,
     pub memory: AddrRange,
     pub entry: Ipa,
@@ -86,7 +87,7 @@ impl<'a> PlanWriter<'a> {
                 PartitionRecord {
                     name: draft.name,
                     vmid: draft.vmid,
-                    reserved: 0,
+                    restart_limit: draft.restart_limit,
                     boot_cpu: draft.boot_cpu,
                     memory: draft.memory,
                     entry: draft.entry,

@@ -61,6 +61,10 @@ pub fn configure_cpu(cpu: usize, vttbr: u64) {
     // EL1 gets the physical counter and timer; the virtual counter equals the physical one.
     CNTHCTL_EL2.set(0b11);
     CNTVOFF_EL2.set(0);
+    // Both EL1 timers off, as after a reset: a partition started again on this CPU must not
+    // take a timer its previous run armed.
+    CNTP_CTL_EL0.set(0);
+    CNTV_CTL_EL0.set(0);
 
     // All performance counters to EL1 (if there is a PMU), no debug or PMU traps.
     let pmu_version = (ID_AA64DFR0_EL1.get() >> 8) & 0xf;

@@ -4,7 +4,7 @@
 //! interrupts.
 
 use arm_gic::gicv3::registers::{Gicd, GicrSgi};
-use arm_gic::gicv3::{GicCpuInterface, GicError, GicV3};
+use arm_gic::gicv3::{GicCpuInterface, GicError, GicV3, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, Trigger, UniqueMmioPointer};
 use core::fmt;
 use core::ptr::NonNull;
@@ -147,6 +147,33 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
     GicCpuInterface::set_priority_mask(0);
     clear_active_priorities();
     Ok(())
+}
+
+/// The SGI EL2 sends to wake a CPU of a stopped partition out of `WFI`, so that it faults on
+/// its revoked stage 2 and parks.
+const KICK: IntId = IntId::sgi(15);
+
+/// Wakes platform CPU `cpu` (MPIDR `mpidr`), a CPU of a stopped partition that may sit in
+/// `WFI`: enables [`KICK`] at the highest priority on its redistributor and sends it. The
+/// partition's own CPU-interface settings (its priority mask, its group enable) still decide
+/// whether the CPU wakes; `init_cpu` undoes all of this before the CPU runs a partition again.
+pub fn kick(cpu: usize, mpidr: u64) {
+    {
+        let mut gic = GIC.get().expect("gic::init ran on the boot CPU").lock();
+        let Ok(mut redistributor) = gic.0.redistributor(cpu) else { return };
+        let _ = redistributor.set_interrupt_priority(KICK, 0);
+        let _ = redistributor.enable_interrupt(KICK, true);
+    }
+    let aff0 = mpidr & 0xff;
+    if aff0 < 16 {
+        let target = SgiTarget::List {
+            affinity3: (mpidr >> 32) as u8,
+            affinity2: (mpidr >> 16) as u8,
+            affinity1: (mpidr >> 8) as u8,
+            target_list: 1 << aff0,
+        };
+        let _ = GicCpuInterface::send_sgi(KICK, target, SgiTargetGroup::CurrentGroup1);
+    }
 }
 
 /// Makes SPI `intid` pending (an emulated link's interrupt), through `GICD_ISPENDR<n>`: a write

@@ -2,7 +2,8 @@
 //!
 //! The tables are built once at boot from the plan's region list and never change, except when
 //! a partition stops: then every mapping is removed, so any of its CPUs still running faults
-//! into EL2 at its next access and is parked there.
+//! into EL2 at its next access and is parked there; a partition that restarts gets the same
+//! regions mapped again once all its CPUs are parked.
 
 use aarch64_paging::descriptor::Stage2Attributes as Attributes;
 use aarch64_paging::idmap::IdMap;
@@ -62,6 +63,16 @@ impl Stage2Map {
     /// The root table's physical address, for `VTTBR_EL2`.
     pub fn root(&self) -> u64 {
         self.tables.root_address().0 as u64
+    }
+
+    /// Maps `regions` again after a [`revoke`](Self::revoke), in the same tables (the root,
+    /// and so `VTTBR_EL2`, stay the same), for a partition that restarts.
+    pub fn restore(&mut self, regions: &[RegionRecord]) -> Result<(), MapError> {
+        for region in regions {
+            let start = region.ipa.0 as usize;
+            self.tables.map_range(&MemoryRegion::new(start, start + region.size as usize), attributes(region.kind()))?;
+        }
+        Ok(())
     }
 
     /// Removes every mapping, invalidating each removed one's TLB entries for the VMID in

@@ -21,6 +21,10 @@ pub mod hypercall {
     /// `x2` = the queue. Returns [`SUCCESS`], or [`INVALID_PARAMETERS`] for a link this
     /// partition is not the device of or a queue it does not have.
     pub const LINK_NOTIFY: u32 = 0xC600_0002;
+    /// How many times EL2 has restarted the calling partition (`on-stop = "restart"`), in
+    /// `x0`: 0 on its first start. A restarted partition finds its RAM loaded afresh; this is
+    /// how it knows it ran before.
+    pub const RESTARTS: u32 = 0xC600_0003;
 
     /// SMCCC: the call succeeded.
     pub const SUCCESS: i64 = 0;

@@ -1,8 +1,9 @@
 //! The test guest: does one thing, chosen by `probe=<mode>` in its bootargs, and says what
 //! happened, so QEMU tests can check trapless from inside a partition.
 //!
-//! - `probe=work [pattern=<address>]`: fills 1 MiB of its own RAM (at `pattern`, default the
-//!   middle of its RAM) with a pattern, spins for a while, checks the pattern and reports.
+//! - `probe=work [pattern=<address>] [hold-ms=<n>]`: fills 1 MiB of its own RAM (at `pattern`,
+//!   default the middle of its RAM) with a pattern, spins for `n` ms (default 300), checks the
+//!   pattern and reports.
 //! - `probe=touch read=<address>` / `write=<address>`: accesses an address it does not own.
 //!   trapless must stop it; if the access returns, it reports the breach and resets.
 //! - `probe=smp [foreign=<mpidr>] [cycles=<n>]`: starts each of its other CPUs with PSCI
@@ -11,6 +12,9 @@
 //!   off `n` times, starting it again as soon as `AFFINITY_INFO` says it is off.
 //! - `probe=busy-touch write=<address>`: starts its second CPU spinning forever, then writes an
 //!   address it does not own: trapless must stop the whole partition, the spinning CPU too.
+//! - `probe=sleep-touch write=<address>`: starts its second CPU sleeping in `WFI` with no
+//!   interrupt of its own enabled, then writes an address it does not own: trapless must wake
+//!   that CPU to stop (and, by its `on-stop` policy, restart) the whole partition.
 //! - `probe=sgi foreign=<mpidr>`: sends SGIs to its second CPU and, in the same register write,
 //!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
 //! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
@@ -24,6 +28,14 @@
 //!   mode's job, and reports both.
 //! - `probe=storm event=<n> count=<m>`: stores EventID `n` to its doorbell page `m` times, as a
 //!   partition that rings one doorbell can for any other.
+//! - `probe=matrix probes=<name>/<op>/<value>,...`: the isolation matrix, one probe per start of
+//!   the partition (it runs with `on-stop = "restart"`, and probe `n` runs on restart `n`).
+//!   `op` is `r` or `w` (read or write the address), `x` (jump to it with the stage-1 MMU
+//!   off, so only stage 2 can refuse the fetch), `cpu-on` / `affinity` (PSCI on that MPIDR) or
+//!   `console` (the console hypercall with a buffer at that address). A probe trapless should
+//!   stop says so and, if it returns, reports the breach and resets to go on; a call trapless
+//!   should refuse prints its result. After the last probe it stops each link it drives, so
+//!   its device partition can finish, and powers off.
 
 #![no_std]
 #![no_main]
@@ -43,11 +55,13 @@ fn main(boot: &Boot) {
         Some("touch") => touch(boot),
         Some("smp") => start_cpus(boot),
         Some("busy-touch") => busy_touch(boot),
+        Some("sleep-touch") => sleep_touch(boot),
         Some("sgi") => sgi(boot),
         Some("sgi-listen") => sgi_listen(boot),
         Some("ping-pong") => ping_pong(boot),
         Some("doorbell-work") => doorbell_work(boot),
         Some("storm") => storm(boot),
+        Some("matrix") => matrix(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -78,6 +92,7 @@ fn pattern_word(index: u64) -> u64 {
 
 fn work(boot: &Boot) {
     let start = address(boot, "pattern").unwrap_or((boot.memory.start + boot.memory.end) / 2);
+    let hold_ms = address(boot, "hold-ms").unwrap_or(300);
     if start < boot.memory.start || start + PATTERN_BYTES > boot.memory.end {
         println!("probe: pattern {start:#x} is outside my memory");
         psci::system_reset();
@@ -89,7 +104,7 @@ fn work(boot: &Boot) {
         *word = pattern_word(index as u64);
     }
     println!("work: wrote 1 MiB pattern at {start:#x}");
-    time::delay_us(300_000);
+    time::delay_us(hold_ms * 1000);
     let intact = area.iter().enumerate().all(|(index, &word)| word == pattern_word(index as u64));
     if intact {
         println!("work: pattern at {start:#x} intact; done");
@@ -198,6 +213,30 @@ fn busy_touch(boot: &Boot) {
         core::hint::spin_loop();
     }
     println!("busy-touch: CPU 1 is spinning");
+    touch(boot);
+}
+
+/// The second CPU of `sleep-touch` is about to sleep.
+static SLEEPING: AtomicBool = AtomicBool::new(false);
+
+fn sleep_forever(_: usize) {
+    irq::init_cpu();
+    SLEEPING.store(true, Ordering::SeqCst);
+    loop {
+        irq::wait();
+    }
+}
+
+fn sleep_touch(boot: &Boot) {
+    println!("sleep-touch: start {}", trapless_guest::hypercall::restarts());
+    if let Err(error) = smp::start(1, sleep_forever) {
+        println!("sleep-touch: CPU_ON of my CPU 1 failed: {error}");
+        psci::system_off();
+    }
+    wait_until("CPU 1 to sleep", || SLEEPING.load(Ordering::SeqCst));
+    // Long enough for it to be in WFI.
+    time::delay_us(20_000);
+    println!("sleep-touch: CPU 1 is asleep");
     touch(boot);
 }
 
@@ -412,4 +451,110 @@ fn storm(boot: &Boot) {
         unsafe { (translater as *mut u32).write_volatile(event as u32) };
     }
     println!("storm: stored EventID {event} {count} times");
+}
+
+fn number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn matrix(boot: &Boot) {
+    let probes = boot.arg("probes").unwrap_or("");
+    let count = probes.split(',').filter(|probe| !probe.is_empty()).count();
+    let start = trapless_guest::hypercall::restarts() as usize;
+    let Some(probe) = probes.split(',').filter(|probe| !probe.is_empty()).nth(start) else {
+        println!("matrix: all {count} probes tried");
+        stop_links(boot);
+        return;
+    };
+    let mut fields = probe.split('/');
+    let (Some(name), Some(op), Some(value), None) = (fields.next(), fields.next(), fields.next().and_then(number), fields.next())
+    else {
+        println!("matrix: probe {start}: '{probe}' is not <name>/<op>/<value>");
+        psci::system_off();
+    };
+    println!("matrix: probe {name}: {op} {value:#x}");
+    match op {
+        "r" => {
+            // SAFETY: deliberately unsound: this partition does not own `value` and expects
+            // trapless to stop it here.
+            let read = unsafe { (value as *const u64).read_volatile() };
+            println!("matrix: probe {name}: NOT STOPPED: read {read:#x}");
+        }
+        "w" => {
+            // SAFETY: as above, for a write.
+            unsafe { (value as *mut u64).write_volatile(0x7472_6170_6c65_7373) };
+            println!("matrix: probe {name}: NOT STOPPED: the write went through");
+        }
+        // SAFETY: as above, for a fetch: with the stage-1 MMU off no stage-1 attribute can refuse
+        // it, so only stage 2's execute-never stands between the branch and `value`.
+        "x" => unsafe { execute_with_mmu_off(value) },
+        "cpu-on" => println!("matrix: probe {name}: CPU_ON says {}", result(psci::cpu_on(value, boot.memory.start, 0))),
+        "affinity" => {
+            let state = match psci::affinity_info(value) {
+                Ok(AffinityState::On) => "ON",
+                Ok(AffinityState::Off) => "OFF",
+                Ok(AffinityState::OnPending) => "ON_PENDING",
+                Err(error) => result(Err(error)),
+            };
+            println!("matrix: probe {name}: AFFINITY_INFO says {state}");
+        }
+        "console" => {
+            let code = smccc::hvc64(trapless_abi::hypercall::CONSOLE_WRITE, {
+                let mut args = [0; 17];
+                args[0] = value;
+                args[1] = 16;
+                args
+            })[0] as i64;
+            println!("matrix: probe {name}: CONSOLE_WRITE says {code}");
+        }
+        other => println!("matrix: probe {name}: unknown op '{other}'"),
+    }
+    // On to the next probe: a restart, as if trapless had stopped this one.
+    psci::system_reset();
+}
+
+/// Turns the stage-1 MMU (and the caches) off and branches to `target`.
+///
+/// # Safety
+///
+/// Never returns if `target` holds no code that returns; meant for addresses trapless must
+/// refuse to fetch from.
+unsafe fn execute_with_mmu_off(target: u64) -> ! {
+    let sctlr: u64;
+    // SAFETY: reading SCTLR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, sctlr_el1", out(reg) sctlr, options(nomem, nostack)) };
+    // SAFETY: the code runs from RAM mapped at its own address, so turning the MMU off does
+    // not move it; what follows the branch is the caller's promise.
+    unsafe {
+        core::arch::asm!(
+            "msr sctlr_el1, {sctlr}",
+            "isb",
+            "br {target}",
+            sctlr = in(reg) sctlr & !1,
+            target = in(reg) target,
+            options(noreturn),
+        )
+    }
+}
+
+/// Says `STOPPED` on each link this partition drives, so its device partition can finish.
+fn stop_links(boot: &Boot) {
+    use trapless_guest::facts::Role;
+    use trapless_guest::virtio::{self, Bells};
+    use trapless_virtio::binding::state;
+    use trapless_virtio::link::DriverSide;
+    for link in boot.links().filter(|link| link.role == Role::Driver) {
+        let window = virtio::window(link);
+        let mut side = DriverSide::new(&window);
+        // A driver that never started does not ring in `let_go`: ring anyway, so the device
+        // looks and sees the link is done.
+        side.let_go(&window, state::STOPPED, || {});
+        if let Ok(mut bells) = Bells::new(boot, link) {
+            bells.ring(0);
+        }
+        println!("matrix: link {} stopped", link.name);
+    }
 }

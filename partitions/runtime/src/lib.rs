@@ -23,6 +23,8 @@ pub mod doorbell;
 #[cfg(all(target_os = "none", feature = "alloc"))]
 mod heap;
 #[cfg(target_os = "none")]
+pub mod hypercall;
+#[cfg(target_os = "none")]
 pub mod irq;
 #[cfg(target_os = "none")]
 pub mod psci;

@@ -58,7 +58,8 @@ pub fn system_off() -> ! {
     }
 }
 
-/// Resets the partition: trapless stops it and reports `system-reset` (a failure).
+/// Resets the partition: trapless stops it and reports `system-reset` (a failure), or starts
+/// it afresh if its `on-stop` policy is `restart`.
 pub fn system_reset() -> ! {
     system_reset_with(conduit())
 }
