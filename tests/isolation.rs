@@ -179,3 +179,25 @@ fn a_faulting_partition_restarts_with_all_its_cpus_up_to_its_limit() {
     check(&run, run.exits()["sleeper"].insn_abort == 2, "the sleeping CPU faulted in on each restart");
     check(&run, run.verdict(&built.plan).is_err(), "a partition stopped by a fault fails the run");
 }
+
+#[test]
+fn a_driver_restarted_mid_link_takes_it_over_and_loses_no_completed_write() {
+    let (built, run) = boot("restart-link", &[]);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    let client = run.partition_lines("client");
+    for start in 0..3 {
+        let wrote = format!("disk-restart: start {start}: wrote 512 sectors, each completed");
+        check(&run, client.contains(&wrote.as_str()), &wrote);
+        if start > 0 {
+            let intact = format!("disk-restart: start {start}: all 512 sectors start {} wrote are intact", start - 1);
+            check(&run, client.contains(&intact.as_str()), &intact);
+        }
+    }
+    check(&run, client.contains(&"disk-restart: start 2: link disk0 stopped; done"), "the last start finished the link");
+    for line in ["trapless: partition client restarting (1 of 2) after system-reset", "trapless: partition client restarting (2 of 2)"] {
+        check(&run, run.output.lines().any(|printed| printed == line), line);
+    }
+    // Three starts wrote 512 sectors each, two read them back: every request served once.
+    let served = run.partition_lines("backend").into_iter().any(|line| line.starts_with("virtio-device: link disk0: served 2560 requests, 0 refused"));
+    check(&run, served, "the device served every request of every start, and refused none");
+}

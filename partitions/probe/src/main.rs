@@ -28,6 +28,11 @@
 //!   mode's job, and reports both.
 //! - `probe=storm event=<n> count=<m>`: stores EventID `n` to its doorbell page `m` times, as a
 //!   partition that rings one doorbell can for any other.
+//! - `probe=disk-restart`: drives its block link across its own restarts (`on-stop =
+//!   "restart"`). Start `n` first reads the whole disk back and checks it holds what start
+//!   `n - 1` wrote and saw completed, then writes its own pattern over it and reads that back.
+//!   Start 0 then resets the partition (`SYSTEM_RESET`), start 1 faults, start 2 stops the link
+//!   and powers off: the device partition must serve each new start of the driver.
 //! - `probe=matrix probes=<name>/<op>/<value>,...`: the isolation matrix, one probe per start of
 //!   the partition (it runs with `on-stop = "restart"`, and probe `n` runs on restart `n`).
 //!   `op` is `r` or `w` (read or write the address), `x` (jump to it with the stage-1 MMU
@@ -39,6 +44,8 @@
 
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 use trapless_guest::psci::{self, AffinityState};
@@ -62,6 +69,7 @@ fn main(boot: &Boot) {
         Some("doorbell-work") => doorbell_work(boot),
         Some("storm") => storm(boot),
         Some("matrix") => matrix(boot),
+        Some("disk-restart") => disk_restart(boot),
         other => {
             println!("probe: unknown mode {other:?} (bootargs \"{}\")", boot.bootargs);
             psci::system_reset();
@@ -556,5 +564,71 @@ fn stop_links(boot: &Boot) {
             bells.ring(0);
         }
         println!("matrix: link {} stopped", link.name);
+    }
+}
+
+/// The byte at `offset` of sector `sector` as start `start` of `disk-restart` writes it.
+fn disk_byte(start: u64, sector: usize, offset: usize) -> u8 {
+    (sector as u64 * 131 + offset as u64 * 7 + start * 29 + 1) as u8
+}
+
+/// RAM of QEMU virt's that `tests/systems/restart-link.toml` gives nobody.
+const UNOWNED: u64 = 0x6000_0000;
+
+fn disk_restart(boot: &Boot) {
+    use trapless_guest::facts::Role;
+    use trapless_guest::virtio::{self, Bells};
+    use trapless_virtio::driver::WindowHal;
+    use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+
+    let start = trapless_guest::hypercall::restarts();
+    let Some(link) = boot.links().find(|link| link.role == Role::Driver) else {
+        println!("disk-restart: I drive no link");
+        psci::system_off();
+    };
+    let fail = |what: &str| -> ! {
+        println!("disk-restart: start {start}: {what}");
+        psci::system_off()
+    };
+    if let Err(error) = virtio::on_notify(link, |_| {}) {
+        fail(&alloc::format!("its LPIs: {error:?}"));
+    }
+    irq::init_cpu();
+    let opened = virtio::open_driver(link, 0, 10).unwrap_or_else(|error| fail(&error));
+    let bells = Bells::new(boot, link).unwrap_or_else(|error| fail(&alloc::format!("its doorbells: {error:?}")));
+    let mut disk = VirtIOBlk::<WindowHal<0>, _>::new(opened.transport(bells))
+        .unwrap_or_else(|error| fail(&alloc::format!("starting the block driver: {error}")));
+    let sectors = disk.capacity() as usize;
+    let mut sector = [0u8; SECTOR_SIZE];
+    if start > 0 {
+        for index in 0..sectors {
+            if let Err(error) = disk.read_blocks(index, &mut sector) {
+                fail(&alloc::format!("reading sector {index}: {error}"));
+            }
+            if sector.iter().enumerate().any(|(offset, &byte)| byte != disk_byte(start - 1, index, offset)) {
+                fail(&alloc::format!("sector {index} lost what start {} wrote", start - 1));
+            }
+        }
+        println!("disk-restart: start {start}: all {sectors} sectors start {} wrote are intact", start - 1);
+    }
+    for index in 0..sectors {
+        for (offset, byte) in sector.iter_mut().enumerate() {
+            *byte = disk_byte(start, index, offset);
+        }
+        if let Err(error) = disk.write_blocks(index, &sector) {
+            fail(&alloc::format!("writing sector {index}: {error}"));
+        }
+    }
+    println!("disk-restart: start {start}: wrote {sectors} sectors, each completed");
+    match start {
+        // The link is still started: the next start must take it over.
+        0 => psci::system_reset(),
+        // SAFETY: deliberately unsound: no partition owns this RAM, and the prober expects
+        // trapless to stop it here (and restart it).
+        1 => unsafe { (UNOWNED as *mut u64).write_volatile(1) },
+        _ => {
+            drop(disk);
+            println!("disk-restart: start {start}: link {} stopped; done", link.name);
+        }
     }
 }
