@@ -64,6 +64,10 @@ pub struct DeviceLink<M: Memory> {
     failure: Option<QueueError>,
     /// The device polls: it keeps the driver's notifications suppressed.
     polling: bool,
+    /// A driver generation already started when this device opened the link (served by an
+    /// earlier start of the device partition, so how far along its rings are is unknown): it
+    /// is never served, and the driver must start a new one.
+    stale: u32,
 }
 
 impl<M: Memory> DeviceLink<M> {
@@ -83,7 +87,10 @@ impl<M: Memory> DeviceLink<M> {
             DeviceQueue::new(layout.queues[index], expected.queue_size, layout.pool.clone(), event_idx)
         });
         let queue_count = usize::from(expected.queue_count);
-        let link = Self { window, queues, queue_count, serving: 0, failure: None, polling };
+        let mut link = Self { window, queues, queue_count, serving: 0, failure: None, polling, stale: 0 };
+        if let (state::READY, generation) = link.driver_line() {
+            link.stale = generation;
+        }
         link.write_line(state::READY, 0, 0);
         Ok(link)
     }
@@ -139,7 +146,7 @@ impl<M: Memory> DeviceLink<M> {
     pub fn step<D: Device>(&mut self, device: &mut D, budget: usize) -> Step {
         let (driver_state, generation) = self.driver_line();
         let stopped = Step { stopped: driver_state == state::STOPPED, ..Step::default() };
-        if driver_state != state::READY || generation == 0 {
+        if driver_state != state::READY || generation == 0 || generation == self.stale {
             if self.serving != 0 {
                 self.let_go(device);
             }

@@ -862,3 +862,39 @@ fn a_driver_side_that_must_not_wait_learns_of_the_let_go_by_looking() {
     side.let_go(&window, state::RESET, ring);
     assert_eq!(rings.get(), 3, "one ring per let-go of a started side");
 }
+
+#[test]
+fn a_device_that_starts_again_never_serves_the_driver_generation_it_found_started() {
+    let bytes = cells(WINDOW);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    let header = block_header(1 << 32);
+    window.write_bytes(0, &header.encode()).unwrap();
+    let layout = layout::compute(1, 8, WINDOW).unwrap();
+    let mut disk = vec![0u8; 4096];
+    let mut device = BlockDevice::new(&mut disk[..], false);
+    // A driver in generation 5, with a request the device's earlier start may or may not have
+    // served: the new start cannot know, so it must not serve it again.
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver_line(&window, state::READY, 5);
+    let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, false).unwrap();
+    assert_eq!(link.step(&mut device, 8), Step::default());
+    assert_eq!(driver.pop_used(), None, "the old generation's request is not served again");
+    assert_eq!(device_line(&window), (state::READY, 0, 0), "the device serves no generation");
+    assert_eq!(link.serving(), 0);
+    // The driver sees that, resets and starts generation 6 on fresh rings: served.
+    driver_line(&window, state::RESET, 5);
+    link.step(&mut device, 8);
+    bytes[layout.queues[0].desc..layout.queues[0].end].iter().for_each(|byte| byte.set(0));
+    let mut driver = MockDriver::new(&window, layout.clone(), 0);
+    driver.next_pool += 4096;
+    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
+    let status = driver.buffer(&[0xff], 1);
+    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver_line(&window, state::READY, 6);
+    assert_eq!(link.step(&mut device, 8).failed, None);
+    assert_eq!(device_line(&window), (state::READY, 6, 0));
+    assert_eq!(driver.pop_used(), Some((0, 1)));
+}
