@@ -38,6 +38,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size \"{text}\" does not fit in 64 bits"))
 }
 
+/// Why `value` is not a size or an address.
+pub fn negative(value: i64) -> String {
+    format!("{value} is negative: sizes and addresses are 0 or more")
+}
+
 /// `n MiB`-style text for messages: the largest unit that divides `bytes` exactly.
 pub fn describe(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
@@ -60,7 +65,7 @@ impl<'de> de::Deserialize<'de> for Bytes {
             }
 
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<Bytes, E> {
-                u64::try_from(value).map(Bytes).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(value).map(Bytes).map_err(|_| E::custom(negative(value)))
             }
 
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<Bytes, E> {

@@ -90,7 +90,7 @@ impl<'de> Deserialize<'de> for MemoryToml {
             }
 
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<MemoryToml, E> {
-                let size = u64::try_from(value).map_err(|_| E::custom("a size cannot be negative"))?;
+                let size = u64::try_from(value).map_err(|_| E::custom(crate::size::negative(value)))?;
                 Ok(MemoryToml { size, base: None })
             }
 
