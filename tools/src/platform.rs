@@ -32,7 +32,7 @@ struct PlatformToml {
     qemu: Option<Qemu>,
     gic: GicToml,
     timer: TimerToml,
-    cpu: Vec<Spanned<CpuToml>>,
+    cpu: Spanned<Vec<Spanned<CpuToml>>>,
     #[serde(default)]
     clock: Vec<Spanned<Clock>>,
     #[serde(default)]
@@ -61,9 +61,9 @@ struct GicToml {
     /// INTID bits the GIC implements (`GICD_TYPER.IDbits` + 1): LPIs go up to 2^n - 1.
     lpi_id_bits: Option<Spanned<u8>>,
     /// EventID bits the ITS implements (`GITS_TYPER.IDbits` + 1).
-    its_event_bits: Option<u8>,
+    its_event_bits: Option<Spanned<u8>>,
     /// The DeviceID the ITS sees on a CPU's store to `GITS_TRANSLATER` (SoC-specific).
-    doorbell_device_id: Option<u32>,
+    doorbell_device_id: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,29 +343,35 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         );
     }
     let redistributors = raw.gic.redistributors.get_ref().range();
-    if redistributors.size < raw.cpu.len() as u64 * stride {
+    let raw_cpus = raw.cpu.get_ref();
+    if redistributors.size < raw_cpus.len() as u64 * stride {
         problem(
             &raw.gic.redistributors.span(),
-            format!("the redistributor region {redistributors} is too small for {} CPUs", raw.cpu.len()),
+            format!(
+                "the redistributor region {redistributors} is too small for {} CPUs: each CPU's frames take the stride, {stride:#x} bytes",
+                raw_cpus.len()
+            ),
         );
     }
-    let its = match (&raw.gic.its, raw.gic.lpi_id_bits.as_ref(), raw.gic.its_event_bits, raw.gic.doorbell_device_id) {
+    let its = match (&raw.gic.its, &raw.gic.lpi_id_bits, &raw.gic.its_event_bits, &raw.gic.doorbell_device_id) {
         (None, ..) => None,
         (Some(its), Some(lpi_id_bits), Some(event_bits), Some(doorbell_device)) => {
             let range = its.get_ref().range();
             if range.size < 2 * ITS_TRANSLATION_FRAME || range.base.0 % ITS_TRANSLATION_FRAME != 0 {
                 problem(&its.span(), format!("the ITS {range} must be 64 KiB aligned and hold both of its 64 KiB frames"));
             }
-            let lpi_id_bits = *lpi_id_bits.get_ref();
+            let (lpi_id_bits_span, lpi_id_bits) = (lpi_id_bits.span(), *lpi_id_bits.get_ref());
             if !(14..=32).contains(&lpi_id_bits) {
-                problem(&raw.gic.lpi_id_bits.as_ref().map_or(its.span(), |bits| bits.span()), format!("lpi-id-bits must be 14 to 32, not {lpi_id_bits}"));
+                problem(&lpi_id_bits_span, format!("lpi-id-bits must be 14 to 32, not {lpi_id_bits}"));
             }
+            let (event_bits_span, event_bits) = (event_bits.span(), *event_bits.get_ref());
             if !(1..=32).contains(&event_bits) {
-                problem(&its.span(), format!("its-event-bits must be 1 to 32, not {event_bits}"));
+                problem(&event_bits_span, format!("its-event-bits must be 1 to 32, not {event_bits}"));
             }
+            let (doorbell_device_span, doorbell_device) = (doorbell_device.span(), *doorbell_device.get_ref());
             if doorbell_device >= MAX_DOORBELL_DEVICE {
                 problem(
-                    &its.span(),
+                    &doorbell_device_span,
                     format!(
                         "doorbell-device-id {doorbell_device} is too large: trapless gives the ITS a flat device table, which reaches DeviceIDs below {MAX_DOORBELL_DEVICE}"
                     ),
@@ -382,13 +388,16 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let timer: [u32; 4] = match timer.as_slice().try_into() {
         Ok(ppis) if timer.iter().all(|&ppi| ppi < 16) => ppis,
         _ => {
-            problem(&raw.timer.interrupts.span(), "timer interrupts must be four PPI numbers (0..16)".to_string());
+            problem(
+                &raw.timer.interrupts.span(),
+                format!("timer interrupts must be four PPI numbers from 0 to 15 (INTID - 16), not {timer:?}"),
+            );
             [13, 14, 11, 10]
         }
     };
 
     let mut cpus = Vec::new();
-    for cpu in &raw.cpu {
+    for (index, cpu) in raw_cpus.iter().enumerate() {
         let mpidr = cpu.get_ref().mpidr;
         if mpidr & !MPIDR_AFFINITY_MASK != 0 {
             problem(
@@ -397,15 +406,19 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
                     "MPIDR {mpidr:#x} has bits outside the affinity fields (mask {MPIDR_AFFINITY_MASK:#x}): give Aff3..Aff0 only"
                 ),
             );
-        } else if cpus.contains(&mpidr) {
-            problem(&cpu.span(), format!("MPIDR {mpidr:#x} is listed twice"));
+        } else if let Some(first) = cpus.iter().position(|&other| other == mpidr) {
+            problem(
+                &cpu.span(),
+                format!("MPIDR {mpidr:#x} of CPU {index} is already CPU {first}'s (line {})", source.line(&raw_cpus[first].span())),
+            );
         }
         cpus.push(mpidr & MPIDR_AFFINITY_MASK);
     }
     if cpus.is_empty() || cpus.len() > trapless_plan::MAX_CPUS {
         problems.push(Diagnostic {
             path: source.path.clone(),
-            line: None,
+            // The first CPU too many, or `cpu = []`.
+            line: Some(source.line(&raw_cpus.get(trapless_plan::MAX_CPUS).map_or(raw.cpu.span(), |cpu| cpu.span()))),
             message: format!("a platform has 1 to {} CPUs, not {}", trapless_plan::MAX_CPUS, cpus.len()),
         });
     }
@@ -415,8 +428,9 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     for spanned in &raw.device {
         let device = spanned.get_ref();
         let mut problem = |message: String| problems.push(source.error(&spanned.span(), message));
-        if devices.iter().any(|other| other.name == device.name) {
-            problem(format!("device name '{}' is used twice", device.name));
+        if let Some(first) = devices.iter().position(|other| other.name == device.name) {
+            let line = source.line(&raw.device[first].span());
+            problem(format!("device name '{}' is used twice (first at line {line})", device.name));
         }
         let reg = device.reg.range();
         if reg.size == 0 || reg.base.0 % PAGE != 0 || reg.size % PAGE != 0 {
@@ -451,10 +465,20 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         });
     }
     let console = raw.console.as_ref().and_then(|console| {
-        let index = devices.iter().position(|device| &device.name == console.get_ref());
-        let is_pl011 = index.is_some_and(|index| devices[index].compatible.iter().any(|c| c == "arm,pl011"));
-        if !is_pl011 {
-            problems.push(source.error(&console.span(), format!("console '{}' is not a PL011 [[device]]", console.get_ref())));
+        let name = console.get_ref();
+        let index = devices.iter().position(|device| &device.name == name);
+        match index {
+            None => {
+                let known: Vec<&str> = devices.iter().map(|device| device.name.as_str()).collect();
+                let message = format!("console '{name}' is not a [[device]] of this platform (it has: {})", known.join(", "));
+                problems.push(source.error(&console.span(), message));
+            }
+            Some(index) if !devices[index].compatible.iter().any(|c| c == "arm,pl011") => {
+                let line = source.line(&raw.device[index].span());
+                let message = format!("console '{name}' is not a PL011: device '{name}' (line {line}) is not compatible with \"arm,pl011\"");
+                problems.push(source.error(&console.span(), message));
+            }
+            Some(_) => {}
         }
         index
     });
@@ -462,6 +486,8 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let emulation = raw.emulation.as_ref().map(|emulation| check_emulation(source, &raw, emulation, &mut problems));
 
     if !problems.is_empty() {
+        // In file order, as a reader goes through the file.
+        problems.sort_by_key(|problem| problem.line);
         return Err(Diagnostics(problems));
     }
     Ok(Platform {

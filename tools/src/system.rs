@@ -183,10 +183,14 @@ pub fn load_text(path: &Path, text: String, root: &Path, platform: Option<&str>)
     let platform_name = platform.unwrap_or(raw.platform.get_ref());
     let platform_path = platform::locate(root, base, platform_name);
     if !platform_path.is_file() {
-        let message = format!(
-            "platform '{platform_name}' is not a folder under platform/ with a platform.toml ({} does not exist)",
-            platform_path.display()
-        );
+        let message = if platform_name.ends_with(".toml") {
+            format!("platform file '{platform_name}' does not exist ({} is not a file)", platform_path.display())
+        } else {
+            format!(
+                "platform '{platform_name}' is not a folder under platform/ with a platform.toml ({} does not exist)",
+                platform_path.display()
+            )
+        };
         return Err(source.error(&raw.platform.span(), message).into());
     }
     let platform = platform::load(&platform_path)?;
