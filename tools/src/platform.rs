@@ -2,10 +2,11 @@
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Source};
 use crate::size::Bytes;
+use crate::system::valid_name;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-use trapless_plan::{AddrRange, EMULATED_REGISTERS_SIZE, MPIDR_AFFINITY_MASK};
+use trapless_plan::{AddrRange, EMULATED_REGISTERS_SIZE, MPIDR_AFFINITY_MASK, NAME_CAPACITY};
 
 /// A base address and a size.
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -24,7 +25,7 @@ impl RangeToml {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct PlatformToml {
-    name: String,
+    name: Spanned<String>,
     ram: Spanned<RangeToml>,
     kernel: Spanned<RangeToml>,
     psci_conduit: Spanned<String>,
@@ -299,6 +300,16 @@ pub fn locate(root: &Path, base: &Path, name: &str) -> PathBuf {
 const PAGE: u64 = 4096;
 const BLOCK_2M: u64 = 2 << 20;
 
+/// What [`valid_node_name`] accepts, for messages.
+const NODE_NAME_RULE: &str = "1 to 31 characters of letters, digits and `,._+-`, starting with a letter";
+
+/// A device-tree node name without its unit address, as the device-tree specification has it.
+fn valid_node_name(name: &str) -> bool {
+    name.len() <= 31
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || ",._+-".contains(c))
+}
+
 /// Reads and checks a platform file.
 pub fn load(path: &Path) -> Result<Platform, Diagnostics> {
     let source = Source::read(path)?;
@@ -310,6 +321,13 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let mut problems = Vec::new();
     let mut problem = |span: &std::ops::Range<usize>, message: String| problems.push(source.error(span, message));
 
+    let name = raw.name.get_ref();
+    if !valid_name(name) {
+        problem(
+            &raw.name.span(),
+            format!("platform name '{name}' must be 1 to {NAME_CAPACITY} characters of a-z, 0-9 and '-', starting with a letter"),
+        );
+    }
     let ram = raw.ram.get_ref().range();
     if ram.size == 0 || !ram.base.0.is_multiple_of(BLOCK_2M) || !ram.size.is_multiple_of(BLOCK_2M) {
         problem(&raw.ram.span(), format!("RAM {ram} must be non-empty and 2 MiB aligned"));
@@ -423,14 +441,54 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         });
     }
 
-    let clocks: Vec<Clock> = raw.clock.iter().map(|clock| clock.get_ref().clone()).collect();
+    // The GIC's frames: no partition may map them whole, so they are neither RAM nor a device.
+    let mut gic = vec![
+        ("the GIC distributor", raw.gic.distributor.get_ref().range(), source.line(&raw.gic.distributor.span())),
+        ("the GIC redistributors", redistributors, source.line(&raw.gic.redistributors.span())),
+    ];
+    if let Some(its) = &raw.gic.its {
+        gic.push(("the GIC ITS", its.get_ref().range(), source.line(&its.span())));
+    }
+    for &(what, range, line) in &gic {
+        if range.overlaps(&ram) {
+            problems.push(Diagnostic {
+                path: source.path.clone(),
+                line: Some(line),
+                message: format!("{what} {range} overlaps RAM {ram}"),
+            });
+        }
+    }
+
+    // Clocks become device-tree nodes named after them.
+    let mut clocks: Vec<Clock> = Vec::new();
+    for spanned in &raw.clock {
+        let clock = spanned.get_ref();
+        let mut problem = |message: String| problems.push(source.error(&spanned.span(), message));
+        if let Some(first) = clocks.iter().position(|other| other.name == clock.name) {
+            let line = source.line(&raw.clock[first].span());
+            problem(format!("clock name '{}' is used twice (first at line {line})", clock.name));
+        } else if !valid_node_name(&clock.name) {
+            problem(format!("clock name '{}' is not a device-tree node name: {NODE_NAME_RULE}", clock.name));
+        }
+        if clock.output_name.as_ref().is_some_and(|name| name.contains('\0')) {
+            problem(format!("the output-name of clock '{}' contains a NUL", clock.name));
+        }
+        clocks.push(clock.clone());
+    }
+
     let mut devices: Vec<Device> = Vec::new();
-    for spanned in &raw.device {
+    for (position, spanned) in raw.device.iter().enumerate() {
         let device = spanned.get_ref();
         let mut problem = |message: String| problems.push(source.error(&spanned.span(), message));
         if let Some(first) = devices.iter().position(|other| other.name == device.name) {
             let line = source.line(&raw.device[first].span());
             problem(format!("device name '{}' is used twice (first at line {line})", device.name));
+        }
+        if !valid_node_name(&device.node) {
+            problem(format!("node '{}' of device '{}' is not a device-tree node name: {NODE_NAME_RULE}", device.node, device.name));
+        }
+        if device.compatible.iter().chain(&device.clock_names).any(|text| text.contains('\0')) {
+            problem(format!("device '{}' has a compatible or clock-names string that contains a NUL", device.name));
         }
         let reg = device.reg.range();
         if reg.size == 0 || reg.base.0 % PAGE != 0 || reg.size % PAGE != 0 {
@@ -438,6 +496,19 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         }
         if reg.overlaps(&ram) {
             problem(format!("device '{}' registers {reg} overlap RAM {ram}", device.name));
+        }
+        // A partition maps its devices whole: one overlapping another, or the GIC, would hand it
+        // what it does not own.
+        for &(what, range, line) in &gic {
+            if reg.overlaps(&range) {
+                problem(format!("device '{}' registers {reg} overlap {what} {range} (line {line})", device.name));
+            }
+        }
+        for (other, earlier) in devices.iter().zip(&raw.device[..position]) {
+            if reg.overlaps(&other.reg) {
+                let line = source.line(&earlier.span());
+                problem(format!("device '{}' registers {reg} overlap device '{}' {} (line {line})", device.name, other.name, other.reg));
+            }
         }
         let mut clock_indexes = Vec::new();
         for clock in &device.clocks {
@@ -491,7 +562,7 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         return Err(Diagnostics(problems));
     }
     Ok(Platform {
-        name: raw.name,
+        name: raw.name.into_inner(),
         path: source.path.clone(),
         ram,
         kernel,
