@@ -10,7 +10,7 @@ use crate::system::{Partition, valid_name};
 use serde::Deserialize;
 use std::ops::Range;
 use toml::Spanned;
-use trapless_plan::FIRST_LPI;
+use trapless_plan::{FIRST_LPI, NAME_CAPACITY};
 
 /// `[[doorbell]]` as written.
 #[derive(Debug, Deserialize)]
@@ -108,7 +108,7 @@ pub fn check(
         } else if !valid_name(name) {
             fail(
                 &raw.name.span(),
-                format!("doorbell name '{name}' must be 1 to 31 characters of a-z, 0-9 and '-', starting with a letter"),
+                format!("doorbell name '{name}' must be 1 to {NAME_CAPACITY} characters of a-z, 0-9 and '-', starting with a letter"),
             );
         }
         if its.is_none() {

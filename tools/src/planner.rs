@@ -335,11 +335,8 @@ fn emulate(system: &System) -> Result<Vec<Option<Emulated>>, Diagnostic> {
 /// links: it is on no more links than a partition may be, and its runtime's stage-1 block map
 /// can map them beside its RAM.
 fn check_windows(name: &str, memory: AddrRange, links: &[LinkPlan], index: usize) -> Result<(), String> {
-    let windows: Vec<std::ops::Range<u64>> = links
-        .iter()
-        .filter(|link| link.role_of(index).is_some())
-        .map(|link| link.window.base.0..link.window.end())
-        .collect();
+    let on: Vec<&LinkPlan> = links.iter().filter(|link| link.role_of(index).is_some()).collect();
+    let windows: Vec<std::ops::Range<u64>> = on.iter().map(|link| link.window.base.0..link.window.end()).collect();
     if windows.len() > MAX_LINKS_PER_PARTITION {
         return Err(format!(
             "partition '{name}' is on {} links, more than the {MAX_LINKS_PER_PARTITION} a partition may be on",
@@ -348,7 +345,10 @@ fn check_windows(name: &str, memory: AddrRange, links: &[LinkPlan], index: usize
     }
     let mut map = Box::new(IdentityMap::new());
     map.build(memory.base.0..memory.end(), &windows, Regime::El1)
-        .map_err(|error| format!("partition '{name}' cannot map its RAM and its links' windows: {error}"))
+        .map_err(|error| {
+            let windows: Vec<String> = on.iter().map(|link| format!("link '{}' {}", link.name, link.window)).collect();
+            format!("partition '{name}' cannot map its RAM {memory} and the windows of {}: {error}", windows.join(", "))
+        })
 }
 
 /// Bytes `requests` took before request `index` was placed: every explicit base, and the
