@@ -4,9 +4,12 @@
 //!
 //! It sleeps in `WFI` until a driver's doorbell raises one of its LPIs (or, on a link where it
 //! polls, looks again at once), then steps each link with a bounded budget, so one busy or
-//! hostile driver cannot keep it from the others. When a driver says it has stopped, the link is
-//! done: the device reports what it served, and once every link is done it powers off. (A
-//! driver that starts again after that finds no one serving it.)
+//! hostile driver cannot keep it from the others. A driver that breaks a ring rule is reported,
+//! naming the link, the generation and the rule (the first [`REPORTED_FAILURES`] times; then only
+//! counted, so that a driver failing on purpose cannot make this partition print, and enter EL2,
+//! without end). When a driver says it has stopped, the link is done: the device reports what it
+//! served and how much work each look at the link took, and once every link is done it powers
+//! off. (A driver that starts again after that finds no one serving it.)
 
 #![no_std]
 #![no_main]
@@ -21,15 +24,18 @@ use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci};
 use trapless_virtio::binding::Kind;
-use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, NetEcho};
+use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, Device, NetEcho, QueueSet};
 use trapless_virtio::layout::MAX_QUEUES;
 use trapless_virtio::link::{DeviceLink, Step};
-use trapless_virtio::window::RawMemory;
+use trapless_virtio::queue::{DeviceQueue, QueueError};
+use trapless_virtio::window::{Memory, RawMemory, Window};
 
 trapless_guest::entry!(main);
 
 /// Chains one step of one link may move.
 const BUDGET: usize = 32;
+/// Ring-rule failures reported per link; later ones are only counted.
+const REPORTED_FAILURES: u64 = 64;
 
 /// A driver rang since the device last looked (every link is looked at on any ring).
 static RUNG: AtomicBool = AtomicBool::new(false);
@@ -58,6 +64,36 @@ fn device_for(link: &Link) -> Result<AnyDevice<'static>, String> {
     })
 }
 
+/// A link's device, and how much work each step gave it: the used-ring entries it wrote, over
+/// all steps and at most in one.
+struct Counted {
+    device: AnyDevice<'static>,
+    steps: u64,
+    used: u64,
+    most: u64,
+    /// Steps that wrote entries in a look at the links where another link's step did too.
+    shared: u64,
+}
+
+impl Device for Counted {
+    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
+        let before: u64 = queues.iter().map(|queue| u64::from(queue.used_index())).sum();
+        let outcome = self.device.service(window, queues, budget);
+        // Each queue's used index moves by less than 65536 in one step (at most two entries per
+        // chain of the budget), so the wrapped difference is the count.
+        let after: u64 = queues.iter().map(|queue| u64::from(queue.used_index())).sum();
+        let wrote = after.wrapping_sub(before) % (1 << 16);
+        self.steps += 1;
+        self.used += wrote;
+        self.most = self.most.max(wrote);
+        outcome
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+    }
+}
+
 /// Says what the device of link `name` has done.
 fn report(device: &AnyDevice<'_>, name: &str, rang: u64) {
     match device {
@@ -77,9 +113,13 @@ fn report(device: &AnyDevice<'_>, name: &str, rang: u64) {
 struct Served {
     name: &'static str,
     link: DeviceLink<RawMemory>,
-    device: AnyDevice<'static>,
+    device: Counted,
     bells: Bells,
     polls: bool,
+    /// Times its driver broke a ring rule.
+    failures: u64,
+    /// Its step in the current look wrote used entries.
+    busy: bool,
     /// The driver has stopped.
     done: bool,
 }
@@ -118,30 +158,52 @@ fn main(boot: &Boot) {
         if let Err(error) = virtio::on_notify(link, rung) {
             fail(&format!("link {}: its LPIs: {error:?}", link.name));
         }
-        links.push(Served { name: link.name, link: opened, device, bells, polls: link.polls(), done: false });
+        let device = Counted { device, steps: 0, used: 0, most: 0, shared: 0 };
+        links.push(Served { name: link.name, link: opened, device, bells, polls: link.polls(), failures: 0, busy: false, done: false });
     }
     if links.is_empty() {
         fail("this partition serves no link");
     }
     irq::init_cpu();
 
+    let mut looks = 0u64;
     loop {
+        looks += 1;
         let mut again = false;
+        let mut busy = 0u64;
         for served in links.iter_mut().filter(|served| !served.done) {
+            let used = served.device.used;
             let step: Step = served.link.step(&mut served.device, BUDGET);
+            served.busy = served.device.used != used;
+            busy += u64::from(served.busy);
             for queue in 0..MAX_QUEUES {
                 if step.notify.has(queue) {
                     served.bells.ring(queue);
                 }
             }
             if let Some(error) = step.failed {
-                println!("virtio-device: link {}: the driver broke a ring rule ({error}); waiting for it to start again", served.name);
+                served.failures += 1;
+                if served.failures <= REPORTED_FAILURES {
+                    println!(
+                        "virtio-device: link {}: generation {} of the driver broke a ring rule ({error}); waiting for it to start again",
+                        served.name,
+                        served.link.serving()
+                    );
+                }
             }
             if step.stopped {
                 served.done = true;
-                report(&served.device, served.name, served.bells.rung);
+                report(&served.device.device, served.name, served.bells.rung);
+                let counted = &served.device;
+                println!(
+                    "virtio-device: link {}: {} steps, {} used entries, at most {} in one step (budget {BUDGET} chains), {} steps in looks where another link had work too; the driver broke ring rules {} times",
+                    served.name, counted.steps, counted.used, counted.most, counted.shared, served.failures
+                );
             }
             again |= step.more || served.polls;
+        }
+        if busy > 1 {
+            links.iter_mut().filter(|served| served.busy).for_each(|served| served.device.shared += 1);
         }
         if links.iter().all(|served| served.done) {
             break;
@@ -152,7 +214,7 @@ fn main(boot: &Boot) {
         // Whatever rang from here on is seen by the next steps.
         RUNG.store(false, Ordering::SeqCst);
     }
-    println!("virtio-device: every driver has finished; LPIs taken: {}", TAKEN.load(Ordering::Relaxed));
+    println!("virtio-device: every driver has finished; LPIs taken: {}; looked at the links {looks} times", TAKEN.load(Ordering::Relaxed));
 }
 
 fn fail(problem: &str) -> ! {
