@@ -1,37 +1,29 @@
-//! `cargo xtask bench` with a short run: the report has every transport and workload, and the
-//! exit counts are exact (they do not depend on timing); the times themselves are not checked,
-//! since this machine is shared and noisy.
+//! `cargo xtask bench` with a short run: every transport and workload measured every I/O, the
+//! exits EL2 counted agree with QEMU's, the shared-memory transports take none, and the classic
+//! path takes its share. Times are not checked (this machine is shared and noisy), nor exact
+//! trap-emulate counts, which vary with EVENT_IDX suppression and interrupt coalescing.
 
 use trapless_tools::bench::{Options, Transport, run};
 
 #[test]
-fn the_bench_reports_every_transport_and_counts_exits_exactly() {
+fn the_bench_measures_every_io_and_counts_exits_as_qemu_does() {
     let out = trapless_tests::root().join("target").join(format!("bench-test-{}", std::process::id()));
-    let options = Options { iterations: 20, size: 64, rounds: 1, platform: None, out: out.clone(), progress: false };
+    // Three rounds of seven: each transport boots first once.
+    let options = Options { iterations: 21, size: 64, rounds: 3, platform: None, out: out.clone(), progress: false };
     let report = run(&options).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!((report.iterations, report.rounds, report.iterations_per_round), (21, 3, 7));
 
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    for key in ["iterations", "size", "rounds", "platform", "machine", "transports", "trap_free_over_trap_emulate", "trap_free_over_polling"] {
-        assert!(json.get(key).is_some(), "report.json has no '{key}'");
-    }
     for transport in Transport::ALL {
         let name = transport.name();
         let entry = &report.transports[name];
         let (rtt, bulk) = (&entry.round_trip, &entry.bulk);
-        assert_eq!((rtt.samples, bulk.frames), (20, 20), "{name}: every I/O was measured");
-        let ns = rtt.round_trip_ns;
-        assert!(0.0 < ns.p50 && ns.p50 <= ns.p90 && ns.p90 <= ns.p99 && ns.p99 <= ns.max, "{name}: {ns:?}");
-        assert!(bulk.throughput_mib_s > 0.0, "{name}: a throughput");
+        // The guest's own counts, summed over the rounds.
+        assert_eq!((rtt.samples, bulk.frames), (21, 21), "{name}: every I/O was measured");
+        assert_eq!(bulk.bytes, 21 * 1514, "{name}: every bulk frame was echoed whole");
+        assert!(rtt.round_trip_ns.p50 > 0.0 && bulk.throughput_mib_s > 0.0, "{name}: the counter moved");
         assert!(entry.exits_agree_with_qemu, "{name}: EL2's exit counts equal QEMU's");
-        let json = &json["transports"][name];
-        for key in ["p50", "p90", "p99", "max"] {
-            assert!(json["round_trip"]["round_trip_ns"][key].is_number(), "{name}: round_trip_ns.{key}");
-        }
-        for key in ["exits_per_io", "exits_per_io_qemu", "notifications_per_io"] {
-            assert!(json["round_trip"][key].is_number() && json["bulk"][key].is_number(), "{name}: {key}");
-        }
         let svg = std::fs::read_to_string(out.join(&rtt.histogram)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("round trip"), "{name}: a histogram");
+        assert!(svg.contains(&format!("round trip, {name}: 21 samples")), "{name}: a histogram of this run");
     }
     let of = |name: &str| &report.transports[name];
     // Not one exit for any I/O on the shared-memory transports, by EL2's count and QEMU's.
@@ -39,13 +31,25 @@ fn the_bench_reports_every_transport_and_counts_exits_exactly() {
         let (rtt, bulk) = (&of(name).round_trip, &of(name).bulk);
         assert_eq!([rtt.exits_per_io, rtt.exits_per_io_qemu, bulk.exits_per_io, bulk.exits_per_io_qemu], [0.0; 4], "{name}");
     }
-    // The classic path: the notify, the device's hypercall, the status read and its
-    // acknowledgement make at least three per round trip.
-    let classic = &of("trap-emulate").round_trip;
-    assert!(classic.exits_per_io >= 3.0 && classic.exits_per_io_qemu >= 3.0, "trap-emulate: {classic:?}");
-    assert!(of("trap-emulate").bulk.exits_per_io > 0.0);
-    // Polling sends no notification at all; the others do.
+    // The classic path: every notification on it is an exit (a QueueNotify write or a
+    // LINK_NOTIFY call), and a round trip wakes the driver, which sleeps until the device's
+    // LINK_NOTIFY and then reads InterruptStatus and writes InterruptACK: three exits at least
+    // (about six in all; EVENT_IDX spares the driver's notify when the device is still looking).
+    let classic = of("trap-emulate");
+    for (what, exits, qemu, notifications) in [
+        ("round trip", classic.round_trip.exits_per_io, classic.round_trip.exits_per_io_qemu, classic.round_trip.notifications_per_io),
+        ("bulk frame", classic.bulk.exits_per_io, classic.bulk.exits_per_io_qemu, classic.bulk.notifications_per_io),
+    ] {
+        assert!(notifications > 0.0 && exits >= notifications, "trap-emulate {what}: {exits} exits, {notifications} notifications");
+        assert!(qemu > 0.0, "trap-emulate {what}: QEMU saw {qemu} exits per I/O");
+    }
+    assert!(classic.round_trip.exits_per_io >= 3.0, "trap-emulate: {:?}", classic.round_trip);
+    // Polling sends no notification at all; on trap-free the device rings the sleeping driver
+    // once per round trip at least.
     assert_eq!(of("polling").round_trip.notifications_per_io, 0.0);
-    assert!(of("trap-free").round_trip.notifications_per_io > 0.0);
+    assert!(of("trap-free").round_trip.notifications_per_io >= 1.0, "trap-free: {:?}", of("trap-free").round_trip);
+    for ratio in [report.trap_free_over_trap_emulate, report.trap_free_over_polling] {
+        assert!(ratio.round_trip_p50.is_some() && ratio.round_trip_p99.is_some() && ratio.throughput.is_some(), "{ratio:?}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -3,8 +3,9 @@
 //!
 //! The three transports are three systems (`partitions/systems/bench-*.toml`) that differ only
 //! in how their one net link is reached. Each workload runs in rounds; within a round every
-//! transport boots once, in an order that rotates from round to round, so that drift on a busy
-//! machine falls on all three alike. Latencies come from the guest's counter; exits from EL2's
+//! transport boots once, in an order that rotates from round to round. The number of rounds is
+//! rounded up to a multiple of three, so that each transport goes first, second and last
+//! equally often and drift on a busy machine falls on all three alike. Latencies come from the guest's counter; exits from EL2's
 //! counters, against a boot of the same system that does no I/O, and cross-checked with QEMU's
 //! own `-d int` log on a short run of each.
 
@@ -68,11 +69,11 @@ impl Workload {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Round trips, and frames streamed, per transport.
+    /// Round trips, and frames streamed, per transport (at least; see [`Report::iterations`]).
     pub iterations: usize,
     /// Bytes of a round trip's frame.
     pub size: usize,
-    /// Boots each workload and transport is split over.
+    /// Boots each workload and transport is split over, rounded up to a multiple of three.
     pub rounds: usize,
     pub platform: Option<String>,
     /// Where the report, the histograms and the scratch files go.
@@ -85,8 +86,6 @@ pub struct Options {
 const BOOTARGS: &str = "workload=rtt iterations=1000 size=64";
 /// How long one boot may take.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-/// Bytes of a bulk frame (the bench partition's).
-const BULK_FRAME: u64 = 1514;
 /// Most iterations of the short boots that cross-check exits with QEMU's log.
 const CHECK_ITERATIONS: usize = 100;
 
@@ -99,13 +98,21 @@ struct Measured {
     qemu_exits: Option<u64>,
     /// Round trip times, in counter ticks.
     samples: Vec<u64>,
-    /// Bulk: bytes echoed and the ticks they took.
-    bulk: Option<(u64, u64)>,
+    /// Bulk: frames and bytes echoed, and the ticks they took.
+    bulk: Option<Bulk>,
     /// Counter ticks per second.
     frequency: u64,
     /// Notifications both ways: doorbells or `QueueNotify` writes to the device, doorbells or
     /// `LINK_NOTIFY` hypercalls to the driver.
     notifications: u64,
+}
+
+/// What a bulk boot echoed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Bulk {
+    frames: u64,
+    bytes: u64,
+    ticks: u64,
 }
 
 /// A number in `line` right after `label`.
@@ -135,12 +142,22 @@ impl Measured {
             }
         }
         let bulk = line("bench: bulk ");
-        measured.bulk = number_after(bulk, "bytes=").zip(number_after(bulk, "ticks="));
+        if let (Some(frames), Some(bytes), Some(ticks)) = (number_after(bulk, "frames="), number_after(bulk, "bytes="), number_after(bulk, "ticks=")) {
+            measured.bulk = Some(Bulk { frames, bytes, ticks });
+        }
         let driver_rang = number_after(line("bench: rang the device "), "device ").unwrap_or(0);
         let device_rang = number_after(line("[backend] virtio-device: link net0: "), "rang the driver ").unwrap_or(0);
         let emulated_notifies = number_after(line("trapless: link net0 transport=mmio-trap "), "notifies=").unwrap_or(0);
         measured.notifications = driver_rang + device_rang + emulated_notifies;
         Ok(measured)
+    }
+
+    /// How many I/Os of `workload` this boot measured.
+    fn ios(&self, workload: Workload) -> u64 {
+        match workload {
+            Workload::RoundTrip => self.samples.len() as u64,
+            Workload::Bulk => self.bulk.map_or(0, |bulk| bulk.frames),
+        }
     }
 }
 
@@ -166,6 +183,9 @@ fn boot(options: &Options, transport: Transport, workload: Workload, iterations:
     let (built, run) = run_system(Target { system: &path, platform: options.platform.as_deref() }, &extra, BOOT_TIMEOUT, false)?;
     run.verdict(&built.plan).map_err(|reason| format!("{name}: {reason}\n{}", run.output))?;
     let mut measured = Measured::read(&run).map_err(|problem| format!("{name}: {problem}\n{}", run.output))?;
+    if measured.ios(workload) != iterations as u64 {
+        return Err(format!("{name}: the bench partition measured {} of {iterations} I/Os\n{}", measured.ios(workload), run.output).into());
+    }
     if log_exits {
         let log_text = std::fs::read_to_string(&log).map_err(|error| format!("{}: {error}", log.display()))?;
         measured.qemu_exits = Some(qemu::exceptions_to_el2(&log_text) as u64);
@@ -217,20 +237,36 @@ pub struct TransportReport {
 }
 
 /// How two transports compare: the first's round trip times over the second's (below 1: the
-/// first is faster), and its throughput over the second's (above 1: the first is faster).
+/// first is faster), and its throughput over the second's (above 1: the first is faster). Each
+/// is `None` (`null` in the JSON) when either side is not a positive number, so no ratio is
+/// ever infinite or NaN; since a boot that measures fewer I/Os than asked fails the bench,
+/// that means a time below the counter's resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Ratio {
-    pub round_trip_p50: f64,
-    pub round_trip_p99: f64,
-    pub throughput: f64,
+    pub round_trip_p50: Option<f64>,
+    pub round_trip_p99: Option<f64>,
+    pub throughput: Option<f64>,
+}
+
+/// `first / second`, if both are positive.
+fn ratio(first: f64, second: f64) -> Option<f64> {
+    (first > 0.0 && second > 0.0).then(|| first / second)
 }
 
 /// The whole report (`report.json`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// Round trips, and bulk frames, each transport did: `rounds` times `iterations_per_round`,
+    /// which may be more than asked for.
     pub iterations: usize,
+    /// `--iterations`, as asked.
+    pub iterations_requested: usize,
+    pub iterations_per_round: usize,
     pub size: usize,
+    /// Rounds run: a multiple of three, each transport first in a third of them.
     pub rounds: usize,
+    /// `--rounds`, as asked.
+    pub rounds_requested: usize,
     pub platform: String,
     /// The host and the emulator, which the times belong to.
     pub machine: String,
@@ -243,6 +279,18 @@ pub struct Report {
 fn quantile(sorted: &[u64], fraction: f64) -> u64 {
     let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
     sorted.get(rank - 1).copied().unwrap_or(0)
+}
+
+/// The rounds to run for `rounds` asked (at least one, rounded up to a multiple of the number
+/// of transports) and the I/Os per round for `iterations` asked (at least one, rounded up).
+fn split(iterations: usize, rounds: usize) -> (usize, usize) {
+    let rounds = rounds.max(1).next_multiple_of(Transport::ALL.len());
+    (rounds, iterations.div_ceil(rounds).max(1))
+}
+
+/// The order the transports boot in, in round `round`: rotated by one each round.
+fn order(round: usize) -> [Transport; Transport::ALL.len()] {
+    core::array::from_fn(|place| Transport::ALL[(round + place) % Transport::ALL.len()])
 }
 
 /// Per-I/O difference between a boot that did `count` I/Os and one that did none.
@@ -267,8 +315,7 @@ fn machine() -> String {
 /// returns the report.
 pub fn run(options: &Options) -> Result<Report, Error> {
     std::fs::create_dir_all(&options.out).map_err(|error| format!("{}: {error}", options.out.display()))?;
-    let rounds = options.rounds.max(1);
-    let per_round = options.iterations.div_ceil(rounds).max(1);
+    let (rounds, per_round) = split(options.iterations, options.rounds);
     let check = per_round.min(CHECK_ITERATIONS);
     let total = 2 * Transport::ALL.len() * Workload::ALL.len() + rounds * Transport::ALL.len() * Workload::ALL.len();
     let mut done = 0;
@@ -290,12 +337,12 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             checked.insert((transport.name(), workload.arg()), boot(options, transport, workload, check, true)?);
         }
     }
-    // The timed boots, the transports' order rotating each round.
+    // The timed boots, the transports' order rotating each round: over a multiple of three
+    // rounds, each transport holds each place equally often.
     let mut timed: BTreeMap<(&str, &str), Vec<Measured>> = BTreeMap::new();
     for round in 0..rounds {
         for workload in Workload::ALL {
-            for offset in 0..Transport::ALL.len() {
-                let transport = Transport::ALL[(round + offset) % Transport::ALL.len()];
+            for transport in order(round) {
                 step(format!("round {}/{rounds}: {} {} x{per_round}", round + 1, transport.name(), workload.arg()));
                 let measured = boot(options, transport, workload, per_round, false)?;
                 timed.entry((transport.name(), workload.arg())).or_default().push(measured);
@@ -339,10 +386,14 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             histogram,
         };
 
-        let (bytes, ticks) = timed[&bulk].iter().filter_map(|run| run.bulk).fold((0, 0), |(bytes, ticks), (b, t)| (bytes + b, ticks + t));
-        let seconds = ticks as f64 / timed[&bulk][0].frequency.max(1) as f64;
+        let total = timed[&bulk].iter().filter_map(|run| run.bulk).fold(Bulk::default(), |sum, run| Bulk {
+            frames: sum.frames + run.frames,
+            bytes: sum.bytes + run.bytes,
+            ticks: sum.ticks + run.ticks,
+        });
+        let (bytes, seconds) = (total.bytes, total.ticks as f64 / timed[&bulk][0].frequency.max(1) as f64);
         let stream = Stream {
-            frames: bytes / BULK_FRAME,
+            frames: total.frames,
             bytes,
             throughput_mib_s: if seconds > 0.0 { bytes as f64 / seconds / f64::from(1 << 20) } else { 0.0 },
             exits_per_io: per_io_over(bulk, |run| run.exits),
@@ -352,20 +403,23 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         transports.insert(transport.name().to_string(), TransportReport { round_trip, bulk: stream, exits_agree_with_qemu: agree });
     }
 
-    let ratio = |first: &TransportReport, second: &TransportReport| Ratio {
-        round_trip_p50: first.round_trip.round_trip_ns.p50 / second.round_trip.round_trip_ns.p50,
-        round_trip_p99: first.round_trip.round_trip_ns.p99 / second.round_trip.round_trip_ns.p99,
-        throughput: first.bulk.throughput_mib_s / second.bulk.throughput_mib_s,
+    let compare = |first: &TransportReport, second: &TransportReport| Ratio {
+        round_trip_p50: ratio(first.round_trip.round_trip_ns.p50, second.round_trip.round_trip_ns.p50),
+        round_trip_p99: ratio(first.round_trip.round_trip_ns.p99, second.round_trip.round_trip_ns.p99),
+        throughput: ratio(first.bulk.throughput_mib_s, second.bulk.throughput_mib_s),
     };
     let free = &transports["trap-free"];
     let report = Report {
-        iterations: options.iterations,
+        iterations: rounds * per_round,
+        iterations_requested: options.iterations,
+        iterations_per_round: per_round,
         size: options.size,
         rounds,
+        rounds_requested: options.rounds,
         platform: options.platform.clone().unwrap_or_else(|| "qemu-virt".into()),
         machine: machine(),
-        trap_free_over_trap_emulate: ratio(free, &transports["trap-emulate"]),
-        trap_free_over_polling: ratio(free, &transports["polling"]),
+        trap_free_over_trap_emulate: compare(free, &transports["trap-emulate"]),
+        trap_free_over_polling: compare(free, &transports["polling"]),
         transports,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|error| format!("the report: {error}"))?;
@@ -413,6 +467,10 @@ fn draw_histogram(path: &Path, transport: &str, samples: &[u64], frequency: u64)
 /// The report as a table, with the ratios under it.
 pub fn table(report: &Report) -> String {
     let mut text = format!(
+        "{} round trips and {} bulk frames per transport, in {} rounds of {}\n",
+        report.iterations, report.iterations, report.rounds, report.iterations_per_round
+    );
+    text += &format!(
         "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13}\n",
         "transport", "p50 us", "p90 us", "p99 us", "max us", "MiB/s", "exits/io", "notify/io"
     );
@@ -434,15 +492,18 @@ pub fn table(report: &Report) -> String {
             bulk.notifications_per_io,
         );
     }
-    let ratio = |name: &str, ratio: &Ratio| {
+    let times = |value: Option<f64>| value.map_or("n/a".to_string(), |value| format!("{value:.2}x"));
+    let line = |name: &str, ratio: &Ratio| {
         format!(
-            "{name}: round trip p50 {:.2}x, p99 {:.2}x, throughput {:.2}x\n",
-            ratio.round_trip_p50, ratio.round_trip_p99, ratio.throughput
+            "{name}: round trip p50 {}, p99 {}, throughput {}\n",
+            times(ratio.round_trip_p50),
+            times(ratio.round_trip_p99),
+            times(ratio.throughput)
         )
     };
     text += "(exits/io and notify/io: round trip / bulk frame)\n";
-    text += &ratio("trap-free / trap-emulate", &report.trap_free_over_trap_emulate);
-    text += &ratio("trap-free / polling", &report.trap_free_over_polling);
+    text += &line("trap-free / trap-emulate", &report.trap_free_over_trap_emulate);
+    text += &line("trap-free / polling", &report.trap_free_over_polling);
     text
 }
 
@@ -459,6 +520,28 @@ mod tests {
     }
 
     #[test]
+    fn rounds_come_in_threes_so_each_transport_goes_first_equally_often() {
+        assert_eq!(split(2000, 4), (6, 334), "the default: 2004 I/Os per transport");
+        assert_eq!(split(20, 1), (3, 7));
+        assert_eq!(split(21, 3), (3, 7));
+        assert_eq!(split(0, 0), (3, 1));
+        for rounds in [3, 6, 9] {
+            for place in 0..3 {
+                for transport in Transport::ALL {
+                    let times = (0..rounds).filter(|&round| order(round)[place] == transport).count();
+                    assert_eq!(times, rounds / 3, "{} in place {place} over {rounds} rounds", transport.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_ratio_with_nothing_measured_on_either_side_is_none() {
+        assert_eq!(ratio(3.0, 2.0), Some(1.5));
+        assert_eq!([ratio(0.0, 2.0), ratio(3.0, 0.0), ratio(f64::NAN, 2.0)], [None; 3]);
+    }
+
+    #[test]
     fn exits_per_io_subtract_the_boot_without_io() {
         assert_eq!(per_io(4013, 13, 1000), 4.0);
         assert_eq!(per_io(7, 7, 500), 0.0);
@@ -472,6 +555,7 @@ trapless: EL2 up on platform qemu-virt (4 CPUs); partitions: 2
 bench: workload=rtt iterations=3 size=64 frequency=62500000
 bench: samples 100 300 200
 bench: rang the device 6 times, took 5 interrupts
+bench: bulk frames=2 bytes=3028 ticks=900
 [backend] virtio-device: link net0: echoed 3 frames (checksum 0x1), dropped 0; rang the driver 6 times
 trapless: exits partition=backend total=5 hvc=4 smc=0 data-abort=0 insn-abort=0 sysreg=1 other=0
 trapless: exits partition=bench total=14 hvc=1 smc=0 data-abort=12 insn-abort=0 sysreg=1 other=0
@@ -480,6 +564,8 @@ trapless: link net0 transport=mmio-trap reads=3 writes=9 notifies=3 interrupts=6
         let run = Run { output: output.into(), status: None, elapsed: Duration::ZERO };
         let measured = Measured::read(&run).unwrap();
         assert_eq!(measured.samples, [100, 300, 200]);
+        assert_eq!(measured.bulk, Some(Bulk { frames: 2, bytes: 3028, ticks: 900 }));
+        assert_eq!((measured.ios(Workload::RoundTrip), measured.ios(Workload::Bulk)), (3, 2));
         assert_eq!((measured.exits, measured.frequency, measured.notifications), (19, 62_500_000, 6 + 6 + 3));
         let failed = Run { output: "bench: failed: the device side is not ready".into(), ..run };
         assert_eq!(Measured::read(&failed), Err("bench: failed: the device side is not ready".into()));
