@@ -32,9 +32,10 @@ fn the_bench_measures_every_io_and_counts_exits_as_qemu_does() {
         assert_eq!([rtt.exits_per_io, rtt.exits_per_io_qemu, bulk.exits_per_io, bulk.exits_per_io_qemu], [0.0; 4], "{name}");
     }
     // The classic path: every notification on it is an exit (a QueueNotify write or a
-    // LINK_NOTIFY call), and a round trip wakes the driver, which sleeps until the device's
-    // LINK_NOTIFY and then reads InterruptStatus and writes InterruptACK: three exits at least
-    // (about six in all; EVENT_IDX spares the driver's notify when the device is still looking).
+    // LINK_NOTIFY call), so there are at least as many exits as notifications. A round trip
+    // takes about six: the frame's QueueNotify wakes the sleeping device, its LINK_NOTIFY the
+    // driver, which then reads InterruptStatus and writes InterruptACK, and the receive buffer
+    // goes back; EVENT_IDX and coalescing spare some, never down to three.
     let classic = of("trap-emulate");
     for (what, exits, qemu, notifications) in [
         ("round trip", classic.round_trip.exits_per_io, classic.round_trip.exits_per_io_qemu, classic.round_trip.notifications_per_io),
