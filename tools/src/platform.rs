@@ -299,6 +299,20 @@ pub fn locate(root: &Path, base: &Path, name: &str) -> PathBuf {
 
 const PAGE: u64 = 4096;
 const BLOCK_2M: u64 = 2 << 20;
+/// The physical addresses the kernel's and the partitions' translation tables reach: 48 bits
+/// (`PS`/`IPS` = 5). Everything a platform places must end below it, or its end would not even
+/// fit in 64 bits.
+pub const PHYSICAL_LIMIT: u64 = 1 << 48;
+
+/// Whether `range` ends inside the physical address space the tables reach.
+fn addressable(range: &AddrRange) -> bool {
+    range.base.0.checked_add(range.size).is_some_and(|end| end <= PHYSICAL_LIMIT)
+}
+
+/// The message for a range that is not [`addressable`].
+fn beyond_address_space(what: &str, range: &AddrRange) -> String {
+    format!("{what} {range} does not end inside the 48-bit physical address space (below {})", trapless_plan::PhysAddr(PHYSICAL_LIMIT))
+}
 
 /// What [`valid_node_name`] accepts, for messages.
 const NODE_NAME_RULE: &str = "1 to 31 characters of letters, digits and `,._+-`, starting with a letter";
@@ -312,7 +326,13 @@ fn valid_node_name(name: &str) -> bool {
 
 /// Reads and checks a platform file.
 pub fn load(path: &Path) -> Result<Platform, Diagnostics> {
-    let source = Source::read(path)?;
+    load_text(path, Source::read(path)?.text)
+}
+
+/// Checks the platform description `text` as [`load`] checks the file at `path` (the fuzz
+/// targets give text that no file holds).
+pub fn load_text(path: &Path, text: String) -> Result<Platform, Diagnostics> {
+    let source = Source { path: path.to_path_buf(), text };
     let raw: PlatformToml = toml::from_str(&source.text).map_err(|error| source.toml_error(&error))?;
     check(&source, raw)
 }
@@ -331,6 +351,9 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     let ram = raw.ram.get_ref().range();
     if ram.size == 0 || !ram.base.0.is_multiple_of(BLOCK_2M) || !ram.size.is_multiple_of(BLOCK_2M) {
         problem(&raw.ram.span(), format!("RAM {ram} must be non-empty and 2 MiB aligned"));
+    }
+    if !addressable(&ram) {
+        problem(&raw.ram.span(), beyond_address_space("RAM", &ram));
     }
     let kernel = raw.kernel.get_ref().range();
     if !ram.contains_range(&kernel) || !kernel.base.0.is_multiple_of(BLOCK_2M) || !kernel.size.is_multiple_of(BLOCK_2M) {
@@ -362,7 +385,7 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     }
     let redistributors = raw.gic.redistributors.get_ref().range();
     let raw_cpus = raw.cpu.get_ref();
-    if redistributors.size < raw_cpus.len() as u64 * stride {
+    if (raw_cpus.len() as u64).checked_mul(stride).is_none_or(|needed| redistributors.size < needed) {
         problem(
             &raw.gic.redistributors.span(),
             format!(
@@ -457,6 +480,9 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
                 message: format!("{what} {range} overlaps RAM {ram}"),
             });
         }
+        if !addressable(&range) {
+            problems.push(Diagnostic { path: source.path.clone(), line: Some(line), message: beyond_address_space(what, &range) });
+        }
     }
 
     // Clocks become device-tree nodes named after them.
@@ -496,6 +522,9 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         }
         if reg.overlaps(&ram) {
             problem(format!("device '{}' registers {reg} overlap RAM {ram}", device.name));
+        }
+        if !addressable(&reg) {
+            problem(beyond_address_space(&format!("device '{}' registers", device.name), &reg));
         }
         // A partition maps its devices whole: one overlapping another, or the GIC, would hand it
         // what it does not own.
@@ -590,6 +619,9 @@ fn check_emulation(source: &Source, raw: &PlatformToml, emulation: &EmulationTom
     let mut problem = |span: &std::ops::Range<usize>, message: String| problems.push(source.error(span, message));
     if mmio.size == 0 || !mmio.base.0.is_multiple_of(PAGE) || !mmio.size.is_multiple_of(PAGE) {
         problem(&emulation.mmio.span(), format!("the [emulation] mmio range {mmio} must be whole 4 KiB pages"));
+    }
+    if !addressable(&mmio) {
+        problem(&emulation.mmio.span(), beyond_address_space("the [emulation] mmio range", &mmio));
     }
     // Everything at a physical address the board describes: (what, its range, its line).
     let line = |span: std::ops::Range<usize>| source.line(&span);
