@@ -9,6 +9,7 @@ pub mod cargo;
 pub mod diagnostic;
 pub mod doorbell;
 pub mod dtb;
+pub mod fuzz;
 pub mod image;
 pub mod link;
 pub mod pack;

@@ -66,6 +66,67 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         args: Vec<String>,
     },
+    /// Fuzz the system checker, the planner and the device side of static virtio with libFuzzer
+    /// (docs/fuzzing.md); inputs it finds go to target/fuzz/corpus, crashes to target/fuzz/artifacts.
+    Fuzz {
+        /// Only this target: system, planner or ring [default: each in turn].
+        #[arg(long)]
+        target: Option<String>,
+        /// Executions per target.
+        #[arg(long, conflicts_with = "seconds")]
+        runs: Option<u64>,
+        /// Seconds per target [default: 60].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// libFuzzer's random seed [default: a new one each run].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run the target on these inputs only (to reproduce a crash) instead of fuzzing.
+        #[arg(long, requires = "target")]
+        input: Vec<PathBuf>,
+        /// More libFuzzer flags, after `--` (e.g. `-- -jobs=2 -max_len=8192`).
+        #[arg(last = true)]
+        libfuzzer: Vec<String>,
+    },
+}
+
+/// `cargo xtask fuzz`: builds the targets, then reproduces `inputs` or fuzzes each target in
+/// turn, and sums up.
+fn fuzz(
+    target: Option<String>,
+    limit: trapless_tools::fuzz::Limit,
+    seed: Option<u64>,
+    inputs: Vec<PathBuf>,
+    extra: Vec<String>,
+) -> Result<ExitCode, Error> {
+    use trapless_tools::fuzz::{self, TARGETS};
+    let targets: Vec<&str> = match &target {
+        Some(wanted) => match TARGETS.iter().find(|known| **known == wanted.as_str()) {
+            Some(known) => vec![known],
+            None => return Err(Error::Failed(format!("no fuzz target '{wanted}'; the targets are {}", TARGETS.join(", ")))),
+        },
+        None => TARGETS.to_vec(),
+    };
+    let root = root();
+    trapless_tools::setup::ensure_cxx()?;
+    let binaries = fuzz::build(&root)?;
+    if !inputs.is_empty() {
+        let passed = fuzz::reproduce(&root, &binaries, targets[0], &inputs)?;
+        return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let options = fuzz::Options { limit, seed, fresh: false, capture: false, extra };
+    let mut runs = Vec::new();
+    for target in targets {
+        runs.push(fuzz::run(&root, &binaries, target, &options)?);
+    }
+    for run in &runs {
+        let verdict = if run.passed { "no crash".to_string() } else { format!("FAILED, inputs saved: {:?}", run.failing_inputs) };
+        println!(
+            "xtask: fuzz target {:<8} {} executions in {:.0?}, cov {} ft {}: {verdict}",
+            run.target, run.executions, run.elapsed, run.coverage, run.features
+        );
+    }
+    Ok(if runs.iter().all(|run| run.passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn main() -> ExitCode {
@@ -177,6 +238,13 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 .status()
                 .map_err(|error| format!("cannot run cargo test: {error}"))?;
             Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Fuzz { target, runs, seconds, seed, input, libfuzzer } => {
+            let limit = match runs {
+                Some(runs) => trapless_tools::fuzz::Limit::Runs(runs),
+                None => trapless_tools::fuzz::Limit::Time(Duration::from_secs(seconds.unwrap_or(60))),
+            };
+            fuzz(target, limit, seed, input, libfuzzer)
         }
     }
 }

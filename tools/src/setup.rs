@@ -14,6 +14,8 @@ struct HostTool {
 const QEMU: HostTool = HostTool { program: "qemu-system-aarch64", package: "qemu-system-arm" };
 /// dtc checks the generated device trees in the tests.
 const DTC: HostTool = HostTool { program: "dtc", package: "device-tree-compiler" };
+/// libfuzzer-sys compiles libFuzzer, which is C++, for the fuzz targets.
+const CXX: HostTool = HostTool { program: "c++", package: "g++" };
 
 fn found(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
@@ -53,9 +55,14 @@ pub fn ensure_qemu() -> Result<(), String> {
     ensure_host_tools(&[QEMU])
 }
 
-/// Makes sure QEMU and dtc are there, for `test`.
+/// Makes sure QEMU, dtc and a C++ compiler are there, for `test`.
 pub fn ensure_test_tools() -> Result<(), String> {
-    ensure_host_tools(&[QEMU, DTC])
+    ensure_host_tools(&[QEMU, DTC, CXX])
+}
+
+/// Makes sure a C++ compiler is there, for `fuzz`.
+pub fn ensure_cxx() -> Result<(), String> {
+    ensure_host_tools(&[CXX])
 }
 
 /// Makes sure rustup has installed `target` for the toolchain `root/rust-toolchain.toml`
