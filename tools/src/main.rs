@@ -66,10 +66,11 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         args: Vec<String>,
     },
-    /// Fuzz the system checker, the planner and the device side of static virtio with libFuzzer
-    /// (docs/fuzzing.md); inputs it finds go to target/fuzz/corpus, crashes to target/fuzz/artifacts.
+    /// Fuzz the system and platform checkers, the planner and the device side of static virtio
+    /// with libFuzzer (docs/fuzzing.md); new inputs go to target/fuzz/corpus, crashes to
+    /// target/fuzz/artifacts.
     Fuzz {
-        /// Only this target: system, planner or ring [default: each in turn].
+        /// Only this target: system, platform, planner or ring [default: each in turn].
         #[arg(long)]
         target: Option<String>,
         /// Executions per target.
