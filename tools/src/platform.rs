@@ -299,6 +299,8 @@ pub fn locate(root: &Path, base: &Path, name: &str) -> PathBuf {
 
 const PAGE: u64 = 4096;
 const BLOCK_2M: u64 = 2 << 20;
+/// GIC register frames are 64 KiB, and so aligned.
+const GIC_FRAME: u64 = 0x1_0000;
 /// The physical addresses the kernel's and the partitions' translation tables reach: 48 bits
 /// (`PS`/`IPS` = 5). Everything a platform places must end below it, or its end would not even
 /// fit in 64 bits.
@@ -394,6 +396,12 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             ),
         );
     }
+    for (what, spanned) in [("the GIC distributor", &raw.gic.distributor), ("the GIC redistributors", &raw.gic.redistributors)] {
+        let range = spanned.get_ref().range();
+        if !(range.base.0.is_multiple_of(GIC_FRAME) && range.size.is_multiple_of(GIC_FRAME)) {
+            problem(&spanned.span(), format!("{what} {range} must be whole 64 KiB frames"));
+        }
+    }
     let its = match (&raw.gic.its, &raw.gic.lpi_id_bits, &raw.gic.its_event_bits, &raw.gic.doorbell_device_id) {
         (None, ..) => None,
         (Some(its), Some(lpi_id_bits), Some(event_bits), Some(doorbell_device)) => {
@@ -472,7 +480,18 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
     if let Some(its) = &raw.gic.its {
         gic.push(("the GIC ITS", its.get_ref().range(), source.line(&its.span())));
     }
-    for &(what, range, line) in &gic {
+    for (index, &(what, range, line)) in gic.iter().enumerate() {
+        // Partitions map their CPUs' redistributor frames and the ITS's doorbell page: frames
+        // that shared an address with the distributor or each other would hand them more.
+        for &(other, other_range, other_line) in &gic[..index] {
+            if range.overlaps(&other_range) {
+                problems.push(Diagnostic {
+                    path: source.path.clone(),
+                    line: Some(line),
+                    message: format!("{what} {range} overlaps {other} {other_range} (line {other_line})"),
+                });
+            }
+        }
         if range.overlaps(&ram) {
             problems.push(Diagnostic {
                 path: source.path.clone(),
