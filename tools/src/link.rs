@@ -19,6 +19,10 @@ use trapless_virtio::binding::{self, EVENT_IDX, Kind, MAX_QUEUE_SIZE, VERSION_1,
 use trapless_virtio::header::{self, Header};
 use trapless_virtio::layout;
 
+/// Longest link name: the link's device-tree node, `virtio-<name>`, must be a node name of at
+/// most 31 characters.
+pub const MAX_LINK_NAME: usize = NAME_CAPACITY - binding::dt::NODE_PREFIX.len();
+
 /// A window's size when the link does not give one.
 pub const DEFAULT_WINDOW: u64 = 1 << 20;
 /// A window's size is a whole number of pages, and fits the header's 32-bit field.
@@ -166,6 +170,15 @@ pub fn check(
             fail(
                 &raw.name.span(),
                 format!("link name '{name}' must be 1 to {NAME_CAPACITY} characters of a-z, 0-9 and '-', starting with a letter"),
+            );
+        } else if name.len() > MAX_LINK_NAME {
+            fail(
+                &raw.name.span(),
+                format!(
+                    "link name '{name}' has {} characters, more than {MAX_LINK_NAME}: its device-tree node '{}{name}' would be longer than the {NAME_CAPACITY} characters a node name may have",
+                    name.len(),
+                    binding::dt::NODE_PREFIX
+                ),
             );
         }
         names.push((name, line));
