@@ -9,10 +9,11 @@
 //! then the buffer pool. Missing bytes are zero.
 //!
 //! Beyond "never panics": no access leaves the window or is misaligned; the device writes only
-//! its own state line, the used rings and the buffer pool (never the header, the driver's line,
-//! descriptors or available rings); each step's work is bounded by its budget (bytes touched,
+//! its own state line, the used rings, and in the pool the buffers a descriptor gives it to
+//! write (never the header, the driver's line, descriptors or available rings); each step's work is bounded by its budget (bytes touched,
 //! and at most two used entries per unit of budget); a step that reports a ring violation
-//! leaves the device's line saying `FAILED`.
+//! leaves the device's line saying `FAILED`; the device serves the generation the driver's line
+//! shows or none, and never one the driver had started before the device opened the link.
 
 use crate::Bytes;
 use std::cell::{Cell, RefCell};
@@ -265,6 +266,11 @@ pub fn run(data: &[u8]) {
         pushes: Cell::new(0),
         pool_writes: RefCell::new(Vec::new()),
     };
+    // A generation the driver had started before the device opened is never served.
+    let driver_line = offset::DRIVER_STATE;
+    let stale = (params.early && read_u32(&cells, driver_line + state::STATE) == state::READY)
+        .then(|| read_u32(&cells, driver_line + state::GENERATION))
+        .filter(|&generation| generation != 0);
     let mut link = DeviceLink::open(Window::new(memory, BASE), header, params.polling).expect("the header EL2 wrote matches");
     // A driver waits for the device's READY before it starts.
     scatter(&cells, &driver_parts, image);
@@ -307,6 +313,10 @@ pub fn run(data: &[u8]) {
             assert_eq!(read_u32(&cells, offset::DEVICE_STATE + state::STATE), state::FAILED, "a failed step says FAILED");
             assert_eq!(read_u32(&cells, offset::DEVICE_STATE + state::ERROR), state::ERROR_RING);
         }
+        // The device serves the generation the driver's line shows, or none.
+        let serving = link.serving();
+        assert!(serving == 0 || serving == read_u32(&cells, driver_line + state::GENERATION), "serves generation {serving}");
+        assert!(stale.is_none_or(|stale| serving != stale), "step {step} serves generation {serving}, started before the device opened");
     }
 }
 
