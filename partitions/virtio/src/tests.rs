@@ -122,6 +122,13 @@ impl<'a> MockDriver<'a> {
     }
 
     /// The next used element: (head, bytes written).
+    /// Makes a block `FLUSH` request available: a 16-byte header and a status byte.
+    fn add_flush(&mut self) -> u16 {
+        let request = self.buffer(&block_request(blk::T_FLUSH, 0), 16);
+        let status = self.buffer(&[0xff], 1);
+        self.add(&[(request, 16, false), (status, 1, true)])
+    }
+
     fn pop_used(&mut self) -> Option<(u16, u32)> {
         let queue = self.layout.queues[self.queue];
         if self.window.read_u16(queue.used + 2).unwrap() == self.last_used {
@@ -561,9 +568,7 @@ fn the_device_follows_the_driver_through_start_failure_and_restart() {
 
     // A request made available before the driver says READY waits for it.
     let mut driver = MockDriver::new(&window, layout.clone(), 0);
-    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-    let status = driver.buffer(&[0xff], 1);
-    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver.add_flush();
     assert_eq!(link.step(&mut device, 8), Step::default());
     assert_eq!(driver.pop_used(), None);
     driver_line(&window, state::READY, 1);
@@ -585,9 +590,7 @@ fn the_device_follows_the_driver_through_start_failure_and_restart() {
     bytes[layout.queues[0].desc..layout.queues[0].end].iter().for_each(|byte| byte.set(0));
     let mut driver = MockDriver::new(&window, layout.clone(), 0);
     driver.next_pool += 4096;
-    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-    let status = driver.buffer(&[0xff], 1);
-    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver.add_flush();
     driver_line(&window, state::READY, 2);
     assert_eq!(link.step(&mut device, 8).failed, None);
     assert_eq!(device_line(&window), (state::READY, 2, 0));
@@ -623,9 +626,7 @@ fn with_event_idx_a_batch_costs_one_notification_each_way_and_the_budget_bounds_
     assert_eq!(window.read_u16(queue.avail_event(8)), Ok(0));
     let mut rings = 0;
     for index in 0..8u16 {
-        let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-        let status = driver.buffer(&[0xff], 1);
-        driver.add(&[(request, 16, false), (status, 1, true)]);
+        driver.add_flush();
         // The driver's rule: notify if the new index passes avail_event.
         rings += u32::from(need_event(window.read_u16(queue.avail_event(8)).unwrap(), index + 1, index));
     }
@@ -726,9 +727,7 @@ fn a_driver_that_resets_while_the_device_starts_serving_it_is_never_served() {
     window.write_bytes(0, &header.encode()).unwrap();
     let layout = layout::compute(1, 8, WINDOW).unwrap();
     let mut driver = MockDriver::new(&window, layout.clone(), 0);
-    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-    let status = driver.buffer(&[0xff], 1);
-    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver.add_flush();
     driver_line(&window, state::READY, 1);
 
     let recording = Recording::new(&bytes);
@@ -770,9 +769,7 @@ fn a_polling_device_keeps_notifications_suppressed_and_says_when_work_is_left() 
         let mut driver = MockDriver::new(&window, layout.clone(), 0);
         driver_line(&window, state::READY, 1);
         for _ in 0..3 {
-            let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-            let status = driver.buffer(&[0xff], 1);
-            driver.add(&[(request, 16, false), (status, 1, true)]);
+            driver.add_flush();
         }
         let step = link.step(&mut device, 2);
         assert!(step.more, "one request is left");
@@ -875,9 +872,7 @@ fn a_device_that_starts_again_never_serves_the_driver_generation_it_found_starte
     // A driver in generation 5, with a request the device's earlier start may or may not have
     // served: the new start cannot know, so it must not serve it again.
     let mut driver = MockDriver::new(&window, layout.clone(), 0);
-    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-    let status = driver.buffer(&[0xff], 1);
-    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver.add_flush();
     driver_line(&window, state::READY, 5);
     let mut link = DeviceLink::open(Window::new(CellMemory(&bytes), BASE), header, false).unwrap();
     assert_eq!(link.step(&mut device, 8), Step::default());
@@ -890,9 +885,7 @@ fn a_device_that_starts_again_never_serves_the_driver_generation_it_found_starte
     bytes[layout.queues[0].desc..layout.queues[0].end].iter().for_each(|byte| byte.set(0));
     let mut driver = MockDriver::new(&window, layout.clone(), 0);
     driver.next_pool += 4096;
-    let request = driver.buffer(&block_request(blk::T_FLUSH, 0), 16);
-    let status = driver.buffer(&[0xff], 1);
-    driver.add(&[(request, 16, false), (status, 1, true)]);
+    driver.add_flush();
     driver_line(&window, state::READY, 6);
     assert_eq!(link.step(&mut device, 8).failed, None);
     assert_eq!(device_line(&window), (state::READY, 6, 0));
