@@ -202,8 +202,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Run { system, platform, timeout } => {
             let system = system.unwrap_or_else(default_system);
             let target = Target { system: &system, platform: platform.as_deref() };
-            let extra = trapless_tools::qemu::extra_args_from_env();
-            let (built, run) = run_system(target, &extra, Duration::from_secs(timeout), true)?;
+            let (built, run) = run_system(target, &[], Duration::from_secs(timeout), true)?;
             match run.verdict(&built.plan) {
                 Ok(()) => {
                     println!(

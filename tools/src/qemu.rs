@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 pub const EXTRA_ARGS_VARIABLE: &str = "TRAPLESS_QEMU_EXTRA";
 
 /// The words of `TRAPLESS_QEMU_EXTRA`, if set.
-pub fn extra_args_from_env() -> Vec<String> {
+fn extra_args_from_env() -> Vec<String> {
     std::env::var(EXTRA_ARGS_VARIABLE).map(|extra| extra.split_whitespace().map(String::from).collect()).unwrap_or_default()
 }
 
 /// The QEMU command that boots `image` on `plan`'s platform: as many CPUs as the system uses
-/// and the platform's RAM, then `extra` (normally [`extra_args_from_env`]).
+/// and the platform's RAM, then `extra`, then the words of `TRAPLESS_QEMU_EXTRA`. Every QEMU
+/// that xtask, the tests and the bench boot is built here.
 pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Command, String> {
     let platform = &plan.platform;
     let qemu = platform
@@ -30,10 +31,13 @@ pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Comm
         .args(["-M", &qemu.machine, "-cpu", &qemu.cpu])
         .args(["-smp", &cpus.to_string()])
         .args(["-m", &format!("{}M", platform.ram.size >> 20)])
-        .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
+        // Only what the platform describes: no default NIC (its option ROM comes from a package
+        // a fresh machine may lack), no default disk, monitor or display.
+        .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
         .arg(image)
-        .args(extra);
+        .args(extra)
+        .args(extra_args_from_env());
     Ok(command)
 }
 
