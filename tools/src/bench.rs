@@ -301,13 +301,7 @@ fn per_io(loaded: u64, idle: u64, count: u64) -> f64 {
 /// What the machine is: the host's processors and the QEMU version.
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let qemu = std::process::Command::new("qemu-system-aarch64")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "QEMU (version unknown)".into());
+    let qemu = qemu::installed_version().map_or_else(|_| "QEMU (version unknown)".into(), |(_, line)| line);
     format!("{cpus} host CPUs, {qemu} (TCG: emulated time, not hardware time)")
 }
 
@@ -561,7 +555,7 @@ trapless: exits partition=backend total=5 hvc=4 smc=0 data-abort=0 insn-abort=0 
 trapless: exits partition=bench total=14 hvc=1 smc=0 data-abort=12 insn-abort=0 sysreg=1 other=0
 trapless: link net0 transport=mmio-trap reads=3 writes=9 notifies=3 interrupts=6
 ";
-        let run = Run { output: output.into(), status: None, elapsed: Duration::ZERO };
+        let run = Run { output: output.into(), stderr: String::new(), status: None, elapsed: Duration::ZERO };
         let measured = Measured::read(&run).unwrap();
         assert_eq!(measured.samples, [100, 300, 200]);
         assert_eq!(measured.bulk, Some(Bulk { frames: 2, bytes: 3028, ticks: 900 }));

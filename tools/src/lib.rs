@@ -147,6 +147,7 @@ pub fn build_system(target: Target<'_>) -> Result<Built, Error> {
 pub fn run_system(target: Target<'_>, extra: &[String], timeout: Duration, echo: bool) -> Result<(Built, qemu::Run), Error> {
     let built = build_system(target)?;
     setup::ensure_qemu()?;
+    qemu::ensure_version(&built.plan.platform)?;
     let command = qemu::command(&built.plan, &built.image, extra)?;
     let run = qemu::run(command, timeout, echo)?;
     Ok((built, run))

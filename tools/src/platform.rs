@@ -49,6 +49,34 @@ pub struct Qemu {
     pub machine: String,
     /// `-cpu` value.
     pub cpu: String,
+    /// The oldest QEMU that emulates what `machine` asks for (e.g. `"7.0"` for GICv4).
+    pub minimum_version: Option<QemuVersion>,
+}
+
+/// A QEMU release: `major.minor[.micro]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct QemuVersion(pub [u32; 3]);
+
+impl TryFrom<String> for QemuVersion {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let parts: Vec<&str> = text.split('.').collect();
+        let numbers: Option<Vec<u32>> = parts.iter().map(|part| part.parse().ok()).collect();
+        match numbers.as_deref() {
+            Some(&[major, minor]) => Ok(Self([major, minor, 0])),
+            Some(&[major, minor, micro]) => Ok(Self([major, minor, micro])),
+            _ => Err(format!("\"{text}\" is not a QEMU version (write e.g. \"7.0\" or \"7.2.1\")")),
+        }
+    }
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [major, minor, micro] = self.0;
+        write!(f, "{major}.{minor}.{micro}")
+    }
 }
 
 #[derive(Debug, Deserialize)]

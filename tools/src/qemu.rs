@@ -1,12 +1,16 @@
 //! Booting a packed system in QEMU and reading what happened from its console.
 
 use crate::planner::SystemPlan;
+use crate::platform::{Platform, QemuVersion};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The QEMU that boots every system.
+pub const PROGRAM: &str = "qemu-system-aarch64";
 
 /// Words appended to every QEMU command line xtask builds (e.g. `-d int -D exits.log`).
 pub const EXTRA_ARGS_VARIABLE: &str = "TRAPLESS_QEMU_EXTRA";
@@ -26,7 +30,7 @@ pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Comm
         .as_ref()
         .ok_or_else(|| format!("platform '{}' has no [qemu] section: it does not run in QEMU", platform.name))?;
     let cpus = plan.partitions.iter().flat_map(|partition| partition.cpus.iter()).max().map_or(1, |&cpu| cpu + 1);
-    let mut command = Command::new("qemu-system-aarch64");
+    let mut command = Command::new(PROGRAM);
     command
         .args(["-M", &qemu.machine, "-cpu", &qemu.cpu])
         .args(["-smp", &cpus.to_string()])
@@ -63,6 +67,8 @@ pub struct Exits {
 pub struct Run {
     /// Everything QEMU wrote to the console, `\r` removed.
     pub output: String,
+    /// What QEMU itself wrote to its standard error (its own complaints, not the machine's).
+    pub stderr: String,
     /// QEMU's exit status, or `None` if it was killed at the timeout.
     pub status: Option<ExitStatus>,
     pub elapsed: Duration,
@@ -117,6 +123,9 @@ impl Run {
     /// Whether the run succeeded: QEMU powered off by itself, and every partition of `plan`
     /// stopped with `system-off`. Otherwise, why not.
     pub fn verdict(&self, plan: &SystemPlan) -> Result<(), String> {
+        if let Some(failure) = self.qemu_failure() {
+            return Err(failure);
+        }
         if self.timed_out() {
             return Err(format!("QEMU did not power off within {:.0?}", self.elapsed));
         }
@@ -140,41 +149,80 @@ impl Run {
         }
         match self.status {
             Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!("QEMU exited with {status}")),
+            Some(status) => Err(format!("QEMU exited with {status}{}", self.said())),
             None => unreachable!("checked above"),
         }
     }
+
+    /// Why QEMU failed by itself, if it exited before the machine ran anything of trapless's
+    /// (EL2 prints a line first thing): its exit status and what it wrote to stderr.
+    fn qemu_failure(&self) -> Option<String> {
+        let status = self.status?;
+        if self.output.lines().any(|line| line.starts_with("trapless: ")) {
+            return None;
+        }
+        Some(format!("QEMU failed before any partition ran: it exited with {status}{}", self.said()))
+    }
+
+    /// `; it said:` and QEMU's stderr lines, if it wrote any.
+    fn said(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        if lines.is_empty() { String::new() } else { format!("; it said:\n  {}", lines.join("\n  ")) }
+    }
 }
 
-/// Runs `command` until it exits or `timeout` passes (then kills it), collecting its output and
-/// copying it to our stdout as it comes if `echo` is set.
+/// The version `qemu-system-aarch64 --version` reports, and that line; asked once per process.
+pub fn installed_version() -> Result<(QemuVersion, String), String> {
+    static VERSION: OnceLock<Result<(QemuVersion, String), String>> = OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let output = Command::new(PROGRAM)
+                .arg("--version")
+                .output()
+                .map_err(|error| format!("cannot run {PROGRAM}: {error}"))?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let first = text.lines().next().unwrap_or("").trim().to_string();
+            parse_version(&first).map(|version| (version, first.clone())).ok_or_else(|| {
+                format!("{PROGRAM} --version printed {first:?}, which names no version")
+            })
+        })
+        .clone()
+}
+
+/// The version in QEMU's `--version` line: `QEMU emulator version 7.2.0 (Debian ...)`.
+pub fn parse_version(line: &str) -> Option<QemuVersion> {
+    let word = line.strip_prefix("QEMU emulator version ")?.split_whitespace().next()?;
+    QemuVersion::try_from(word.to_string()).ok()
+}
+
+/// Whether QEMU `installed` (its version and `--version` line) can run `platform`.
+pub fn check_version(platform: &Platform, installed: QemuVersion, line: &str) -> Result<(), String> {
+    let Some(minimum) = platform.qemu.as_ref().and_then(|qemu| qemu.minimum_version) else { return Ok(()) };
+    if installed >= minimum {
+        return Ok(());
+    }
+    let machine = platform.qemu.as_ref().map_or("", |qemu| qemu.machine.as_str());
+    Err(format!("platform '{}' needs QEMU {minimum} or newer for -M {machine}; {PROGRAM} here is {installed} ({line})", platform.name))
+}
+
+/// Checks that the QEMU on this machine is new enough for `platform`.
+pub fn ensure_version(platform: &Platform) -> Result<(), String> {
+    let (installed, line) = installed_version()?;
+    check_version(platform, installed, &line)
+}
+
+/// Runs `command` until it exits or `timeout` passes (then kills it), collecting its console
+/// and its stderr, and copying them to ours as they come if `echo` is set.
 pub fn run(mut command: Command, timeout: Duration, echo: bool) -> Result<Run, String> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| format!("cannot start qemu-system-aarch64: {error}"))?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let output = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(read) = stdout.read(&mut chunk) {
-                if read == 0 {
-                    break;
-                }
-                if echo {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&chunk[..read]);
-                    let _ = out.flush();
-                }
-                output.lock().expect("reader does not panic").extend_from_slice(&chunk[..read]);
-            }
-        })
-    };
+        .map_err(|error| format!("cannot start {}: {error}", command.get_program().to_string_lossy()))?;
+    let stdout = collect(child.stdout.take().expect("stdout is piped"), echo.then(|| Box::new(std::io::stdout()) as Echo));
+    let stderr = collect(child.stderr.take().expect("stderr is piped"), echo.then(|| Box::new(std::io::stderr()) as Echo));
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|error| format!("waiting for QEMU: {error}"))? {
             break Some(status);
@@ -186,7 +234,88 @@ pub fn run(mut command: Command, timeout: Duration, echo: bool) -> Result<Run, S
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _ = reader.join();
-    let output = String::from_utf8_lossy(&output.lock().expect("reader finished")).replace('\r', "");
-    Ok(Run { output, status, elapsed: started.elapsed() })
+    let text = |(reader, bytes): Collected| {
+        let _ = reader.join();
+        String::from_utf8_lossy(&bytes.lock().expect("reader finished")).replace('\r', "")
+    };
+    Ok(Run { output: text(stdout), stderr: text(stderr), status, elapsed: started.elapsed() })
+}
+
+/// Where a stream read by [`collect`] is copied to as it comes.
+type Echo = Box<dyn Write + Send>;
+
+/// A reader thread and what it has read so far.
+type Collected = (std::thread::JoinHandle<()>, Arc<Mutex<Vec<u8>>>);
+
+/// Reads `from` to its end on a thread of its own, keeping the bytes and copying them to `echo`.
+fn collect(mut from: impl Read + Send + 'static, mut echo: Option<Echo>) -> Collected {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&bytes);
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(read) = from.read(&mut chunk) {
+            if read == 0 {
+                break;
+            }
+            if let Some(echo) = echo.as_mut() {
+                let _ = echo.write_all(&chunk[..read]);
+                let _ = echo.flush();
+            }
+            kept.lock().expect("reader does not panic").extend_from_slice(&chunk[..read]);
+        }
+    });
+    (reader, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(name: &str) -> Platform {
+        crate::platform::load(&crate::root().join("platform").join(name).join("platform.toml")).unwrap()
+    }
+
+    #[test]
+    fn reads_the_version_from_the_version_line() {
+        assert_eq!(parse_version("QEMU emulator version 7.2.0 (Debian 1:7.2+dfsg-7+deb12u18)"), Some(QemuVersion([7, 2, 0])));
+        assert_eq!(parse_version("QEMU emulator version 10.0.2"), Some(QemuVersion([10, 0, 2])));
+        assert_eq!(parse_version("qemu-img version 7.2.0"), None);
+        assert_eq!(parse_version(""), None);
+    }
+
+    #[test]
+    fn a_qemu_older_than_the_platform_needs_is_refused_by_name() {
+        let gicv4 = platform("qemu-virt-gicv4");
+        assert_eq!(check_version(&gicv4, QemuVersion([7, 0, 0]), "QEMU emulator version 7.0.0"), Ok(()));
+        assert_eq!(
+            check_version(&gicv4, QemuVersion([6, 2, 0]), "QEMU emulator version 6.2.0"),
+            Err("platform 'qemu-virt-gicv4' needs QEMU 7.0.0 or newer for -M virt,virtualization=on,gic-version=4; \
+                 qemu-system-aarch64 here is 6.2.0 (QEMU emulator version 6.2.0)"
+                .into())
+        );
+        assert!(check_version(&platform("qemu-virt"), QemuVersion([6, 2, 0]), "").is_ok());
+        assert!(check_version(&platform("qemu-virt"), QemuVersion([6, 1, 1]), "").is_err());
+    }
+
+    #[test]
+    fn a_qemu_that_exits_before_el2_speaks_is_reported_with_its_status_and_stderr() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'qemu-system-aarch64: failed to find romfile \"efi-virtio.rom\"' >&2; exit 1"]);
+        let run = run(command, Duration::from_secs(10), false).unwrap();
+        assert_eq!(run.output, "");
+        assert_eq!(
+            run.qemu_failure().unwrap(),
+            "QEMU failed before any partition ran: it exited with exit status: 1; it said:\n  \
+             qemu-system-aarch64: failed to find romfile \"efi-virtio.rom\""
+        );
+    }
+
+    #[test]
+    fn a_qemu_that_ran_trapless_is_not_a_qemu_failure() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'trapless: EL2 up on platform qemu-virt (1 CPUs); partitions: 1'; exit 0"]);
+        let run = run(command, Duration::from_secs(10), false).unwrap();
+        assert_eq!(run.qemu_failure(), None);
+        assert_eq!(run.stderr, "");
+    }
 }
