@@ -48,7 +48,7 @@ fn el2_exit_counts_agree_with_qemu() {
     check(&run, run.verdict(&built.plan).is_ok(), "the demo finishes");
     // Every exception QEMU took from a partition to EL2, against EL2's own counters.
     let taken = exceptions_to_el2(&qemu_log);
-    let counted: u64 = run.exits().values().map(|exits| exits.total).sum();
+    let counted: u64 = run.exits().values().map(|exits| exits.entries()).sum();
     check(&run, counted > 0, "EL2 counted exits");
     check(&run, taken as u64 == counted, &format!("QEMU saw {taken} exceptions to EL2, EL2 counted {counted}"));
 }
@@ -160,12 +160,29 @@ fn every_cpu_of_a_faulting_partition_stops_with_it() {
     let reason = run.stops().get("pair").cloned().unwrap_or_default();
     check(&run, reason.starts_with("stage-2 data abort: write at IPA 0x4880_0000"), "pair stopped on its write");
     // The write, then the spinning CPU's first access once its stage 2 was revoked: both
-    // entered EL2, and neither went back.
+    // entered EL2, and neither went back. The second is counted as parked, not as pair's exit.
     let exits = run.exits()["pair"];
-    check(&run, exits.data_abort + exits.insn_abort == 2, &format!("pair's aborts: {exits:?}"));
+    check(&run, exits.data_abort == 1 && exits.insn_abort == 0 && exits.parked == 1, &format!("pair's aborts: {exits:?}"));
     check(&run, lines(&run, "bystander").contains(&"work: pattern at 0x48800000 intact; done"), "bystander's data intact");
     check(&run, run.stops().get("bystander").map(String::as_str) == Some("system-off"), "bystander finished");
     check(&run, run.verdict(&built.plan).is_err(), "a fault fails the run");
+}
+
+#[test]
+fn a_cpu_left_running_at_system_off_is_counted_as_parked_not_as_the_partitions_exit() {
+    let log = std::env::temp_dir().join(format!("trapless-stop-off-{}.log", std::process::id()));
+    let (built, run) = boot("stop-off", &["-d", "int", "-D", log.to_str().unwrap()]);
+    let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    check(&run, lines(&run, "quitter") == ["busy-off: CPU 1 is spinning; powering off"], "quitter's line");
+    // While it ran: CPU_ON, its console line and SYSTEM_OFF. After: CPU 1's
+    // one fault on the revoked stage 2, and every entry is one or the other, as QEMU counts.
+    let exits = run.exits()["quitter"];
+    let expected = trapless_tools::qemu::Exits { total: 3, hvc: 3, parked: 1, ..Default::default() };
+    check(&run, exits == expected, &format!("quitter's exits: {exits:?}"));
+    let taken = exceptions_to_el2(&qemu_log) as u64;
+    check(&run, taken == exits.entries(), &format!("QEMU saw {taken} exceptions to EL2, EL2 counted {}", exits.entries()));
 }
 
 /// Boots `tests/systems/<system>.toml` with `from` replaced by `to` in its text, on `platform`,
@@ -207,7 +224,7 @@ fn doorbells_cost_no_exits(platform: Option<&str>) {
     let (short, short_to_el2) = ping_pong(10, platform);
     let (long, long_to_el2) = ping_pong(500, platform);
     check(&long, short.exits() == long.exits(), &format!("exits with 10 rounds {:?}, with 500 {:?}", short.exits(), long.exits()));
-    let counted: u64 = long.exits().values().map(|exits| exits.total).sum();
+    let counted: u64 = long.exits().values().map(|exits| exits.entries()).sum();
     check(&long, long_to_el2 == short_to_el2, &format!("QEMU saw {short_to_el2} exceptions to EL2 for 10 rounds, {long_to_el2} for 500"));
     check(&long, long_to_el2 as u64 == counted, &format!("QEMU saw {long_to_el2} exceptions to EL2, EL2 counted {counted}"));
 }
@@ -328,7 +345,7 @@ fn static_virtio_costs_no_exits(system: &str, platform: Option<&str>) {
     let (long, long_to_el2) = virtio_run(system, "lines=50 frames=160 passes=5", platform);
     check(&long, short.exits() == long.exits(), &format!("exits with little data {:?}, with five times as much {:?}", short.exits(), long.exits()));
     check(&long, short_to_el2 == long_to_el2, &format!("QEMU saw {short_to_el2} exceptions to EL2 with little data, {long_to_el2} with five times as much"));
-    let counted: u64 = long.exits().values().map(|exits| exits.total).sum();
+    let counted: u64 = long.exits().values().map(|exits| exits.entries()).sum();
     check(&long, long_to_el2 as u64 == counted, &format!("QEMU saw {long_to_el2} exceptions to EL2, EL2 counted {counted}"));
     for (name, exits) in long.exits() {
         let printed = lines(&long, &name).len() as u64;
@@ -367,7 +384,7 @@ fn the_trap_and_emulate_baseline_carries_the_same_data_and_exits_on_every_reques
     let (short, short_to_el2) = virtio_run("virtio-trap", "lines=10 frames=32 passes=1", None);
     let (long, long_to_el2) = virtio_run("virtio-trap", "lines=50 frames=160 passes=5", None);
     for (run, to_el2) in [(&short, short_to_el2), (&long, long_to_el2)] {
-        let counted: u64 = run.exits().values().map(|exits| exits.total).sum();
+        let counted: u64 = run.exits().values().map(|exits| exits.entries()).sum();
         check(run, to_el2 as u64 == counted, &format!("QEMU saw {to_el2} exceptions to EL2, EL2 counted {counted}"));
         for link in ["console0", "net0", "disk0"] {
             let counts = emulated_counts(run, link);

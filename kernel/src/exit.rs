@@ -27,11 +27,13 @@ pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
         ExceptionKind::Sync => ExitClass::from_esr(esr),
         ExceptionKind::Irq | ExceptionKind::Fiq | ExceptionKind::SError => ExitClass::Other,
     };
-    EXITS[partition].record(class);
     if state::is_stopped(partition) {
-        // A CPU of a stopped partition, faulting on its revoked stage 2.
+        // A CPU of a stopped partition, faulting on its revoked stage 2: not the partition's
+        // doing, so not among the exits it took while it ran.
+        EXITS[partition].record_parked();
         state::park_stopped(cpu);
     }
+    EXITS[partition].record(class);
     match (kind, class) {
         (ExceptionKind::Sync, ExitClass::Hvc) => serve_call(frame, cpu, partition),
         (ExceptionKind::Sync, ExitClass::Smc) => {

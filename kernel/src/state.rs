@@ -333,9 +333,17 @@ pub fn park() -> ! {
     arch::halt()
 }
 
-/// Prints why each partition stopped and its exit counts, then powers the machine off.
+/// Prints why each partition stopped and its exit counts, then powers the machine off. First
+/// gives the CPUs that stopped partitions left running (a second CPU spinning while the first
+/// called `SYSTEM_OFF`) the time to fault in and park, so that the counts printed are final.
 fn power_off() -> ! {
     let kernel = kernel();
+    let cpu = el2::current_cpu();
+    for partition in 0..kernel.plan.partitions().len() {
+        // A CPU that will not park (it sleeps with every interrupt masked) is left as it is:
+        // the machine is going off.
+        let _ = wait_until_parked(partition, cpu);
+    }
     let (reasons, restarts) = {
         let state = STATE.lock();
         (state.stopped, state.restarts)

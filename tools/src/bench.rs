@@ -132,7 +132,7 @@ impl Measured {
         let line = |prefix: &str| output.lines().find(|line| line.starts_with(prefix)).unwrap_or("");
         let header = line("bench: workload=");
         let mut measured = Measured {
-            exits: run.exits().values().map(|exits| exits.total).sum(),
+            exits: run.exits().values().map(|exits| exits.entries()).sum(),
             frequency: number_after(header, "frequency=").ok_or("the bench partition printed no results")?,
             ..Self::default()
         };

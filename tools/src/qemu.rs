@@ -53,6 +53,7 @@ pub fn exceptions_to_el2(log: &str) -> usize {
 /// The exit counts EL2 printed for one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Exits {
+    /// Exits the partition took while it ran.
     pub total: u64,
     pub hvc: u64,
     pub smc: u64,
@@ -60,6 +61,16 @@ pub struct Exits {
     pub insn_abort: u64,
     pub sysreg: u64,
     pub other: u64,
+    /// Entries of its CPUs that were still running when it stopped, parked by EL2.
+    pub parked: u64,
+}
+
+impl Exits {
+    /// Every entry to EL2 from the partition's CPUs, while it ran or after: what QEMU's
+    /// `-d int` log counts.
+    pub fn entries(&self) -> u64 {
+        self.total + self.parked
+    }
 }
 
 /// What a QEMU run showed.
@@ -108,6 +119,7 @@ impl Run {
                     insn_abort: count("insn-abort"),
                     sysreg: count("sysreg"),
                     other: count("other"),
+                    parked: count("parked"),
                 },
             );
         }

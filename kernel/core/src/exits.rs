@@ -61,16 +61,23 @@ pub const fn exception_class(esr: u64) -> u64 {
 #[derive(Debug, Default)]
 pub struct ExitCounters {
     counts: [AtomicU64; 6],
+    parked: AtomicU64,
 }
 
 impl ExitCounters {
     pub const fn new() -> Self {
-        Self { counts: [const { AtomicU64::new(0) }; 6] }
+        Self { counts: [const { AtomicU64::new(0) }; 6], parked: AtomicU64::new(0) }
     }
 
-    /// Counts one exit.
+    /// Counts one exit the partition took while it ran.
     pub fn record(&self, class: ExitClass) {
         self.counts[class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one entry of a CPU the partition left running when it stopped: it faulted on the
+    /// revoked stage 2 and was parked. Not the partition's doing, so counted apart.
+    pub fn record_parked(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts as they are now.
@@ -79,28 +86,38 @@ impl ExitCounters {
         for class in ExitClass::ALL {
             counts[class.index()] = self.counts[class.index()].load(Ordering::Relaxed);
         }
-        ExitCounts(counts)
+        ExitCounts { counts, parked: self.parked.load(Ordering::Relaxed) }
     }
 }
 
 /// A snapshot of [`ExitCounters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExitCounts([u64; 6]);
+pub struct ExitCounts {
+    counts: [u64; 6],
+    parked: u64,
+}
 
 impl ExitCounts {
     /// Exits of one class.
     pub fn get(&self, class: ExitClass) -> u64 {
-        self.0[class.index()]
+        self.counts[class.index()]
     }
 
-    /// Exits of every class.
+    /// Exits of every class, while the partition ran.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.counts.iter().sum()
+    }
+
+    /// Entries of CPUs parked after the partition stopped.
+    pub fn parked(&self) -> u64 {
+        self.parked
     }
 }
 
 /// The line EL2 prints for each partition when the machine powers off:
-/// `trapless: exits partition=<name> total=<n> hvc=<n> smc=<n> data-abort=<n> insn-abort=<n> sysreg=<n> other=<n>`.
+/// `trapless: exits partition=<name> total=<n> hvc=<n> smc=<n> data-abort=<n> insn-abort=<n> sysreg=<n> other=<n> parked=<n>`.
+/// `total` is what the partition did while it ran; `parked` counts its CPUs' entries after it
+/// stopped (every EL2 entry is one or the other, as QEMU's `-d int` log counts them).
 pub struct ExitSummary<'a> {
     pub partition: &'a str,
     pub counts: ExitCounts,
@@ -111,7 +128,7 @@ impl fmt::Display for ExitSummary<'_> {
         let c = &self.counts;
         write!(
             f,
-            "trapless: exits partition={} total={} hvc={} smc={} data-abort={} insn-abort={} sysreg={} other={}",
+            "trapless: exits partition={} total={} hvc={} smc={} data-abort={} insn-abort={} sysreg={} other={} parked={}",
             self.partition,
             c.total(),
             c.get(ExitClass::Hvc),
@@ -120,6 +137,7 @@ impl fmt::Display for ExitSummary<'_> {
             c.get(ExitClass::InsnAbort),
             c.get(ExitClass::Sysreg),
             c.get(ExitClass::Other),
+            c.parked(),
         )
     }
 }
@@ -154,7 +172,18 @@ mod tests {
         let line = ExitSummary { partition: "alpha", counts: counters.snapshot() }.to_string();
         assert_eq!(
             line,
-            "trapless: exits partition=alpha total=5 hvc=2 smc=1 data-abort=1 insn-abort=0 sysreg=0 other=1"
+            "trapless: exits partition=alpha total=5 hvc=2 smc=1 data-abort=1 insn-abort=0 sysreg=0 other=1 parked=0"
         );
+    }
+
+    #[test]
+    fn entries_after_the_stop_are_counted_apart_from_the_total() {
+        let counters = ExitCounters::new();
+        counters.record(ExitClass::Hvc);
+        counters.record_parked();
+        counters.record_parked();
+        let counts = counters.snapshot();
+        assert_eq!((counts.total(), counts.parked(), counts.get(ExitClass::InsnAbort)), (1, 2, 0));
+        assert!(ExitSummary { partition: "p", counts }.to_string().ends_with(" total=1 hvc=1 smc=0 data-abort=0 insn-abort=0 sysreg=0 other=0 parked=2"));
     }
 }

@@ -12,6 +12,8 @@
 //!   off `n` times, starting it again as soon as `AFFINITY_INFO` says it is off.
 //! - `probe=busy-touch write=<address>`: starts its second CPU spinning forever, then writes an
 //!   address it does not own: trapless must stop the whole partition, the spinning CPU too.
+//! - `probe=busy-off`: starts its second CPU spinning forever, then powers off (`SYSTEM_OFF`):
+//!   the spinning CPU's entry after the stop is not among the partition's exits.
 //! - `probe=sleep-touch write=<address>`: starts its second CPU sleeping in `WFI` with no
 //!   interrupt of its own enabled, then writes an address it does not own: trapless must wake
 //!   that CPU to stop (and, by its `on-stop` policy, restart) the whole partition.
@@ -62,6 +64,7 @@ fn main(boot: &Boot) {
         Some("touch") => touch(boot),
         Some("smp") => start_cpus(boot),
         Some("busy-touch") => busy_touch(boot),
+        Some("busy-off") => busy_off(),
         Some("sleep-touch") => sleep_touch(boot),
         Some("sgi") => sgi(boot),
         Some("sgi-listen") => sgi_listen(boot),
@@ -212,16 +215,27 @@ fn spin_forever(_: usize) {
     }
 }
 
-fn busy_touch(boot: &Boot) {
+/// Starts the second CPU spinning and waits until it is (`mode` names the caller in reports).
+fn start_spinner(mode: &str) {
     if let Err(error) = smp::start(1, spin_forever) {
-        println!("busy-touch: CPU_ON of my CPU 1 failed: {error}");
+        println!("{mode}: CPU_ON of my CPU 1 failed: {error}");
         psci::system_reset();
     }
     while SPINS.load(Ordering::Relaxed) < 1000 {
         core::hint::spin_loop();
     }
+}
+
+fn busy_touch(boot: &Boot) {
+    start_spinner("busy-touch");
     println!("busy-touch: CPU 1 is spinning");
     touch(boot);
+}
+
+fn busy_off() {
+    start_spinner("busy-off");
+    println!("busy-off: CPU 1 is spinning; powering off");
+    psci::system_off();
 }
 
 /// The second CPU of `sleep-touch` is about to sleep.
