@@ -5,6 +5,7 @@ use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{LittleEndian, Object, ObjectSection};
 use std::path::Path;
+use crate::system::MEMORY_ALIGN;
 use trapless_arm64::image::{self as arm64_image, ImageHeader};
 
 /// Where an image is loaded.
@@ -14,6 +15,10 @@ pub enum Placement {
     Image { text_offset: u64 },
     /// An ELF linked at fixed addresses: loaded at `load`, entered at `entry`.
     Fixed { load: u64, entry: u64 },
+    /// A position-independent ELF linked at 0 without an Image header, that applies its own
+    /// `R_AARCH64_RELATIVE` relocations (the shape bare-metal test suites ship): loaded at the
+    /// start of the partition's RAM (2 MiB aligned), entered at `entry` from there.
+    SelfRelocating { entry: u64 },
 }
 
 /// An image ready to be copied into a partition.
@@ -57,9 +62,10 @@ fn parse_elf(bytes: &[u8]) -> Result<GuestImage, String> {
     }
     if header.e_type(endian) == elf::ET_DYN {
         let (flat, footprint) = flatten_position_independent(bytes)?;
-        let header = ImageHeader::parse(&flat)
-            .ok_or("a position-independent ELF without an arm64 Image header at its start")?;
-        let placement = Placement::Image { text_offset: header.text_offset };
+        let placement = match ImageHeader::parse(&flat) {
+            Some(header) => Placement::Image { text_offset: header.text_offset },
+            None => self_relocating(&file, footprint)?,
+        };
         return Ok(GuestImage { bytes: flat, placement, footprint });
     }
     let segments = load_segments(&file)?;
@@ -76,6 +82,32 @@ fn parse_elf(bytes: &[u8]) -> Result<GuestImage, String> {
     }
     let entry = header.e_entry(endian);
     Ok(GuestImage { bytes: flat, placement: Placement::Fixed { load, entry }, footprint: end - load })
+}
+
+/// How a position-independent ELF without an Image header is entered, if trapless can load it:
+/// its entry point lies in what it loads, and no segment asks for a base aligned more than the
+/// 2 MiB the start of a partition's RAM is.
+fn self_relocating(file: &ElfFile64<'_, LittleEndian>, footprint: u64) -> Result<Placement, String> {
+    let endian = file.endian();
+    let entry = file.elf_header().e_entry(endian);
+    if entry >= footprint {
+        return Err(format!(
+            "a position-independent ELF whose entry point {entry:#x} lies outside the {footprint:#x} bytes it loads"
+        ));
+    }
+    let align = file
+        .elf_program_headers()
+        .iter()
+        .filter(|program| program.p_type(endian) == elf::PT_LOAD)
+        .map(|program| program.p_align(endian))
+        .max()
+        .unwrap_or(1);
+    if align > MEMORY_ALIGN {
+        return Err(format!(
+            "a position-independent ELF whose segments ask for a base aligned to {align:#x}; trapless loads it at the start of the partition's RAM, aligned to {MEMORY_ALIGN:#x}"
+        ));
+    }
+    Ok(Placement::SelfRelocating { entry })
 }
 
 struct Segment<'a> {

@@ -140,6 +140,7 @@ fn image_layout(image: &GuestImage, memory: AddrRange) -> Result<(u64, u64, u64)
             let load = memory.base.0 + text_offset;
             Ok((load, load, load + image.footprint))
         }
+        Placement::SelfRelocating { entry } => Ok((memory.base.0, memory.base.0 + entry, memory.base.0 + image.footprint)),
         Placement::Fixed { load, entry } => {
             if !memory.contains_span(load, image.footprint) || !memory.contains_span(entry, 4) {
                 return Err(format!(

@@ -58,7 +58,8 @@ fn images(system: &System, params: &mut Bytes) -> Vec<GuestImage> {
             let shape = params.u8();
             let footprint = (u64::from(params.u16()) + 1) * 0x1000;
             let placement = match shape % 4 {
-                0 | 1 => Placement::Image { text_offset: 0 },
+                0 => Placement::Image { text_offset: 0 },
+                1 => Placement::SelfRelocating { entry: (u64::from(shape >> 2) * 4) % footprint },
                 2 => Placement::Image { text_offset: u64::from(shape >> 2) * 0x1_0000 },
                 _ => {
                     let load = ram.base.0 + (u64::from(params.u32()) * 0x1000) % ram.size.max(1);
