@@ -54,8 +54,9 @@ enum Command {
         /// Bytes of a round trip's frame (1 to 1514).
         #[arg(long, default_value_t = 64)]
         size: usize,
-        /// Boots each transport's share is split over; the transports alternate between them.
-        #[arg(long, default_value_t = 4)]
+        /// Boots each transport's share is split over, rounded up to a multiple of three so that
+        /// each transport boots first, second and last equally often.
+        #[arg(long, default_value_t = 6)]
         rounds: usize,
         /// Run on this platform instead of qemu-virt (e.g. qemu-virt-gicv4).
         #[arg(long)]
