@@ -170,6 +170,11 @@ pub struct Registers {
     serving: bool,
     /// A reset or stop waits for the device to let go of the rings.
     letting_go: bool,
+    /// The driver stopped the link and has not started it since: the driver line says
+    /// `STOPPED`, which the device takes as the driver's goodbye. A reset does not take that
+    /// back (every virtio driver resets after it stops its queues): were the line to say
+    /// `RESET`, a device that had not looked yet would wait for a driver that is gone.
+    stopped: bool,
     /// What `Status` reads while a reset waits for the device and the driver has written no
     /// other status since: the value before the reset (never 0: the reset is not complete).
     resetting_from: u32,
@@ -206,6 +211,7 @@ impl Registers {
             status: 0,
             serving: false,
             letting_go: false,
+            stopped: false,
             resetting_from: 0,
         }
     }
@@ -323,6 +329,7 @@ impl Registers {
     fn stop(&mut self) -> Effect {
         self.serving = false;
         self.letting_go = true;
+        self.stopped = true;
         Effect::Stop
     }
 
@@ -330,16 +337,20 @@ impl Registers {
         if value == 0 {
             let shown = self.status();
             let live = self.queues.map(|queue| queue.live);
+            let (stopped, stop_pending) = (self.stopped, self.letting_go);
             *self = Self::new();
             for (queue, live) in self.queues.iter_mut().zip(live) {
                 queue.live = live;
             }
-            self.letting_go = true;
+            interrupt.clear();
+            // After a stop the line stays `STOPPED`, and the reset is complete when the stop's
+            // let-go is.
+            self.stopped = stopped;
+            self.letting_go = !stopped || stop_pending;
             // 0 only if the device serves a generation EL2 never started (a driver rewrote its
             // own line): it needs a reset it cannot get from here.
             self.resetting_from = if shown != 0 { shown } else { status::DEVICE_NEEDS_RESET };
-            interrupt.clear();
-            return Effect::Reset;
+            return if stopped { Effect::None } else { Effect::Reset };
         }
         // Only a reset clears a status bit (virtio 1.x §2.1.2: the driver must not).
         if value & self.status != self.status {
@@ -372,6 +383,7 @@ impl Registers {
             .all(|(queue, expected)| queue.ready && queue.num == u32::from(device.queue_size) && queue.at == *expected);
         if value & status::FEATURES_OK != 0 && in_place && !self.letting_go {
             self.serving = true;
+            self.stopped = false;
             for queue in &mut self.queues[..count] {
                 queue.live = true;
             }
@@ -701,6 +713,26 @@ mod tests {
         assert_eq!(block.put(reg::STATUS, RUNNING), Effect::None);
         assert_eq!(block.put(reg::QUEUE_NOTIFY, 1), Effect::None);
         assert_eq!(block.get(reg::STATUS), RUNNING);
+    }
+
+    #[test]
+    fn a_reset_after_a_stop_leaves_the_line_stopped_until_the_driver_starts_again() {
+        let device = net();
+        let mut block = Block::running();
+        block.put(reg::QUEUE_SEL, 0);
+        assert_eq!(block.put(reg::QUEUE_READY, 0), Effect::Stop);
+        // The device has not let go of the stop yet: the reset says nothing new, and it is not
+        // complete before the stop's let-go is.
+        assert_eq!(block.put(reg::STATUS, 0), Effect::None);
+        assert_eq!(block.get(reg::STATUS), RUNNING);
+        block.registers.let_go_done();
+        assert_eq!(block.get(reg::STATUS), 0);
+        // Once it has, another reset is complete at once, and still says nothing new.
+        assert_eq!(block.put(reg::STATUS, 0), Effect::None);
+        assert_eq!(block.get(reg::STATUS), 0);
+        // Started again, the link is served, and a reset then is a reset.
+        assert_eq!(block.set_up(device.features, [device.queues[0], device.queues[1]]), Effect::Start);
+        assert_eq!(block.put(reg::STATUS, 0), Effect::Reset);
     }
 
     #[test]
