@@ -337,20 +337,20 @@ impl Registers {
         if value == 0 {
             let shown = self.status();
             let live = self.queues.map(|queue| queue.live);
-            let (stopped, stop_pending) = (self.stopped, self.letting_go);
+            let stopped = self.stopped;
             *self = Self::new();
             for (queue, live) in self.queues.iter_mut().zip(live) {
                 queue.live = live;
             }
             interrupt.clear();
-            // After a stop the line stays `STOPPED`, and the reset is complete when the stop's
-            // let-go is.
-            self.stopped = stopped;
-            self.letting_go = !stopped || stop_pending;
+            self.letting_go = true;
             // 0 only if the device serves a generation EL2 never started (a driver rewrote its
             // own line): it needs a reset it cannot get from here.
             self.resetting_from = if shown != 0 { shown } else { status::DEVICE_NEEDS_RESET };
-            return if stopped { Effect::None } else { Effect::Reset };
+            // After a stop, the reset says the stop again: the line stays `STOPPED`, and EL2
+            // waits for the device to let go as for any reset.
+            self.stopped = stopped;
+            return if stopped { Effect::Stop } else { Effect::Reset };
         }
         // Only a reset clears a status bit (virtio 1.x §2.1.2: the driver must not).
         if value & self.status != self.status {
@@ -716,20 +716,18 @@ mod tests {
     }
 
     #[test]
-    fn a_reset_after_a_stop_leaves_the_line_stopped_until_the_driver_starts_again() {
+    fn a_reset_after_a_stop_says_stop_again_until_the_driver_starts_the_link() {
         let device = net();
         let mut block = Block::running();
         block.put(reg::QUEUE_SEL, 0);
         assert_eq!(block.put(reg::QUEUE_READY, 0), Effect::Stop);
-        // The device has not let go of the stop yet: the reset says nothing new, and it is not
-        // complete before the stop's let-go is.
-        assert_eq!(block.put(reg::STATUS, 0), Effect::None);
+        // The reset says the stop again, and is complete once the device has let go.
+        assert_eq!(block.put(reg::STATUS, 0), Effect::Stop);
         assert_eq!(block.get(reg::STATUS), RUNNING);
         block.registers.let_go_done();
         assert_eq!(block.get(reg::STATUS), 0);
-        // Once it has, another reset is complete at once, and still says nothing new.
-        assert_eq!(block.put(reg::STATUS, 0), Effect::None);
-        assert_eq!(block.get(reg::STATUS), 0);
+        assert_eq!(block.put(reg::STATUS, 0), Effect::Stop);
+        block.registers.let_go_done();
         // Started again, the link is served, and a reset then is a reset.
         assert_eq!(block.set_up(device.features, [device.queues[0], device.queues[1]]), Effect::Start);
         assert_eq!(block.put(reg::STATUS, 0), Effect::Reset);
