@@ -42,7 +42,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
@@ -226,6 +226,9 @@ pub struct PartitionRecord {
     pub restart_limit: u16,
     /// The CPU the partition starts on (a platform CPU index it owns).
     pub boot_cpu: u32,
+    /// What a stage-2 fault EL2 does not emulate does to it (see [`OnFault`]).
+    pub on_fault: u32,
+    pub reserved: u32,
     /// Its RAM.
     pub memory: AddrRange,
     /// Where its boot CPU starts at EL1.
@@ -233,8 +236,42 @@ pub struct PartitionRecord {
     pub image: BlobRef,
     /// Its device tree; the boot CPU gets `x0` = `dtb.load`.
     pub dtb: BlobRef,
+    /// Its initial RAM disk (`size` 0: none), which its device tree names in `/chosen`.
+    pub initrd: BlobRef,
     /// Its stage-2 map: a run of [`Header::regions`].
     pub regions: SliceRef,
+}
+
+impl PartitionRecord {
+    /// What a stage-2 fault does to the partition ([`Plan::parse`] has checked the code).
+    pub fn on_fault(&self) -> OnFault {
+        OnFault::from_code(self.on_fault).unwrap_or(OnFault::Stop)
+    }
+}
+
+/// What a stage-2 fault that EL2 does not emulate (an access outside the partition's map)
+/// does to the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFault {
+    /// The partition is stopped, with a report.
+    Stop,
+    /// EL2 reports it and injects a synchronous external abort into the partition at EL1, as
+    /// an access that nothing backs takes on hardware: a guest that probes survives.
+    Abort,
+}
+
+impl OnFault {
+    /// The value stored in [`PartitionRecord::on_fault`].
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Stop => 0,
+            Self::Abort => 1,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        [Self::Stop, Self::Abort].into_iter().find(|kind| kind.code() == code)
+    }
 }
 
 /// How a stage-2 region is mapped.
@@ -390,7 +427,7 @@ pub enum PlanError {
     UnsupportedVersion { found: u32, header_size: u32 },
     /// A table lies (partly) outside the plan or is misaligned.
     TableOutOfBounds { table: &'static str },
-    /// A partition's image or DTB lies outside the plan.
+    /// A partition's image, DTB or initial RAM disk lies outside the plan.
     BlobOutOfBounds { partition: usize },
     /// A window's contents lie outside the plan, or are bigger than the window.
     WindowOutOfBounds { window: usize },
@@ -416,7 +453,7 @@ impl fmt::Display for PlanError {
             ),
             Self::TableOutOfBounds { table } => write!(f, "plan table '{table}' is out of bounds"),
             Self::BlobOutOfBounds { partition } => {
-                write!(f, "image or DTB of partition #{partition} is out of bounds")
+                write!(f, "image, DTB or initrd of partition #{partition} is out of bounds")
             }
             Self::WindowOutOfBounds { window } => {
                 write!(f, "contents of window #{window} are out of bounds or larger than the window")
@@ -576,7 +613,10 @@ impl<'a> Plan<'a> {
             if first as usize + count as usize > self.regions.len() {
                 return Err(PlanError::BadIndex { field: "regions", index });
             }
-            for blob in [partition.image, partition.dtb] {
+            if OnFault::from_code(partition.on_fault).is_none() {
+                return Err(bad_value("on-fault", index, partition.on_fault.into()));
+            }
+            for blob in [partition.image, partition.dtb, partition.initrd] {
                 if self.blob_bytes(&blob).is_none() {
                     return Err(PlanError::BlobOutOfBounds { partition: index });
                 }
@@ -640,7 +680,7 @@ impl<'a> Plan<'a> {
         (0..cpus.len()).filter(move |&cpu| cpus[cpu].owner() == Some(partition))
     }
 
-    /// The bytes of a partition's image or DTB, or of a window's contents.
+    /// The bytes of a partition's image, DTB or initial RAM disk, or of a window's contents.
     pub fn blob(&self, blob: &BlobRef) -> &'a [u8] {
         self.blob_bytes(blob).unwrap_or(&[])
     }

@@ -31,12 +31,15 @@ fn draft<'a>(name: &str, vmid: u16, boot_cpu: u32, base: u64, image: &'a [u8], d
         vmid,
         restart_limit: 0,
         boot_cpu,
+        on_fault: OnFault::Stop,
         memory: AddrRange::new(base, 0x400_0000),
         entry: Ipa(base + 0x8_0000),
         image,
         image_load: PhysAddr(base + 0x8_0000),
         dtb,
         dtb_load: PhysAddr(base + 0x20_0000),
+        initrd: &[],
+        initrd_load: PhysAddr(0),
         regions: vec![
             region(base, 0x400_0000, RegionKind::Ram),
             region(0x0900_0000, 0x1000, RegionKind::Device),
@@ -62,7 +65,12 @@ fn two_partitions() -> Vec<u8> {
         ],
         partitions: vec![
             draft("alpha", 1, 0, 0x4200_0000, &IMAGE, b"dtb-alpha"),
-            draft("beta", 2, 1, 0x4600_0000, &IMAGE, b"dtb-beta!"),
+            PartitionDraft {
+                on_fault: OnFault::Abort,
+                initrd: b"070701 beta's initrd",
+                initrd_load: PhysAddr(0x4640_0000),
+                ..draft("beta", 2, 1, 0x4600_0000, &IMAGE, b"dtb-beta!")
+            },
         ],
         spi_routes: vec![SpiRoute { intid: 33, cpu: 0, edge: 0, reserved: 0 }],
         doorbells: vec![
@@ -107,6 +115,10 @@ fn round_trip_keeps_every_record() {
     assert_eq!(plan.regions(beta)[1].kind(), RegionKind::Device);
     assert_eq!(plan.blob(&beta.dtb), b"dtb-beta!");
     assert_eq!(plan.blob(&beta.image), &[0xaa; 100]);
+    assert_eq!((plan.blob(&beta.initrd), beta.initrd.load), (&b"070701 beta's initrd"[..], PhysAddr(0x4640_0000)));
+    assert_eq!(beta.on_fault(), OnFault::Abort);
+    let alpha = &plan.partitions()[0];
+    assert_eq!((alpha.initrd.size, alpha.on_fault()), (0, OnFault::Stop));
     assert_eq!(plan.spi_routes()[0].intid, 33);
     assert_eq!(plan.doorbells()[1], DoorbellRecord { event: 1, intid: 8193, cpu: 0, sender: 1, receiver: 0, reserved: 0 });
     let [window] = plan.windows() else { panic!("one window") };
@@ -178,7 +190,7 @@ fn rejects_tables_and_blobs_out_of_bounds() {
         PlanError::TableOutOfBounds { table: "partitions" }
     );
     let first_partition = header + 3 * size_of::<CpuRecord>();
-    let image_offset = first_partition + 64;
+    let image_offset = first_partition + 72;
     assert_eq!(
         corrupt(|b| header_field(b, image_offset, &u64::MAX.to_le_bytes())),
         PlanError::BlobOutOfBounds { partition: 0 }
@@ -198,6 +210,11 @@ fn rejects_inconsistent_records() {
     assert_eq!(
         corrupt(|b| header_field(b, first_partition + 36, &1u32.to_le_bytes())),
         PlanError::BadIndex { field: "boot cpu", index: 0 }
+    );
+    // An on-fault policy this version does not define.
+    assert_eq!(
+        corrupt(|b| header_field(b, first_partition + 40, &2u32.to_le_bytes())),
+        PlanError::BadValue { field: "on-fault", index: 0, value: 2 }
     );
     // VMID 0 is the host's.
     assert_eq!(

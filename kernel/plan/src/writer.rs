@@ -2,25 +2,30 @@
 
 use crate::{
     AddrRange, BLOB_ALIGN, BlobRef, CpuRecord, DoorbellRecord, FORMAT_VERSION, Header, Ipa, MAGIC,
-    Name, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, WindowRecord, EmulatedLinkRecord,
+    Name, OnFault, PartitionRecord, PhysAddr, PlatformRecord, RegionRecord, SliceRef, SpiRoute, TableRef, WindowRecord, EmulatedLinkRecord,
 };
 use alloc::vec::Vec;
 use core::mem::size_of;
 use zerocopy::IntoBytes;
 
-/// A partition before layout: its records plus the bytes of its image and DTB.
+/// A partition before layout: its records plus the bytes of its image, DTB and initial RAM
+/// disk.
 #[derive(Clone, Debug)]
 pub struct PartitionDraft<'a> {
     pub name: Name,
     pub vmid: u16,
     pub restart_limit: u16,
     pub boot_cpu: u32,
+    pub on_fault: OnFault,
     pub memory: AddrRange,
     pub entry: Ipa,
     pub image: &'a [u8],
     pub image_load: PhysAddr,
     pub dtb: &'a [u8],
     pub dtb_load: PhysAddr,
+    /// Empty: no initial RAM disk.
+    pub initrd: &'a [u8],
+    pub initrd_load: PhysAddr,
     pub regions: Vec<RegionRecord>,
 }
 
@@ -82,6 +87,11 @@ impl<'a> PlanWriter<'a> {
                     size: draft.dtb.len() as u64,
                     load: draft.dtb_load,
                 };
+                let initrd = if draft.initrd.is_empty() {
+                    BlobRef::default()
+                } else {
+                    BlobRef { offset: blobs.add(draft.initrd), size: draft.initrd.len() as u64, load: draft.initrd_load }
+                };
                 let regions = SliceRef { first: first_region, count: draft.regions.len() as u32 };
                 first_region += draft.regions.len() as u32;
                 PartitionRecord {
@@ -89,10 +99,13 @@ impl<'a> PlanWriter<'a> {
                     vmid: draft.vmid,
                     restart_limit: draft.restart_limit,
                     boot_cpu: draft.boot_cpu,
+                    on_fault: draft.on_fault.code(),
+                    reserved: 0,
                     memory: draft.memory,
                     entry: draft.entry,
                     image,
                     dtb,
+                    initrd,
                     regions,
                 }
             })
