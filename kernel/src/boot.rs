@@ -71,6 +71,7 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     if let Err(error) = lpi::init(&plan, gic_id_bits) {
         refuse(&[alloc::format!("doorbells: {error}")]);
     }
+    crate::gic_emulation::init(&plan);
 
     if let Err(problem) = load_windows(&plan).and_then(|()| crate::emulated::init(&plan)) {
         refuse(&[problem]);
@@ -116,8 +117,8 @@ fn current_platform_cpu(plan: &Plan<'_>) -> Option<usize> {
 fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<Stage2Map, alloc::string::String> {
     let name = partition.name;
     let memory = partition.memory;
-    for (what, blob) in [("image", &partition.image), ("device tree", &partition.dtb)] {
-        if !memory.contains_span(blob.load.0, blob.size) {
+    for (what, blob) in [("image", &partition.image), ("device tree", &partition.dtb), ("initrd", &partition.initrd)] {
+        if blob.size != 0 && !memory.contains_span(blob.load.0, blob.size) {
             return Err(alloc::format!("the {what} of partition {name} does not fit its memory {memory}"));
         }
     }
@@ -159,8 +160,8 @@ fn load(plan: &Plan<'_>, index: usize, partition: &PartitionRecord) -> Result<St
     Ok(map)
 }
 
-/// Clears the RAM of `partition`, copies its image and DTB in and cleans it all to the point of
-/// coherency, for a CPU that starts with its MMU and caches off.
+/// Clears the RAM of `partition`, copies its image, DTB and initial RAM disk in and cleans it
+/// all to the point of coherency, for a CPU that starts with its MMU and caches off.
 ///
 /// # Safety
 ///
@@ -172,7 +173,7 @@ pub unsafe fn fill_memory(plan: &Plan<'_>, partition: &PartitionRecord) {
     // and that the blobs fit it.
     unsafe {
         core::ptr::write_bytes(base as *mut u8, 0, size);
-        for blob in [&partition.image, &partition.dtb] {
+        for blob in [&partition.image, &partition.dtb, &partition.initrd] {
             let bytes = plan.blob(blob);
             core::ptr::copy_nonoverlapping(bytes.as_ptr(), blob.load.0 as *mut u8, bytes.len());
         }

@@ -1,6 +1,7 @@
 //! What EL2 does when a partition's CPU exits to it: count the exit, then serve PSCI, the
-//! console and link hypercalls, the trapped GIC registers and emulated register blocks, or stop
-//! the partition on a fault. What a
+//! console and link hypercalls, the trapped GIC registers and emulated register blocks (the GIC
+//! distributor and redistributor pages, `mmio-trap` links), or, on any other stage-2 fault,
+//! stop the partition or give it an external abort, as its `on-fault` policy says. What a
 //! partition passes here is checked before use; at worst it stops itself.
 
 use crate::arch::el2::{self, gic_cpu_interface};
@@ -13,6 +14,7 @@ use trapless_kernel_core::fault::{Fault, StopReason, Syndrome};
 use trapless_kernel_core::gic_sysreg::{self, Access};
 use trapless_kernel_core::hypercall::{self, Hypercall};
 use trapless_kernel_core::psci::Decision;
+use trapless_plan::OnFault;
 
 /// `ESR_EL2.ISS`.
 const ISS_MASK: u64 = 0x1ff_ffff;
@@ -49,17 +51,32 @@ pub extern "C" fn handle_exit(frame: &mut GuestFrame, kind: u64) {
             None => stop_on_fault(partition, esr, frame.elr),
         },
         (ExceptionKind::Sync, ExitClass::DataAbort) => {
-            let emulated = el2::fault_ipa(esr).is_some_and(|ipa| crate::emulated::access(partition, ipa.0, esr & ISS_MASK, frame));
-            if !emulated {
-                stop_on_fault(partition, esr, frame.elr);
+            let iss = esr & ISS_MASK;
+            let emulated = el2::fault_ipa(esr).is_some_and(|ipa| {
+                crate::gic_emulation::access(partition, ipa.0, iss, frame) || crate::emulated::access(partition, ipa.0, iss, frame)
+            });
+            if emulated {
+                frame.elr += 4;
+            } else {
+                abort_or_stop(partition, esr, frame);
             }
-            frame.elr += 4;
         }
+        (ExceptionKind::Sync, ExitClass::InsnAbort) => abort_or_stop(partition, esr, frame),
         // With HCR_EL2.IMO/FMO clear no interrupt should come here; if one does, it is not the
         // partition's fault: resume it.
         (ExceptionKind::Irq | ExceptionKind::Fiq, _) => {}
         _ => stop_on_fault(partition, esr, frame.elr),
     }
+}
+
+/// A stage-2 fault EL2 does not emulate: by the partition's `on-fault` policy, an external
+/// abort it takes at its own vectors, or a stop.
+fn abort_or_stop(partition: usize, esr: u64, frame: &mut GuestFrame) {
+    let policy = state::kernel().plan.partitions()[partition].on_fault();
+    if policy == OnFault::Abort && crate::gic_emulation::inject_abort(partition, esr, frame).is_ok() {
+        return;
+    }
+    stop_on_fault(partition, esr, frame.elr)
 }
 
 /// Stops `partition` with a report of the exit it took at `pc`.
@@ -111,6 +128,7 @@ fn hypercall_result(partition: usize, function: u32, args: [u64; 2]) -> i64 {
 /// CPUs; the other registers are accessed on its behalf.
 fn serve_gic_register(frame: &mut GuestFrame, cpu: usize, partition: usize, access: Access) {
     let Access { register, read, rt } = access;
+    crate::gic_emulation::count_cpu_interface(partition, register.is_sgi() && !read);
     if read {
         if rt < 31 {
             frame.x[rt] = gic_cpu_interface::read(register);

@@ -16,6 +16,7 @@ mod console;
 mod emulated;
 mod exit;
 mod firmware_dt;
+mod gic_emulation;
 mod heap;
 mod state;
 

@@ -248,6 +248,7 @@ fn restart_partition(partition: usize, cpu: usize, reason: StopReason) -> ! {
     // SAFETY: the boot CPU checked this partition's RAM and blobs when it first loaded it, and
     // every CPU of the partition is parked.
     unsafe { crate::boot::fill_memory(&kernel.plan, record) };
+    crate::gic_emulation::reset(partition);
     let restored = kernel.stage2[partition].lock().0.restore(kernel.plan.regions(record));
     if let Err(error) = restored {
         println!("trapless: partition {name} cannot restart: stage 2: {error}");
@@ -359,6 +360,7 @@ fn power_off() -> ! {
         println!("{}", ExitSummary { partition: name, counts: EXITS[index].snapshot() });
     }
     crate::emulated::report();
+    crate::gic_emulation::report();
     println!("trapless: every partition has stopped; powering off");
     firmware::system_off();
     arch::halt()

@@ -5,6 +5,8 @@ use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 use trapless_arm64::mmu::SCTLR_EL1_RES1;
+use super::vectors::GuestFrame;
+use trapless_kernel_core::abort::{self, Faulted, Refusal};
 use trapless_kernel_core::fault::{IpaSource, ipa_from_hpfar, needs_ipa_lookup};
 use trapless_plan::Ipa;
 
@@ -158,6 +160,29 @@ fn translate_stage1(va: u64) -> Option<Ipa> {
     }
     // PAR_EL1.F (bit 0) set means the translation failed; else PA bits 47:12.
     (par & 1 == 0).then_some(Ipa((par & 0xffff_ffff_f000) | (va & 0xfff)))
+}
+
+/// Delivers a synchronous external abort to the partition on this CPU instead of the stage-2
+/// fault (syndrome `esr`) it just took at `frame.elr`: fills its EL1 exception registers and
+/// makes `frame` resume at its vector (see `trapless_kernel_core::abort`).
+pub fn inject_external_abort(esr: u64, frame: &mut GuestFrame) -> Result<(), Refusal> {
+    let faulted = Faulted {
+        esr,
+        pc: frame.elr,
+        pstate: frame.spsr,
+        sctlr_el1: SCTLR_EL1.get(),
+        vbar_el1: VBAR_EL1.get(),
+        // FEAT_MTE2 and later: an exception sets PSTATE.TCO.
+        mte: (ID_AA64PFR1_EL1.get() >> 8) & 0xf >= 2,
+    };
+    let injection = abort::synchronous_external_abort(&faulted)?;
+    ESR_EL1.set(injection.esr_el1);
+    FAR_EL1.set(FAR_EL2.get());
+    ELR_EL1.set(injection.elr_el1);
+    SPSR_EL1.set(injection.spsr_el1);
+    frame.elr = injection.pc;
+    frame.spsr = injection.pstate;
+    Ok(())
 }
 
 /// This CPU's platform index, as [`configure_cpu`] recorded it.

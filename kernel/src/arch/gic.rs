@@ -186,3 +186,57 @@ pub fn raise_spi(intid: u32) {
     // routes to the driver (`Plan::parse` checked it is one).
     unsafe { (register as *mut u32).write_volatile(1 << (intid % 32)) };
 }
+
+/// A GIC register frame (or page) that EL2 reaches at its physical address, as the register
+/// models in `trapless_kernel_core` drive it. Accesses outside the frame, or of a width other
+/// than 1, 4 or 8 bytes, read as 0 and write nothing.
+pub struct FrameBus {
+    base: u64,
+    size: usize,
+}
+
+impl FrameBus {
+    /// The frame of `size` bytes at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `[base, base + size)` must be GIC registers that EL2 maps as Device memory, and every
+    /// 1-, 4- or 8-byte register in it must be one that EL2 may read and write on a
+    /// partition's behalf as the model that uses this decides.
+    pub unsafe fn new(base: u64, size: usize) -> Self {
+        Self { base, size }
+    }
+
+    fn address(&self, offset: usize, size: usize) -> Option<u64> {
+        (matches!(size, 1 | 4 | 8) && offset.is_multiple_of(size) && offset + size <= self.size).then(|| self.base + offset as u64)
+    }
+}
+
+impl trapless_kernel_core::gic_distributor::Bus for FrameBus {
+    fn read(&mut self, offset: usize, size: usize) -> u64 {
+        let Some(address) = self.address(offset, size) else { return 0 };
+        // SAFETY: an aligned register inside the frame the creator vouched for.
+        unsafe {
+            match size {
+                1 => u64::from((address as *const u8).read_volatile()),
+                4 => u64::from((address as *const u32).read_volatile()),
+                _ => (address as *const u64).read_volatile(),
+            }
+        }
+    }
+
+    fn write(&mut self, offset: usize, size: usize, value: u64) {
+        let Some(address) = self.address(offset, size) else { return };
+        // SAFETY: as for `read`; the model decided this write concerns the partition alone.
+        unsafe {
+            match size {
+                1 => (address as *mut u8).write_volatile(value as u8),
+                4 => (address as *mut u32).write_volatile(value as u32),
+                _ => (address as *mut u64).write_volatile(value),
+            }
+        }
+        // The partition resumes with the write done.
+        aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::SY);
+    }
+}
+
