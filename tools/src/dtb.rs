@@ -75,6 +75,10 @@ fn write(
         fdt.property_string("bootargs", &partition.bootargs)?;
     }
     fdt.property_string("stdout-path", &stdout_path(platform, partition))?;
+    if let Some(initrd) = partition.initrd_range() {
+        fdt.property_u64("linux,initrd-start", initrd.base.0)?;
+        fdt.property_u64("linux,initrd-end", initrd.end())?;
+    }
     fdt.end_node(chosen)?;
 
     let hypervisor = fdt.begin_node(dt::HYPERVISOR_PATH.trim_start_matches('/'))?;
@@ -176,8 +180,11 @@ fn write_cpus(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPla
     fdt.end_node(cpus)
 }
 
-/// The GICv3 node: the distributor's address (the binding requires it; the partition cannot
-/// reach it) and one redistributor region per run of consecutive CPUs the partition owns.
+/// The GICv3 node: the distributor's address (EL2 emulates it for the partition) and one
+/// redistributor region per run of consecutive CPUs the partition owns. Where the frames of two
+/// CPUs are not two 64 KiB frames apart (a GICv4's are four), `redistributor-stride` says so:
+/// the partition's `GICR_TYPER` shows no virtual-LPI support, from which a driver would
+/// otherwise infer two.
 fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan) -> FdtWriterResult<()> {
     let gic = &platform.gic;
     let mut cpus = partition.cpus.clone();
@@ -198,6 +205,9 @@ fn write_gic(fdt: &mut FdtWriter, platform: &Platform, partition: &PartitionPlan
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_null("ranges")?;
     fdt.property_u32("#redistributor-regions", regions.len() as u32)?;
+    if gic.redistributor_stride != 2 * crate::platform::REDISTRIBUTOR_FRAME {
+        fdt.property_u64("redistributor-stride", gic.redistributor_stride)?;
+    }
     let mut ranges = vec![gic.distributor];
     ranges.extend(regions);
     fdt.property_array_u64("reg", &reg(&ranges))?;

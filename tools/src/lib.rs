@@ -12,6 +12,7 @@ pub mod dtb;
 pub mod fuzz;
 pub mod image;
 pub mod link;
+pub mod linux;
 pub mod pack;
 pub mod planner;
 pub mod platform;
@@ -86,6 +87,16 @@ impl<'a> Target<'a> {
 pub fn plan_system(target: Target<'_>) -> Result<SystemPlan, Error> {
     let root = root();
     let system: System = system::load(target.system, &root, target.platform)?;
+    let provided = |path: &Path| linux::provides(&root, path);
+    let needs_linux = system.partitions.iter().any(|partition| {
+        matches!(&partition.image, ImageRef::File(path) if provided(path)) || partition.initrd.as_deref().is_some_and(provided)
+    });
+    if needs_linux {
+        let linux = linux::provide(&root)?;
+        if linux.fetched {
+            eprintln!("xtask: fetched into {}: {}", linux::dir(&root).display(), linux.versions.replace('\n', ", "));
+        }
+    }
     let mut guests: Vec<String> = system
         .partitions
         .iter()

@@ -146,6 +146,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Check { file, platform } => {
             let plan = plan_system(Target { system: &file, platform: platform.as_deref() })?;
             println!("{}: system '{}' on platform '{}' is valid", file.display(), plan.name, plan.platform.name);
+            println!("  {:<12} {} ({})", "kernel", plan.platform.kernel, describe(plan.platform.kernel.size));
             for partition in &plan.partitions {
                 let devices: Vec<&str> =
                     partition.devices.iter().map(|&device| plan.platform.devices[device].name.as_str()).collect();
@@ -153,8 +154,16 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     0 => String::new(),
                     limit => format!(", restarts up to {limit} times"),
                 };
+                let initrd = match partition.initrd_range() {
+                    Some(initrd) => format!(", initrd {} at {:#x}", describe(initrd.size.next_multiple_of(1024)), initrd.base.0),
+                    None => String::new(),
+                };
+                let on_fault = match partition.on_fault {
+                    trapless_tools::system::OnFault::Stop => "",
+                    trapless_tools::system::OnFault::Abort => ", faults become aborts",
+                };
                 println!(
-                    "  {:<12} CPUs {:?}, memory {} ({}), image {} at {:#x}, device tree at {:#x}, devices [{}]{on_stop}",
+                    "  {:<12} CPUs {:?}, memory {} ({}), image {} at {:#x}{initrd}, device tree at {:#x}, devices [{}]{on_stop}{on_fault}",
                     partition.name,
                     partition.cpus,
                     partition.memory,

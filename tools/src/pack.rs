@@ -64,12 +64,15 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
             vmid: partition.vmid,
             restart_limit: partition.restart_limit,
             boot_cpu: partition.cpus[0] as u32,
+            on_fault: partition.on_fault.plan(),
             memory: partition.memory,
             entry: Ipa(partition.entry),
             image: &partition.image.bytes,
             image_load: PhysAddr(partition.image_load),
             dtb: &partition.dtb,
             dtb_load: PhysAddr(partition.dtb_load),
+            initrd: &partition.initrd,
+            initrd_load: PhysAddr(partition.initrd_load),
             regions: partition
                 .stage2
                 .iter()

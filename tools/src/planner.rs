@@ -10,7 +10,7 @@ use crate::image::{GuestImage, Placement};
 use crate::link::{self, Emulated, LinkPlan, Transport};
 use crate::platform::Platform;
 use crate::size::describe;
-use crate::system::{MEMORY_ALIGN, System};
+use crate::system::{MEMORY_ALIGN, OnFault, System};
 use std::collections::BTreeMap;
 use trapless_arm64::blockmap::{IdentityMap, Regime};
 use trapless_arm64::image::BASE_ALIGN;
@@ -39,12 +39,70 @@ pub struct PartitionPlan {
     pub bootargs: String,
     /// Restarts after a fault or `SYSTEM_RESET` (0: it halts).
     pub restart_limit: u16,
+    pub on_fault: OnFault,
     pub image: GuestImage,
     pub image_load: u64,
     pub entry: u64,
+    /// Its initial RAM disk (empty: none), at the next 2 MiB boundary after the image.
+    pub initrd: Vec<u8>,
+    pub initrd_load: u64,
     pub dtb: Vec<u8>,
     pub dtb_load: u64,
     pub stage2: Vec<Stage2Region>,
+}
+
+impl PartitionPlan {
+    /// Where its initial RAM disk is, if it has one.
+    pub fn initrd_range(&self) -> Option<AddrRange> {
+        (!self.initrd.is_empty()).then(|| AddrRange::new(self.initrd_load, self.initrd.len() as u64))
+    }
+}
+
+/// What a partition boots: its image and, if it has one, its initial RAM disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootFiles {
+    pub image: GuestImage,
+    /// Empty: none.
+    pub initrd: Vec<u8>,
+}
+
+impl From<GuestImage> for BootFiles {
+    fn from(image: GuestImage) -> Self {
+        Self { image, initrd: Vec::new() }
+    }
+}
+
+/// Room the kernel region keeps for the kernel itself beside the guest payload (the images,
+/// initial RAM disks and device trees the plan carries): the 2 MiB below the Image's load
+/// address, the kernel with its stacks and tables, and its heap. A platform's region that
+/// leaves less than this beside the payload grows (see [`kernel_region`]).
+pub const KERNEL_ROOM: u64 = 16 << 20;
+
+/// Bytes the plan's blobs take at most besides the images and RAM disks: a device tree, a
+/// window's first bytes, and the tables, with room to spare.
+const BLOB_ALLOWANCE: u64 = 64 << 10;
+
+/// The kernel region a system needs: the platform's, or, when the guest payload (each distinct
+/// image and RAM disk stored once, device trees and tables) does not leave [`KERNEL_ROOM`] in
+/// it, one that starts at the same place and holds the payload plus [`KERNEL_ROOM`], in whole
+/// 2 MiB blocks. The packer checks the result against the kernel it packs.
+pub fn kernel_region(platform: &Platform, files: &[BootFiles], windows: usize) -> AddrRange {
+    let mut blobs: Vec<&[u8]> = Vec::new();
+    for file in files {
+        for blob in [file.image.bytes.as_slice(), file.initrd.as_slice()] {
+            if !blob.is_empty() && !blobs.contains(&blob) {
+                blobs.push(blob);
+            }
+        }
+    }
+    let payload = blobs.iter().map(|blob| (blob.len() as u64).next_multiple_of(16)).sum::<u64>()
+        + (files.len() + windows + 1) as u64 * BLOB_ALLOWANCE;
+    let kernel = platform.kernel;
+    if payload + KERNEL_ROOM <= kernel.size {
+        kernel
+    } else {
+        AddrRange::new(kernel.base.0, (payload + KERNEL_ROOM).next_multiple_of(MEMORY_ALIGN))
+    }
 }
 
 /// A whole system, placed.
@@ -92,12 +150,18 @@ pub fn place_memory(
     Ok(placed)
 }
 
+/// Bytes at the start of each redistributor's RD frame that EL2 emulates (left out of every
+/// stage-2 map).
+pub const RD_EMULATED_PAGE: u64 = 0x1000;
+
 /// The stage-2 map of a partition: its RAM, its devices, and its CPUs' redistributors: the SGI
-/// frame read/write (SGI and PPI configuration), the RD frame read-only (it holds the LPI table
-/// registers: a partition that could point them elsewhere would have the GIC read and write
+/// frame read/write (SGI and PPI configuration), the RD frame read-only past its first page
+/// (the first page holds the LPI table registers and `GICR_WAKER`/`GICR_CTLR`: EL2 emulates it,
+/// since a partition that could point the tables elsewhere would have the GIC read and write
 /// memory for it, past stage 2). If it rings doorbells, the one page of the ITS that holds
 /// `GITS_TRANSLATER`. The `windows` of its links (link name, window), never executable.
-/// Nothing else: no GIC distributor, no ITS control frame, no other partition's memory.
+/// Nothing else: no GIC distributor (EL2 emulates it), no ITS control frame, no other
+/// partition's memory.
 pub fn stage2_map(
     platform: &Platform,
     memory: AddrRange,
@@ -115,9 +179,10 @@ pub fn stage2_map(
         regions.push(Stage2Region { what: format!("device {}", device.name), range: device.reg, kind: RegionKind::Device });
     }
     for &cpu in cpus {
+        let rd = platform.gic.rd_frame(cpu);
         regions.push(Stage2Region {
-            what: format!("redistributor RD frame of CPU {cpu}"),
-            range: platform.gic.rd_frame(cpu),
+            what: format!("redistributor RD frame of CPU {cpu} past its first page"),
+            range: AddrRange::new(rd.base.0 + RD_EMULATED_PAGE, rd.size - RD_EMULATED_PAGE),
             kind: RegionKind::DeviceReadOnly,
         });
         regions.push(Stage2Region {
@@ -154,9 +219,16 @@ fn image_layout(image: &GuestImage, memory: AddrRange) -> Result<(u64, u64, u64)
     }
 }
 
-/// Plans `system`, given each partition's loaded image (by partition index).
-pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diagnostics> {
-    let platform = &system.platform;
+/// Plans `system`, given each partition's loaded image and initial RAM disk (by partition
+/// index).
+pub fn plan<F: Into<BootFiles>>(system: &System, files: Vec<F>) -> Result<SystemPlan, Diagnostics> {
+    let files: Vec<BootFiles> = files.into_iter().map(Into::into).collect();
+    let mut platform = system.platform.clone();
+    platform.kernel = kernel_region(&system.platform, &files, system.links.len());
+    let platform = &platform;
+    if platform.kernel != system.platform.kernel {
+        check_grown_kernel(system, platform.kernel)?;
+    }
     // A window takes whole 2 MiB blocks, so that no partition or other window shares one with
     // it (both sides map it with 2 MiB blocks). Fixed windows are placed first: partitions
     // without a base must stay clear of them.
@@ -176,12 +248,13 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         system.error(
             index,
             format!(
-                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}{others}{windows}",
+                "not enough free RAM for partition '{}' ({}): platform '{}' has {} of RAM, the kernel takes {}{}{others}{windows}",
                 partition.name,
                 describe(partition.memory.size),
                 platform.name,
                 describe(platform.ram.size),
-                describe(platform.kernel.size)
+                describe(platform.kernel.size),
+                grown(&system.platform, platform),
             ),
         )
     })?;
@@ -193,12 +266,13 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             path: system.path.clone(),
             line: Some(link.line),
             message: format!(
-                "not enough free RAM for the window of link '{}' ({}; windows take whole 2 MiB blocks): platform '{}' has {} of RAM, the kernel takes {}, partitions {}{others}",
+                "not enough free RAM for the window of link '{}' ({}; windows take whole 2 MiB blocks): platform '{}' has {} of RAM, the kernel takes {}{}, partitions {}{others}",
                 link.name,
                 describe(link.window.size),
                 platform.name,
                 describe(platform.ram.size),
                 describe(platform.kernel.size),
+                grown(&system.platform, platform),
                 describe(memories.iter().map(|memory| memory.size).sum())
             ),
         }
@@ -239,7 +313,8 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
 
     let mut problems = Vec::new();
     let mut partitions = Vec::new();
-    for (index, ((partition, memory), image)) in system.partitions.iter().zip(memories).zip(images).enumerate() {
+    for (index, ((partition, memory), files)) in system.partitions.iter().zip(memories).zip(files).enumerate() {
+        let BootFiles { image, initrd } = files;
         let (image_load, entry, image_end) = match image_layout(&image, memory) {
             Ok(layout) => layout,
             Err(problem) => {
@@ -255,11 +330,14 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
             devices: partition.devices.clone(),
             bootargs: partition.bootargs.clone(),
             restart_limit: partition.restart_limit,
+            on_fault: partition.on_fault,
             image,
             image_load,
             entry,
+            initrd_load: image_end.next_multiple_of(BASE_ALIGN),
+            dtb_load: (image_end.next_multiple_of(BASE_ALIGN) + initrd.len() as u64).next_multiple_of(BASE_ALIGN),
+            initrd,
             dtb: Vec::new(),
-            dtb_load: image_end.next_multiple_of(BASE_ALIGN),
             stage2: stage2_map(
                 platform,
                 memory,
@@ -279,10 +357,14 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         }
         let needed = plan.dtb_load + plan.dtb.len() as u64 - memory.base.0;
         if needed > memory.size {
+            let initrd = match plan.initrd.len() {
+                0 => String::new(),
+                size => format!(", initrd ({size:#x} bytes at the next 2 MiB boundary)"),
+            };
             problems.push(system.error(
                 index,
                 format!(
-                    "partition '{}' needs {:#x} bytes for its image ({:#x} bytes in memory) and device tree ({:#x} bytes at the next 2 MiB boundary), more than its memory ({})",
+                    "partition '{}' needs {:#x} bytes for its image ({:#x} bytes in memory){initrd} and device tree ({:#x} bytes at the next 2 MiB boundary), more than its memory ({})",
                     partition.name,
                     needed,
                     plan.image.footprint,
@@ -297,6 +379,46 @@ pub fn plan(system: &System, images: Vec<GuestImage>) -> Result<SystemPlan, Diag
         return Err(Diagnostics(problems));
     }
     Ok(SystemPlan { name: system.name(), platform: platform.clone(), partitions, doorbells, links })
+}
+
+/// `", grown to fit the guest images"` when the kernel region `used` is bigger than the
+/// `platform`'s, else nothing.
+fn grown(platform: &Platform, used: &Platform) -> String {
+    if used.kernel == platform.kernel {
+        String::new()
+    } else {
+        format!(" (its region {} grown from {} to hold the guest images)", used.kernel, describe(platform.kernel.size))
+    }
+}
+
+/// Checks that the kernel region, grown to `kernel` to hold the guest payload, meets no
+/// partition or window placed at a fixed base.
+fn check_grown_kernel(system: &System, kernel: AddrRange) -> Result<(), Diagnostics> {
+    let describe_growth =
+        || format!("the kernel region {kernel}, grown from {} to hold the guest images", describe(system.platform.kernel.size));
+    let mut problems = Vec::new();
+    for (index, partition) in system.partitions.iter().enumerate() {
+        let Some(base) = partition.memory.base else { continue };
+        let range = AddrRange::new(base, partition.memory.size);
+        if range.overlaps(&kernel) {
+            problems.push(system.error(
+                index,
+                format!("memory of partition '{}' {range} overlaps {}: place it higher", partition.name, describe_growth()),
+            ));
+        }
+    }
+    for link in &system.links {
+        let Some(base) = link.window.base else { continue };
+        let range = AddrRange::new(base, link.window.size);
+        if range.overlaps(&kernel) {
+            problems.push(Diagnostic {
+                path: system.path.clone(),
+                line: Some(link.line),
+                message: format!("the window of link '{}' {range} overlaps {}: place it higher", link.name, describe_growth()),
+            });
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(Diagnostics(problems)) }
 }
 
 /// Gives each `mmio-trap` link of `system`, in the order they are listed, the next register
@@ -363,11 +485,12 @@ fn taken_before(requests: &[(u64, Option<u64>)], index: usize) -> u64 {
         .sum()
 }
 
-/// Loads every partition's image, building guest crates through `guest_path`.
+/// Loads every partition's image (building guest crates through `guest_path`) and initial RAM
+/// disk.
 pub fn load_images(
     system: &System,
     guest_paths: &BTreeMap<String, std::path::PathBuf>,
-) -> Result<Vec<GuestImage>, Diagnostics> {
+) -> Result<Vec<BootFiles>, Diagnostics> {
     let mut images = Vec::new();
     let mut problems = Vec::new();
     for (index, partition) in system.partitions.iter().enumerate() {
@@ -378,9 +501,14 @@ pub fn load_images(
         let loaded = path
             .map_err(|guest| format!("guest '{guest}' was not built"))
             .and_then(|path| crate::image::load(&path));
-        match loaded {
-            Ok(image) => images.push(image),
-            Err(problem) => problems.push(system.error(index, format!("image of partition '{}': {problem}", partition.name))),
+        let initrd = match &partition.initrd {
+            None => Ok(Vec::new()),
+            Some(path) => std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display())),
+        };
+        match (loaded, initrd) {
+            (Ok(image), Ok(initrd)) => images.push(BootFiles { image, initrd }),
+            (Err(problem), _) => problems.push(system.error(index, format!("image of partition '{}': {problem}", partition.name))),
+            (_, Err(problem)) => problems.push(system.error(index, format!("initrd of partition '{}': {problem}", partition.name))),
         }
     }
     if problems.is_empty() { Ok(images) } else { Err(Diagnostics(problems)) }
@@ -397,7 +525,7 @@ mod tests {
     use super::*;
     use crate::link::{Link, LinkQueue, Role};
     use crate::platform;
-    use crate::system::{ImageRef, MemoryToml, Partition};
+    use crate::system::{ImageRef, MemoryToml, OnFault, Partition};
     use trapless_plan::{EmulatedLinkRecord, Ipa, Name, Plan, SpiRoute};
     use trapless_virtio::binding::{EVENT_IDX, Kind, VERSION_1};
     use zerocopy::IntoBytes;
@@ -418,6 +546,8 @@ mod tests {
             devices: Vec::new(),
             bootargs: String::new(),
             restart_limit: 0,
+            initrd: None,
+            on_fault: OnFault::Stop,
         }
     }
 
@@ -679,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn stage2_holds_ram_devices_and_own_redistributors_only_with_rd_frames_read_only() {
+    fn stage2_holds_ram_devices_and_own_redistributors_only_with_rd_frames_read_only_past_their_first_page() {
         let platform = qemu_virt();
         let uart = platform.device("uart0").unwrap();
         let memory = AddrRange::new(0x4200_0000, 64 * MIB);
@@ -689,16 +819,18 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (0x080c_0000, 0x1_0000, RegionKind::DeviceReadOnly),
+                (0x080c_1000, 0xf000, RegionKind::DeviceReadOnly),
                 (0x080d_0000, 0x1_0000, RegionKind::Device),
-                (0x080e_0000, 0x1_0000, RegionKind::DeviceReadOnly),
+                (0x080e_1000, 0xf000, RegionKind::DeviceReadOnly),
                 (0x080f_0000, 0x1_0000, RegionKind::Device),
                 (0x0900_0000, 0x1000, RegionKind::Device),
                 (0x4200_0000, 64 * MIB, RegionKind::Ram),
             ]
         );
         let cpu0 = AddrRange::new(platform.gic.redistributors.base.0, platform.gic.redistributor_stride);
-        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap().range, cpu0] {
+        // The first page of each own RD frame, which EL2 emulates, is never mapped.
+        let pages = [1, 2].map(|cpu| AddrRange::new(platform.gic.rd_frame(cpu).base.0, RD_EMULATED_PAGE));
+        for forbidden in [platform.gic.distributor, platform.gic.its.unwrap().range, cpu0, pages[0], pages[1]] {
             assert!(regions.iter().all(|region| !region.range.overlaps(&forbidden)), "{forbidden} is mapped");
         }
     }
@@ -724,5 +856,87 @@ mod tests {
         assert_eq!(image_layout(&fixed, memory), Ok((0x4300_0000, 0x4300_0040, 0x4320_1000)));
         let outside = GuestImage { placement: Placement::Fixed { load: 0x1000, entry: 0x1000 }, ..fixed };
         assert!(image_layout(&outside, memory).is_err());
+    }
+
+    /// An arm64 Image of `size` bytes (footprint the same), and an initrd of `initrd` bytes.
+    fn big_files(size: usize, initrd: usize) -> BootFiles {
+        let mut bytes = vec![0; size];
+        bytes[0] = 1;
+        let image = GuestImage { bytes, placement: Placement::Image { text_offset: 0 }, footprint: size as u64 };
+        BootFiles { image, initrd: vec![7; initrd] }
+    }
+
+    fn system_of(partitions: Vec<Partition>) -> System {
+        System { path: "test.toml".into(), platform: qemu_virt(), partitions, doorbells: Vec::new(), links: Vec::new() }
+    }
+
+    #[test]
+    fn an_initrd_goes_after_the_image_and_the_device_tree_after_it_and_names_it() {
+        let system = system_of(vec![partition("linux", &[0, 1], 256 * MIB)]);
+        let planned = plan(&system, vec![big_files(0x20_1000, 0x1c_0000)]).unwrap();
+        let linux = &planned.partitions[0];
+        // The payload leaves 16 MiB of the platform's region: it stays 32 MiB.
+        assert_eq!(planned.platform.kernel, AddrRange::new(0x4000_0000, 32 * MIB));
+        assert_eq!(linux.memory.base.0, 0x4200_0000);
+        assert_eq!(linux.initrd_range(), Some(AddrRange::new(0x4240_0000, 0x1c_0000)));
+        assert_eq!(linux.dtb_load, 0x4260_0000);
+        let tree = fdt::Fdt::new(&linux.dtb).unwrap();
+        let chosen = tree.find_node("/chosen").unwrap();
+        let cell = |name: &str| chosen.property(name).and_then(|property| property.as_usize());
+        assert_eq!((cell("linux,initrd-start"), cell("linux,initrd-end")), (Some(0x4240_0000), Some(0x425c_0000)));
+        // Without one, /chosen says nothing of it and the tree goes right after the image.
+        let plain = plan_of(vec![partition("bare", &[0], 16 * MIB)], Vec::new(), Vec::new()).unwrap();
+        assert_eq!(plain.partitions[0].initrd_range(), None);
+        let tree = fdt::Fdt::new(&plain.partitions[0].dtb).unwrap();
+        assert!(tree.find_node("/chosen").unwrap().property("linux,initrd-start").is_none());
+    }
+
+    #[test]
+    fn the_kernel_region_grows_to_hold_a_large_image_and_partitions_move_past_it() {
+        // A 31 MiB Image and a 2 MiB initrd, as Debian's kernel and a busybox initramfs.
+        let system = system_of(vec![partition("linux", &[0, 1], 256 * MIB), partition("bare", &[2], 16 * MIB)]);
+        let files = vec![big_files(31 * MIB as usize, 2 * MIB as usize), big_files(4096, 0)];
+        let planned = plan(&system, files).unwrap();
+        // 33 MiB of payload, two trees and tables, plus 16 MiB, in 2 MiB blocks.
+        assert_eq!(planned.platform.kernel, AddrRange::new(0x4000_0000, 50 * MIB));
+        assert_eq!(planned.partitions[0].memory, AddrRange::new(0x4320_0000, 256 * MIB));
+        assert_eq!(planned.partitions[1].memory.base.0, 0x5320_0000);
+        // Identical images count once.
+        let same = vec![big_files(20 * MIB as usize, 0), big_files(20 * MIB as usize, 0)];
+        let system = system_of(vec![partition("a", &[0], 64 * MIB), partition("b", &[1], 64 * MIB)]);
+        assert_eq!(plan(&system, same).unwrap().platform.kernel.size, 38 * MIB);
+    }
+
+    #[test]
+    fn a_grown_kernel_region_names_what_it_meets_and_ram_that_is_too_small_names_the_sizes() {
+        let mut fixed = partition("fixed", &[1], 16 * MIB);
+        fixed.memory.base = Some(0x4200_0000);
+        let system = system_of(vec![partition("linux", &[0], 64 * MIB), fixed]);
+        let Err(Diagnostics(problems)) = plan(&system, vec![big_files(31 * MIB as usize, 0), big_files(4096, 0)]) else {
+            panic!("the grown region meets the fixed partition")
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].message,
+            "memory of partition 'fixed' [0x4200_0000..0x4300_0000) overlaps the kernel region [0x4000_0000..0x4300_0000), grown from 32 MiB to hold the guest images: place it higher"
+        );
+        let system = system_of(vec![partition("linux", &[0], 980 * MIB)]);
+        let Err(Diagnostics(problems)) = plan(&system, vec![big_files(31 * MIB as usize, 0)]) else { panic!("no room") };
+        assert_eq!(
+            problems[0].message,
+            "not enough free RAM for partition 'linux' (980 MiB): platform 'qemu-virt' has 1 GiB of RAM, the kernel takes 48 MiB (its region [0x4000_0000..0x4300_0000) grown from 32 MiB to hold the guest images)"
+        );
+    }
+
+    #[test]
+    fn a_partition_too_small_for_its_image_initrd_and_tree_says_each_size() {
+        let system = system_of(vec![partition("linux", &[0], 8 * MIB)]);
+        let Err(Diagnostics(problems)) = plan(&system, vec![big_files(0x30_0000, 0x40_0000)]) else { panic!("8 MiB is too small") };
+        assert!(
+            problems[0].message.starts_with("partition 'linux' needs 0x80"),
+            "{}",
+            problems[0].message
+        );
+        assert!(problems[0].message.contains("for its image (0x300000 bytes in memory), initrd (0x400000 bytes at the next 2 MiB boundary) and device tree ("), "{}", problems[0].message);
     }
 }

@@ -41,9 +41,12 @@ struct PartitionToml {
     image: Spanned<String>,
     #[serde(default)]
     devices: Vec<Spanned<String>>,
+    initrd: Option<Spanned<String>>,
     bootargs: Option<Spanned<String>>,
     #[serde(default)]
     on_stop: OnStop,
+    #[serde(default)]
+    on_fault: OnFault,
     restart_limit: Option<Spanned<i64>>,
 }
 
@@ -57,6 +60,28 @@ pub enum OnStop {
     Halt,
     /// It is loaded afresh and started again, at most `restart-limit` times.
     Restart,
+}
+
+/// What a stage-2 fault outside the partition's map (one EL2 does not emulate) does to it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFault {
+    /// EL2 stops the partition, with a report (then `on-stop` applies).
+    #[default]
+    Stop,
+    /// EL2 reports it and injects a synchronous external abort into the partition at EL1, so a
+    /// guest that probes, or a driver that touches a missing device, can handle it.
+    Abort,
+}
+
+impl OnFault {
+    /// The plan's policy.
+    pub fn plan(self) -> trapless_plan::OnFault {
+        match self {
+            Self::Stop => trapless_plan::OnFault::Stop,
+            Self::Abort => trapless_plan::OnFault::Abort,
+        }
+    }
 }
 
 /// How many times a partition with `on-stop = "restart"` restarts unless it says otherwise.
@@ -137,11 +162,15 @@ pub struct Partition {
     pub cpus: Vec<usize>,
     pub memory: MemoryToml,
     pub image: ImageRef,
+    /// Its initial RAM disk, a file loaded into its RAM and named in its device tree's
+    /// `/chosen`.
+    pub initrd: Option<PathBuf>,
     /// Platform device indexes.
     pub devices: Vec<usize>,
     pub bootargs: String,
     /// How many times EL2 restarts it after a fault or `SYSTEM_RESET` (0: `on-stop = "halt"`).
     pub restart_limit: u16,
+    pub on_fault: OnFault,
 }
 
 /// A checked system.
@@ -359,7 +388,7 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         let exists = match &image {
             // A guest is a binary crate: the runtime and the ABI crate beside it are not.
             ImageRef::Guest(guest) => root.join("partitions").join(guest).join("src/main.rs").is_file(),
-            ImageRef::File(path) => path.is_file(),
+            ImageRef::File(path) => path.is_file() || crate::linux::provides(root, path),
         };
         if !exists {
             problems.push(at(
@@ -367,6 +396,17 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
                 format!("image '{image_text}' of partition '{name}' is neither a guest under partitions/ nor a file"),
             ));
         }
+
+        let initrd = partition.initrd.as_ref().map(|initrd| {
+            let path = base.join(initrd.get_ref());
+            if !path.is_file() && !crate::linux::provides(root, &path) {
+                problems.push(at(
+                    &initrd.span(),
+                    format!("initrd '{}' of partition '{name}' is not a file ({} does not exist)", initrd.get_ref(), path.display()),
+                ));
+            }
+            path
+        });
 
         let bootargs = partition.bootargs.as_ref().map_or(String::new(), |bootargs| bootargs.get_ref().clone());
         if let Some(spanned_bootargs) = &partition.bootargs
@@ -406,9 +446,11 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
             cpus,
             memory,
             image,
+            initrd,
             devices,
             bootargs,
             restart_limit,
+            on_fault: partition.on_fault,
         });
     }
 

@@ -13,7 +13,7 @@ use trapless_plan::{AddrRange, MAX_CPUS, MPIDR_AFFINITY_MASK};
 use trapless_tools::image::{GuestImage, Placement};
 use trapless_tools::link::{Link, Transport};
 use trapless_tools::platform::{self, Platform};
-use trapless_tools::system::{ImageRef, MEMORY_ALIGN, MemoryToml, Partition, System};
+use trapless_tools::system::{ImageRef, MEMORY_ALIGN, MemoryToml, OnFault, Partition, System};
 use trapless_virtio::binding::{Kind, VERSION_1};
 
 pub fn run(data: &[u8]) {
@@ -95,6 +95,8 @@ fn small_system(platform: Platform) -> System {
             devices: if cpu == 0 { (0..platform.devices.len()).collect() } else { Vec::new() },
             bootargs: String::new(),
             restart_limit: 0,
+            initrd: None,
+            on_fault: OnFault::Stop,
         })
         .collect();
     let mut links = Vec::new();
