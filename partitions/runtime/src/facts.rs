@@ -143,10 +143,15 @@ pub struct Boot {
     pub bootargs: &'static str,
     pub console: ConsoleKind,
     pub psci: Conduit,
+    /// The distributor of the GICv3 node (its first `reg`), which EL2 emulates for the partition.
+    pub distributor: Range<u64>,
     /// The redistributor regions of the GICv3 node (its `reg` after the distributor); the first
     /// [`Boot::redistributor_region_count`] are valid.
     pub redistributor_regions: [Range<u64>; MAX_CPUS],
     pub redistributor_region_count: usize,
+    /// The GICv3 node's `redistributor-stride`: how far apart two CPUs' frames are, where it
+    /// says (a GICv4's four 64 KiB frames), else 0 (each `GICR_TYPER` says).
+    pub redistributor_stride: u64,
     pub doorbells: Doorbells,
     /// The static virtio links it is on, in tree order (see [`Boot::links`]).
     pub links: [Option<Link>; MAX_LINKS],
@@ -278,10 +283,19 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
     let mut redistributor_regions = [const { 0..0 }; MAX_CPUS];
     let mut redistributor_region_count = 0;
     let gic_reg = gic.property("reg").ok_or(FactsError::Missing("GICv3 reg"))?;
+    let distributor = dt::reg_entries(gic_reg.value, address_cells, size_cells)
+        .next()
+        .map(|(base, size)| base..base + size)
+        .ok_or(FactsError::Missing("GICv3 distributor"))?;
     for (base, size) in dt::reg_entries(gic_reg.value, address_cells, size_cells).skip(1) {
         *redistributor_regions.get_mut(redistributor_region_count).ok_or(FactsError::TooManyCpus)? = base..base + size;
         redistributor_region_count += 1;
     }
+
+    let redistributor_stride = gic
+        .property("redistributor-stride")
+        .and_then(|stride| stride.value.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
 
     let doorbells = match tree.find_compatible(&["trapless,doorbells"]) {
         None => Doorbells::NONE,
@@ -311,8 +325,10 @@ pub fn read(dtb: &'static [u8]) -> Result<Boot, FactsError> {
         bootargs,
         console,
         psci,
+        distributor,
         redistributor_regions,
         redistributor_region_count,
+        redistributor_stride,
         doorbells,
         links,
         dtb,

@@ -137,7 +137,8 @@ pub fn own_affinity() -> u32 {
     trapless_abi::dt::pack_affinity(mpidr)
 }
 
-/// The SGI frame of this CPU's redistributor, found by its `GICR_TYPER` affinity.
+/// The SGI frame of this CPU's redistributor, found by its `GICR_TYPER` affinity (each read
+/// of an RD frame's first page is emulated by EL2, one exit each).
 fn own_sgi_frame(boot: &Boot) -> Option<u64> {
     let affinity = own_affinity();
     for region in boot.redistributor_regions() {
@@ -150,7 +151,11 @@ fn own_sgi_frame(boot: &Boot) -> Option<u64> {
             if typer & GICR_TYPER_LAST != 0 {
                 break;
             }
-            frame += if typer & GICR_TYPER_VLPIS != 0 { 4 * FRAME } else { 2 * FRAME };
+            frame += match boot.redistributor_stride {
+                0 if typer & GICR_TYPER_VLPIS != 0 => 4 * FRAME,
+                0 => 2 * FRAME,
+                stride => stride,
+            };
         }
     }
     None
