@@ -94,8 +94,9 @@ fn a_partition_touching_another_partitions_memory_is_stopped_alone() {
     for (name, access, ipa, status) in [
         ("reader", "read", "0x4880_0008", "translation fault"),
         ("writer", "write", "0x4880_0000", "translation fault"),
-        // Its own RD frame, mapped read-only: the IPA comes from translating the faulting VA.
-        ("rdwriter", "write", "0x810_0070", "permission fault"),
+        // Its own RD frame past the emulated page, mapped read-only: the IPA comes from
+        // translating the faulting VA.
+        ("rdwriter", "write", "0x810_ffe8", "permission fault"),
     ] {
         let reason = stops.get(name).map(String::as_str).unwrap_or("");
         let expected = format!("stage-2 data abort: {access} at IPA {ipa} ({status}), PC ");

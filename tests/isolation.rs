@@ -58,6 +58,17 @@ fn outcome(probe: &Probe<'_>, lines: &[&str]) -> Result<String, String> {
             let status = fault.split('(').nth(1).and_then(|rest| rest.split(')').next()).unwrap_or("?");
             Ok(format!("stopped: {status}"))
         }
+        "ew" => {
+            let said = lines.iter().find_map(|line| line.strip_prefix(&format!("[prober] matrix: probe {}: emulated: ", probe.name)));
+            match said.and_then(|said| said.strip_prefix("read ")?.split_once(", wrote 0xffffffff, read ")) {
+                Some((before, after)) if before == after => Ok(format!("emulated: no effect ({after})")),
+                Some((before, after)) => Err(format!("the write changed {before} to {after}")),
+                None => Err(match fault {
+                    Some(fault) => format!("stopped instead of emulated: {fault}"),
+                    None => "no report".into(),
+                }),
+            }
+        }
         "cpu-on" | "affinity" => {
             let label = if probe.op == "cpu-on" { "CPU_ON" } else { "AFFINITY_INFO" };
             match said(label) {
@@ -87,6 +98,7 @@ fn operation(op: &str) -> &str {
         "r" => "read",
         "w" => "write",
         "x" => "execute",
+        "ew" => "write",
         other => other,
     }
 }
@@ -119,7 +131,12 @@ fn every_probe_of_the_isolation_matrix_is_stopped_and_the_others_finish_intact()
         }
     }
     let stopped = probes.iter().filter(|probe| matches!(probe.op, "r" | "w" | "x")).count();
-    table += &format!("{} probes: {stopped} accesses stopped, {} calls refused\n", probes.len(), probes.len() - stopped);
+    let emulated = probes.iter().filter(|probe| probe.op == "ew").count();
+    table += &format!(
+        "{} probes: {stopped} accesses stopped, {emulated} emulated writes without effect, {} calls refused\n",
+        probes.len(),
+        probes.len() - stopped - emulated
+    );
     println!("{table}");
     let out = root().join("target/isolation");
     std::fs::create_dir_all(&out).and_then(|()| std::fs::write(out.join("matrix.txt"), &table)).expect("write the matrix");

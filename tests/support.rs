@@ -43,3 +43,67 @@ pub fn check(run: &Run, condition: bool, what: &str) {
 }
 
 pub use trapless_tools::qemu::exceptions_to_el2;
+
+/// What EL2's `trapless: gic-emulation partition=<name> ...` line says of one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GicEmulation {
+    pub distributor_reads: u64,
+    pub distributor_writes: u64,
+    pub redistributor_reads: u64,
+    pub redistributor_writes: u64,
+    pub injected_aborts: u64,
+    pub sgi_requests: u64,
+    pub cpu_interface: u64,
+}
+
+impl GicEmulation {
+    /// The data-abort exits these account for: every emulated access and injected abort.
+    pub fn data_aborts(&self) -> u64 {
+        self.distributor_reads + self.distributor_writes + self.redistributor_reads + self.redistributor_writes + self.injected_aborts
+    }
+
+    /// The system-register exits these account for.
+    pub fn sysregs(&self) -> u64 {
+        self.sgi_requests + self.cpu_interface
+    }
+}
+
+/// The `gic-emulation` lines of `run`, by partition (absent: it touched none of it).
+pub fn gic_emulation(run: &Run) -> std::collections::BTreeMap<String, GicEmulation> {
+    let mut all = std::collections::BTreeMap::new();
+    for line in run.output.lines() {
+        let Some(rest) = line.strip_prefix("trapless: gic-emulation ") else { continue };
+        let fields: std::collections::BTreeMap<&str, &str> = rest.split_whitespace().filter_map(|field| field.split_once('=')).collect();
+        let count = |key: &str| fields.get(key).and_then(|value| value.parse().ok()).unwrap_or(0);
+        let Some(name) = fields.get("partition") else { continue };
+        all.insert(
+            name.to_string(),
+            GicEmulation {
+                distributor_reads: count("distributor-reads"),
+                distributor_writes: count("distributor-writes"),
+                redistributor_reads: count("redistributor-reads"),
+                redistributor_writes: count("redistributor-writes"),
+                injected_aborts: count("injected-aborts"),
+                sgi_requests: count("sgi-requests"),
+                cpu_interface: count("cpu-interface"),
+            },
+        );
+    }
+    all
+}
+
+/// Boots `tests/systems/<name>.toml` with each `(from, to)` of `edits` replaced in its text.
+/// The edited copy is written to `target/systems/`, as deep below the repository as
+/// `tests/systems/`, so that paths in it (`../../target/linux/Image`) still lead where they did.
+pub fn boot_edited(name: &str, tag: &str, edits: &[(&str, &str)], extra: &[&str]) -> (Built, Run) {
+    let mut text = std::fs::read_to_string(system(name)).unwrap_or_else(|error| panic!("{name}.toml: {error}"));
+    for (from, to) in edits {
+        assert!(text.contains(from), "{name}.toml has no '{from}'");
+        text = text.replace(from, to);
+    }
+    let dir = root().join("target/systems");
+    std::fs::create_dir_all(&dir).expect("target/systems");
+    let path = dir.join(format!("{name}-{tag}.toml"));
+    std::fs::write(&path, text).expect("write the edited system");
+    boot_file(&path, None, extra)
+}

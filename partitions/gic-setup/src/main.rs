@@ -6,7 +6,8 @@
 //!
 //! Boot arguments: `rtc=<address> spi=<INTID>` (its RTC), and optionally `wait=<doorbell>`: wait
 //! (at most a minute) for that doorbell before firing, so that another partition can try to
-//! disturb the interrupts set up here first. Anything that arrives and was not fired here (an
+//! disturb the interrupts set up here first, then `settle-ms` (default 0) more, so that what the
+//! ringer prints after ringing is not interleaved with what this prints. Anything that arrives and was not fired here (an
 //! SGI other than its own, the SPI before the alarm) is reported, and so is anything that does
 //! not arrive; either ends the run with `SYSTEM_RESET`.
 
@@ -153,6 +154,8 @@ fn main(boot: &Boot) {
         if !wait(60, || GO.load(Ordering::SeqCst)) {
             fail(format_args!("doorbell '{name}' did not ring within a minute"));
         }
+        let settle_ms = boot.arg("settle-ms").map_or(0, |_| number(boot, "settle-ms"));
+        trapless_guest::time::delay_us(settle_ms * 1000);
         println!("gic-setup: doorbell '{name}' rang");
     }
     let foreign_spis = SPI_TAKEN.load(Ordering::SeqCst);

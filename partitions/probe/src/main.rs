@@ -38,8 +38,9 @@
 //! - `probe=matrix probes=<name>/<op>/<value>,...`: the isolation matrix, one probe per start of
 //!   the partition (it runs with `on-stop = "restart"`, and probe `n` runs on restart `n`).
 //!   `op` is `r` or `w` (read or write the address), `x` (jump to it with the stage-1 MMU
-//!   off, so only stage 2 can refuse the fetch), `cpu-on` / `affinity` (PSCI on that MPIDR) or
-//!   `console` (the console hypercall with a buffer at that address). A probe trapless should
+//!   off, so only stage 2 can refuse the fetch), `ew` (a GIC register EL2 emulates: read it,
+//!   write all ones, read it again), `cpu-on` / `affinity` (PSCI on that MPIDR) or `console`
+//!   (the console hypercall with a buffer at that address). A probe trapless should
 //!   stop says so and, if it returns, reports the breach and resets to go on; a call trapless
 //!   should refuse prints its result. After the last probe it stops each link it drives, so
 //!   its device partition can finish, and powers off.
@@ -509,6 +510,17 @@ fn matrix(boot: &Boot) {
             // SAFETY: as above, for a write.
             unsafe { (value as *mut u64).write_volatile(0x7472_6170_6c65_7373) };
             println!("matrix: probe {name}: NOT STOPPED: the write went through");
+        }
+        "ew" => {
+            // SAFETY: a GIC register EL2 emulates for this partition: it answers for this
+            // partition alone, and must let the write change nothing that is not its own.
+            let (before, after) = unsafe {
+                let register = value as *mut u32;
+                let before = register.read_volatile();
+                register.write_volatile(u32::MAX);
+                (before, register.read_volatile())
+            };
+            println!("matrix: probe {name}: emulated: read {before:#x}, wrote 0xffffffff, read {after:#x}");
         }
         // SAFETY: as above, for a fetch: with the stage-1 MMU off no stage-1 attribute can refuse
         // it, so only stage 2's execute-never stands between the branch and `value`.
