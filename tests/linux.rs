@@ -105,8 +105,9 @@ fn linux_boots_beside_bare_metal_and_computes_without_data_aborts() {
 
 /// With `on-fault = "abort"`, Linux reading another partition's RAM takes a bus error and goes
 /// on; it then turns off the distributor, disables, routes and raises the victim's SPI and
-/// sends SGIs at the victim's CPU, and none of it reaches the victim: once rung, the victim's
-/// timer, SPI and own SGI each arrive once, and nothing else does.
+/// sends SGIs at the victim's CPU (through the distributor, the victim's SGI frame, and from
+/// EL1 through `ICC_SGI1R_EL1` with a module), and none of it reaches the victim: once rung,
+/// the victim's timer, SPI and own SGI each arrive once, and nothing else does.
 #[test]
 fn linux_cannot_reach_another_partition_and_survives_its_own_faults() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -127,9 +128,17 @@ fn linux_cannot_reach_another_partition_and_survives_its_own_faults() {
         "isolation: GICD_CTLR before 0x00000053",
         "isolation: GICD_CTLR after 0x00000050",
         "isolation: IROUTER victim SPI reads 0x0000000000000000",
+        "isolation: sgi-probe loaded: 1 module(s)",
         "isolation: ringing the victim with EventID 0 and powering off",
     ] {
         check(&run, said(&run, line), line);
+    }
+    // The module's writes from EL1: to the victim's CPU alone, then to all but self.
+    for write in [
+        "sgi-probe: SGI 0 to MPIDR 0x2: wrote ICC_SGI1R_EL1 0x4",
+        "sgi-probe: SGI 0 to all but self: wrote ICC_SGI1R_EL1 0x10000000000",
+    ] {
+        check(&run, run.output.lines().any(|line| line.ends_with(write)), write);
     }
     let enables = linux_lines(&run)
         .iter()

@@ -240,6 +240,14 @@ fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Test { args } => {
             trapless_tools::setup::ensure_test_tools()?;
             trapless_tools::setup::ensure_llvm_tools(&root())?;
+            // Before the tests, whose output is captured: say what the Linux tests get.
+            match trapless_tools::linux::provide(&root()) {
+                Ok(linux) if linux.fetched => {
+                    println!("xtask: fetched for the Linux tests: {}", linux.versions.replace('\n', ", "))
+                }
+                Ok(_) => {}
+                Err(error) => eprintln!("xtask: the Linux tests will fail: {error}"),
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .current_dir(root())

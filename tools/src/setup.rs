@@ -16,12 +16,17 @@ const QEMU: HostTool = HostTool { program: "qemu-system-aarch64", package: "qemu
 const DTC: HostTool = HostTool { program: "dtc", package: "device-tree-compiler" };
 /// libfuzzer-sys compiles libFuzzer, which is C++, for the fuzz targets.
 const CXX: HostTool = HostTool { program: "c++", package: "g++" };
+/// Linux partitions' kernel modules are built with the compiler Debian built the kernel with.
+const CROSS_GCC: HostTool = HostTool { program: "aarch64-linux-gnu-gcc-12", package: "gcc-aarch64-linux-gnu" };
+const MAKE: HostTool = HostTool { program: "make", package: "make" };
 
-fn found(program: &str) -> bool {
+/// Whether `program` runs.
+pub fn found(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-fn is_root() -> bool {
+/// Whether xtask runs as root (then it may install what is missing with apt-get).
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.starts_with(b"0\n"))
 }
 
@@ -58,6 +63,12 @@ pub fn ensure_qemu() -> Result<(), String> {
 /// Makes sure QEMU, dtc and a C++ compiler are there, for `test`.
 pub fn ensure_test_tools() -> Result<(), String> {
     ensure_host_tools(&[QEMU, DTC, CXX])
+}
+
+/// Makes sure the arm64 cross compiler and make are there, to build kernel modules for Linux
+/// partitions against Debian's headers.
+pub fn ensure_module_tools() -> Result<(), String> {
+    ensure_host_tools(&[CROSS_GCC, MAKE])
 }
 
 /// Makes sure a C++ compiler is there, for `fuzz`.
