@@ -1,5 +1,6 @@
 //! The GIC as each partition sees it: the distributor and the first page of each of its CPUs'
-//! redistributor RD frames are left out of its stage 2, so every access traps here; EL2
+//! redistributor RD frames (on a GICv4, their ID pages too) are left out of its stage 2, so
+//! every access traps here; EL2
 //! decodes it and answers it through the models in `trapless_kernel_core`
 //! (`gic_distributor`, `gic_redistributor`), which filter it to the partition's own SPIs and
 //! CPUs, and carries out on the hardware what they allow. Also here: what a partition with
@@ -131,9 +132,14 @@ pub fn access(partition: usize, ipa: u64, iss: u64, frame: &mut GuestFrame) -> b
     let target = if gicd.contains_span(ipa, 1) {
         Target::Distributor { offset: (ipa - gicd.base.0) as usize }
     } else {
+        // The first page of an own CPU's RD frame, and on a GICv4 its ID page.
+        let emulated = |offset: u64| {
+            offset < gic_redistributor::reg::PAGE as u64
+                || (platform.gic_version == 4 && (gic_redistributor::reg::ID_PAGE..gic_redistributor::reg::FRAME).contains(&(offset as usize)))
+        };
         let Some(cpu) = plan.cpus_of(partition).find(|&cpu| {
             let rd = platform.redistributor(cpu).0;
-            ipa >= rd && ipa - rd < gic_redistributor::reg::PAGE as u64
+            ipa >= rd && emulated(ipa - rd)
         }) else {
             return false;
         };
@@ -158,9 +164,9 @@ pub fn access(partition: usize, ipa: u64, iss: u64, frame: &mut GuestFrame) -> b
             }
         }
         Target::Redistributor { cpu, frame: rd, offset } => {
-            // SAFETY: the first page of this CPU's RD frame, the platform's, EL2's and mapped as
-            // Device memory; the model only reads it.
-            let mut bus = unsafe { FrameBus::new(platform.redistributor(cpu).0, gic_redistributor::reg::PAGE) };
+            // SAFETY: this CPU's RD frame, the platform's, EL2's and mapped as Device memory; the
+            // model only reads registers of its first and last pages.
+            let mut bus = unsafe { FrameBus::new(platform.redistributor(cpu).0, gic_redistributor::reg::FRAME) };
             if access.write {
                 counters.redistributor_writes.fetch_add(1, Ordering::Relaxed);
                 rd.write(&mut bus, offset, access.size, stored);

@@ -151,7 +151,8 @@ pub fn place_memory(
 }
 
 /// Bytes at the start of each redistributor's RD frame that EL2 emulates (left out of every
-/// stage-2 map).
+/// stage-2 map), and, on a GICv4, at its end (the ID registers, whose `GICR_PIDR2` must say
+/// version 3 as the rest of the GIC a partition sees does).
 pub const RD_EMULATED_PAGE: u64 = 0x1000;
 
 /// The stage-2 map of a partition: its RAM, its devices, and its CPUs' redistributors: the SGI
@@ -180,9 +181,13 @@ pub fn stage2_map(
     }
     for &cpu in cpus {
         let rd = platform.gic.rd_frame(cpu);
+        let (what, id_page) = match platform.gic.version {
+            4 => ("between its first and last pages", RD_EMULATED_PAGE),
+            _ => ("past its first page", 0),
+        };
         regions.push(Stage2Region {
-            what: format!("redistributor RD frame of CPU {cpu} past its first page"),
-            range: AddrRange::new(rd.base.0 + RD_EMULATED_PAGE, rd.size - RD_EMULATED_PAGE),
+            what: format!("redistributor RD frame of CPU {cpu} {what}"),
+            range: AddrRange::new(rd.base.0 + RD_EMULATED_PAGE, rd.size - RD_EMULATED_PAGE - id_page),
             kind: RegionKind::DeviceReadOnly,
         });
         regions.push(Stage2Region {
@@ -833,6 +838,12 @@ mod tests {
         for forbidden in [platform.gic.distributor, platform.gic.its.unwrap().range, cpu0, pages[0], pages[1]] {
             assert!(regions.iter().all(|region| !region.range.overlaps(&forbidden)), "{forbidden} is mapped");
         }
+        // On a GICv4 the ID page at the end of the frame is EL2's too.
+        let gicv4 = platform::load(&crate::root().join("platform/qemu-virt-gicv4/platform.toml")).unwrap();
+        let regions = stage2_map(&gicv4, memory, &[1], &[], false, &[]);
+        let rd = gicv4.gic.rd_frame(1);
+        let read_only: Vec<AddrRange> = regions.iter().filter(|region| region.kind == RegionKind::DeviceReadOnly).map(|region| region.range).collect();
+        assert_eq!(read_only, [AddrRange::new(rd.base.0 + 0x1000, 0xe000)]);
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   `EnableLPIs` and its LPI tables are EL2's (a partition that could point the tables
 //!   elsewhere would have the GIC read and write memory for it, past stage 2).
 //! - Everything else reads as zero.
+//!
+//! A partition sees a GICv3 (see `gic_distributor`). On a GICv4, whose redistributors say
+//! architecture version 4 in `GICR_PIDR2`, the frame's last 4 KiB page (the ID registers) is
+//! emulated too: `GICR_PIDR2` says 3, in agreement with the distributor and with a
+//! `GICR_TYPER` that shows no virtual LPIs (a driver may refuse a version 4 without them); the
+//! other ID registers read as the hardware has them.
 
 use crate::gic_distributor::Bus;
 
@@ -23,8 +29,14 @@ pub mod reg {
     pub const WAKER: usize = 0x0014;
     pub const PROPBASER: usize = 0x0070;
     pub const PENDBASER: usize = 0x0078;
-    /// Bytes of the emulated page.
+    /// Bytes of the emulated first page.
     pub const PAGE: usize = 0x1000;
+    /// Where the ID page starts (emulated on a GICv4), and its registers.
+    pub const ID_PAGE: usize = 0xf000;
+    pub const ID_FIRST: usize = 0xffd0;
+    pub const PIDR2: usize = 0xffe8;
+    /// Bytes of the RD frame.
+    pub const FRAME: usize = 0x1_0000;
 }
 
 /// `GICR_TYPER` bits a partition sees from the hardware: `PLPIS`, `Processor_Number`,
@@ -52,12 +64,15 @@ impl Frame {
         (hardware & TYPER_KEPT) | if self.last { TYPER_LAST } else { 0 }
     }
 
-    /// What a `size`-byte read at `offset` of the page returns.
+    /// What a `size`-byte read at `offset` of the frame's first page, or of its ID page, returns.
     pub fn read(&self, bus: &mut impl Bus, offset: usize, size: usize) -> u64 {
-        if offset >= reg::PAGE || !offset.is_multiple_of(size) {
+        if offset >= reg::FRAME || !offset.is_multiple_of(size) {
             return 0;
         }
         match (offset, size) {
+            (reg::PIDR2, 4) => (bus.read(offset, 4) & !0xf0) | 0x30,
+            (reg::ID_FIRST..reg::FRAME, 4) => bus.read(offset, 4),
+            (reg::PAGE.., _) => 0,
             (reg::CTLR | reg::IIDR, 4) => bus.read(offset, 4),
             (reg::TYPER, 8) => self.typer(bus.read(reg::TYPER, 8)),
             (reg::TYPER, 4) => self.typer(bus.read(reg::TYPER, 8)) & 0xffff_ffff,
@@ -68,8 +83,9 @@ impl Frame {
         }
     }
 
-    /// A write to the page: accepted, and nothing reaches the hardware (`GICR_WAKER`,
-    /// `GICR_CTLR`, `GICR_PROPBASER`, `GICR_PENDBASER` and the LPI commands alike).
+    /// A write to the emulated pages: accepted, and nothing reaches the hardware (`GICR_WAKER`,
+    /// `GICR_CTLR`, `GICR_PROPBASER`, `GICR_PENDBASER`, the LPI commands and the ID registers
+    /// alike).
     pub fn write(&self, _bus: &mut impl Bus, _offset: usize, _size: usize, _value: u64) {}
 }
 
@@ -80,7 +96,7 @@ mod tests {
 
     /// An RD frame page that panics on any write: none may ever reach the hardware.
     struct ReadOnlyBus {
-        registers: [(usize, u64); 5],
+        registers: [(usize, u64); 7],
         reads: Vec<(usize, usize)>,
     }
 
@@ -88,7 +104,7 @@ mod tests {
         /// QEMU's CPU 1 on a GICv4: VLPIS, DirectLPI, Dirty, Last, RVPEID and VSGI set.
         fn new() -> Self {
             let typer = (1 << 32) | (1 << 8) | 1 | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 7) | (1 << 26) | (0b11 << 24);
-            let registers = [(reg::CTLR, 0x1), (reg::IIDR, 0x0300_043b), (reg::TYPER, typer), (reg::PROPBASER, 0x0040_1000_000f), (reg::PENDBASER, 0x4020_0000)];
+            let registers = [(reg::CTLR, 0x1), (reg::IIDR, 0x0300_043b), (reg::TYPER, typer), (reg::PROPBASER, 0x0040_1000_000f), (reg::PENDBASER, 0x4020_0000), (reg::PIDR2, 0x4b), (0xfff0, 0x0d)];
             Self { registers, reads: Vec::new() }
         }
     }
@@ -163,11 +179,24 @@ mod tests {
     }
 
     #[test]
+    fn the_id_page_says_gicv3_and_is_otherwise_the_hardwares() {
+        let mut bus = ReadOnlyBus::new();
+        let frame = Frame { last: false };
+        assert_eq!(frame.read(&mut bus, reg::PIDR2, 4), 0x3b);
+        assert_eq!(frame.read(&mut bus, 0xfff0, 4), 0x0d);
+        // The rest of the ID page, and anything between the two emulated pages, reads 0.
+        for offset in [reg::ID_PAGE, 0xffc0, reg::PAGE, 0x8000] {
+            assert_eq!(frame.read(&mut bus, offset, 4), 0, "{offset:#x}");
+        }
+        frame.write(&mut bus, reg::PIDR2, 4, 0);
+    }
+
+    #[test]
     fn other_registers_and_odd_accesses_read_zero() {
         let mut bus = ReadOnlyBus::new();
         let frame = Frame { last: true };
         // STATUSR, SETLPIR, CLRLPIR, INVLPIR, INVALLR, SYNCR; 16-bit, misaligned, past the page.
-        for (offset, size) in [(0x10, 4), (0x40, 8), (0x48, 8), (0xa0, 8), (0xb0, 8), (0xc0, 4), (reg::CTLR, 2), (reg::TYPER + 2, 4), (reg::PAGE, 4)] {
+        for (offset, size) in [(0x10, 4), (0x40, 8), (0x48, 8), (0xa0, 8), (0xb0, 8), (0xc0, 4), (reg::CTLR, 2), (reg::TYPER + 2, 4), (reg::PAGE, 4), (reg::FRAME, 4)] {
             assert_eq!(frame.read(&mut bus, offset, size), 0, "{offset:#x}/{size}");
         }
     }
