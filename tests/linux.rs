@@ -80,6 +80,7 @@ fn work(work: usize) -> (Exits, GicEmulation) {
     let line = format!("work: {} bytes in tmpfs, md5 written {md5}, read back {md5}", work << 20);
     check(&run, said(&run, &line), &line);
     check(&run, said(&run, "powering off"), "/init powered off");
+    check(&run, run.output.contains("\nlinux:/# "), "through an interactive shell, whose prompt shows");
     // The worker's pattern survived (else it resets) and its exits are its two lines and
     // SYSTEM_OFF.
     let worker = run.exits()["worker"];
