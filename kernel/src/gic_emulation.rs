@@ -85,10 +85,9 @@ pub fn init(plan: &Plan<'_>) {
         .partitions()
         .iter()
         .enumerate()
-        .map(|(index, _)| {
+        .map(|(index, record)| {
             let mut cpus = [0; MAX_CPUS];
             let mut cpu_count = 0;
-            let record = &plan.partitions()[index];
             let boot = record.boot_cpu as usize;
             for cpu in core::iter::once(boot).chain(plan.cpus_of(index).filter(|&cpu| cpu != boot)) {
                 cpus[cpu_count] = plan.cpus()[cpu].mpidr;
@@ -109,9 +108,10 @@ pub fn init(plan: &Plan<'_>) {
 
 fn distributor_bus(plan: &Plan<'_>) -> FrameBus {
     let gicd = plan.platform().gicd;
+    let size = (gicd.size as usize).min(gic_distributor::reg::FRAME);
     // SAFETY: the platform's distributor, checked against the firmware's device tree, is EL2's
     // and mapped as Device memory; the models reach only registers of a GICv3 distributor.
-    unsafe { FrameBus::new(gicd.base.0, gic_distributor::reg::FRAME) }
+    unsafe { FrameBus::new(gicd.base.0, size) }
 }
 
 fn bus_read(bus: &mut FrameBus, offset: usize) -> u32 {
