@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use trapless_tests::{GicEmulation, boot, boot_edited, check, gic_emulation};
+use trapless_tests::{GicEmulation, boot, boot_edited, check, exceptions_to_el2, gic_emulation};
 use trapless_tools::Built;
 use trapless_tools::qemu::{Exits, Run};
 
@@ -112,8 +112,15 @@ fn linux_boots_beside_bare_metal_and_computes_without_data_aborts() {
 #[test]
 fn linux_cannot_reach_another_partition_and_survives_its_own_faults() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (built, run) = boot("linux-isolation", &[]);
+    let log = std::env::temp_dir().join(format!("trapless-linux-isolation-{}.log", std::process::id()));
+    let (built, run) = boot("linux-isolation", &["-d", "int", "-D", log.to_str().unwrap()]);
+    let qemu_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
     check(&run, run.verdict(&built.plan).is_ok(), &format!("verdict: {:?}", run.verdict(&built.plan)));
+    // EL2's counts, Linux's included, are QEMU's.
+    let taken = exceptions_to_el2(&qemu_log) as u64;
+    let counted: u64 = run.exits().values().map(|exits| exits.total + exits.parked).sum();
+    check(&run, taken == counted, &format!("QEMU saw {taken} exceptions to EL2, EL2 counted {counted}"));
     facts_match_the_plan(&built, &run);
     for report in [
         "trapless: partition linux takes an external abort for: stage-2 data abort: read at IPA 0x7000_0000 (translation fault)",
