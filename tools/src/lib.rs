@@ -16,6 +16,7 @@ pub mod linux;
 pub mod pack;
 pub mod planner;
 pub mod platform;
+pub mod profile;
 pub mod qemu;
 pub mod setup;
 pub mod size;

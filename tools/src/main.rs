@@ -62,6 +62,28 @@ enum Command {
         #[arg(long)]
         platform: Option<String>,
     },
+    /// Where a system's instructions go per I/O, by function, partition and EL2: two runs in
+    /// QEMU's instruction-counting mode, their exec logs streamed and mapped onto the ELF
+    /// symbols, the long minus the short (docs/performance.md). Writes target/profile/<system>/
+    /// profile.json and flamegraph.svg.
+    Profile {
+        /// The system TOML file; its partitions with `iterations=` in their bootargs set the run
+        /// length [default: partitions/systems/bench-trap-free.toml].
+        #[arg(long)]
+        system: Option<PathBuf>,
+        /// Run it on this platform instead of the one it names.
+        #[arg(long)]
+        platform: Option<String>,
+        /// A bootargs word for those partitions, e.g. `--set workload=bulk` (repeatable).
+        #[arg(long)]
+        set: Vec<String>,
+        /// The short and the long run's iterations.
+        #[arg(long, num_args = 2, value_names = ["SHORT", "LONG"], default_values_t = [40, 120])]
+        lengths: Vec<u64>,
+        /// Functions listed.
+        #[arg(long, default_value_t = 30)]
+        top: usize,
+    },
     /// Run every test: host unit tests, invalid configs, golden device trees, QEMU boots.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -235,6 +257,23 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             let report = trapless_tools::bench::run(&options)?;
             print!("{}", trapless_tools::bench::table(&report));
             println!("xtask: report in {}, histograms beside it", out.join("report.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profile { system, platform, set, lengths, top } => {
+            let system = system.unwrap_or_else(|| root().join("partitions/systems/bench-trap-free.toml"));
+            let stem = system.file_stem().and_then(|stem| stem.to_str()).unwrap_or("system").to_string();
+            let out = root().join("target").join("profile").join(stem);
+            let options = trapless_tools::profile::Options {
+                system,
+                platform,
+                set,
+                lengths: (lengths[0], lengths[1]),
+                out: out.clone(),
+                progress: true,
+            };
+            let report = trapless_tools::profile::run(&options)?;
+            print!("{}", trapless_tools::profile::table(&report, top));
+            println!("xtask: profile in {}, flame graph in {}", out.join("profile.json").display(), report.flame_graph);
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { args } => {

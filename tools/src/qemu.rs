@@ -45,6 +45,20 @@ pub fn command(plan: &SystemPlan, image: &Path, extra: &[String]) -> Result<Comm
     Ok(command)
 }
 
+/// The arguments that put QEMU in instruction-counting mode: virtual time advances 1 ns per
+/// instruction executed, every vCPU in turn on one thread, never waiting for the host. The
+/// guest's counter (62.5 MHz on `virt`) then counts 16 instructions a tick, all CPUs' together,
+/// and two runs give the same counts (`docs/performance.md`).
+pub fn instruction_counting() -> Vec<String> {
+    ["-icount", "shift=0,align=off,sleep=off"].map(String::from).to_vec()
+}
+
+/// The arguments that make QEMU log every exception, every block it translates and every run
+/// of a block, unchained, to `path` (a FIFO that `profile` reads as it comes).
+pub fn exec_log(path: &Path) -> Vec<String> {
+    vec!["-d".into(), "int,exec,nochain,in_asm".into(), "-D".into(), path.display().to_string()]
+}
+
 /// How many exceptions a QEMU `-d int` log shows taken from a partition (EL1 or EL0) to EL2.
 pub fn exceptions_to_el2(log: &str) -> usize {
     log.lines().filter(|line| line.starts_with("...from EL1 to EL2") || line.starts_with("...from EL0 to EL2")).count()

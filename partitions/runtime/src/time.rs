@@ -22,6 +22,6 @@ pub fn frequency() -> u64 {
 pub fn delay_us(microseconds: u64) {
     let end = now() + frequency() * microseconds / 1_000_000;
     while now() < end {
-        core::hint::spin_loop();
+        trapless_virtio::relax();
     }
 }

@@ -93,7 +93,7 @@ impl Notify for Bells {
 pub fn wait_for_device<M: Memory>(window: &Window<M>, seconds: u64) -> Result<Peer, Peer> {
     let deadline = crate::time::now() + seconds * crate::time::frequency();
     while Peer::read(window).state == state::RESET && crate::time::now() < deadline {
-        core::hint::spin_loop();
+        trapless_virtio::relax();
     }
     let device = Peer::read(window);
     if device.state == state::READY { Ok(device) } else { Err(device) }

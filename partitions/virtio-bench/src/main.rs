@@ -109,7 +109,7 @@ impl<T: Transport> Bench<T> {
     /// just returns to look again.
     fn wait(&mut self) {
         if self.polls {
-            core::hint::spin_loop();
+            trapless_virtio::relax();
             return;
         }
         irq::wait_until(|| WOKEN.load(Ordering::SeqCst));
@@ -206,7 +206,7 @@ fn round_trips<T: Transport>(bench: &mut Bench<T>, iterations: usize, size: usiz
         }
         // The device gives the transmit buffer back with the echo.
         while bench.net.poll_transmit() != Some(token) {
-            core::hint::spin_loop();
+            trapless_virtio::relax();
         }
         // SAFETY: `frame` is the buffer sent under `token`.
         unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;

@@ -199,7 +199,7 @@ fn net<const SLOT: usize, T: Transport>(transport: T, frames: usize) -> Result<S
                 check(SLOT)?;
                 match net.receive() {
                     Ok(back) => break back,
-                    Err(Error::NotReady) => core::hint::spin_loop(),
+                    Err(Error::NotReady) => trapless_virtio::relax(),
                     Err(error) => return Err(stock(&format!("receiving frame {index}"), error, SLOT)),
                 }
             };

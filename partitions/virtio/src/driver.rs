@@ -342,7 +342,7 @@ impl<N: Notify> StaticTransport<N> {
                 return;
             }
             drop(link);
-            core::hint::spin_loop();
+            crate::relax();
         }
     }
 

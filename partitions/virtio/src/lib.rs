@@ -33,6 +33,21 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
+/// What a side does in each turn of a loop that waits for its peer: `yield` on aarch64 (as
+/// Linux's `cpu_relax`), a hint that lets another hardware thread, or another vCPU of an
+/// emulator that runs them in turn (QEMU in instruction-counting mode), go first; a spin-loop
+/// hint elsewhere.
+#[inline(always)]
+pub fn relax() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `yield` is a hint with no effect on memory or registers.
+    unsafe {
+        core::arch::asm!("yield", options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    core::hint::spin_loop();
+}
+
 /// How one side of a link notifies the other about a queue (a doorbell, in a partition).
 pub trait Notify {
     fn notify(&mut self, queue: u16);

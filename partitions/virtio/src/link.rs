@@ -265,7 +265,7 @@ impl DriverSide {
     pub fn let_go<M: Memory>(&mut self, window: &Window<M>, value: u32, ring: impl FnOnce()) {
         self.begin_let_go(window, value, ring);
         while !self.has_let_go(window) {
-            core::hint::spin_loop();
+            crate::relax();
         }
     }
 
