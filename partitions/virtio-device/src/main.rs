@@ -92,6 +92,10 @@ impl Device for Counted {
     fn reset(&mut self) {
         self.device.reset();
     }
+
+    fn waits_for(&self, queue_count: usize) -> QueueSet {
+        self.device.waits_for(queue_count)
+    }
 }
 
 /// Says what the device of link `name` has done.

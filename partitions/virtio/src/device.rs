@@ -30,6 +30,12 @@ pub trait Device {
 
     /// Forgets every chain it holds: the driver has started again.
     fn reset(&mut self);
+
+    /// The queues whose new buffers it needs to hear of before it sleeps: those it would take
+    /// work from now. The others are left quiet (no doorbell for each buffer given back).
+    fn waits_for(&self, queue_count: usize) -> QueueSet {
+        QueueSet(((1u16 << queue_count) - 1) as u8)
+    }
 }
 
 /// Bytes copied through the device's own memory at a time.
@@ -71,6 +77,17 @@ struct Held {
 const RECEIVE: usize = 0;
 const TRANSMIT: usize = 1;
 
+/// What an echo device waits for: the transmit queue, and the receive queue while it holds
+/// something it has nowhere to echo.
+fn echo_waits_for(holding: bool) -> QueueSet {
+    let mut queues = QueueSet::default();
+    queues.mark(TRANSMIT);
+    if holding {
+        queues.mark(RECEIVE);
+    }
+    queues
+}
+
 /// A console that writes back everything it is sent, byte for byte, in order.
 #[derive(Clone, Debug, Default)]
 pub struct ConsoleEcho {
@@ -82,6 +99,11 @@ pub struct ConsoleEcho {
 impl Device for ConsoleEcho {
     fn reset(&mut self) {
         self.held = None;
+    }
+
+    /// Lines to echo; receive buffers only while it holds a line it cannot place.
+    fn waits_for(&self, _queue_count: usize) -> QueueSet {
+        echo_waits_for(self.held.is_some())
     }
 
     fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
@@ -154,6 +176,11 @@ impl Default for NetEcho {
 impl Device for NetEcho {
     fn reset(&mut self) {
         self.held = None;
+    }
+
+    /// Frames to echo; receive buffers only while it holds a frame it cannot place.
+    fn waits_for(&self, _queue_count: usize) -> QueueSet {
+        echo_waits_for(self.held.is_some())
     }
 
     fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
@@ -361,6 +388,14 @@ impl Device for AnyDevice<'_> {
             Self::Console(device) => device.reset(),
             Self::Net(device) => device.reset(),
             Self::Block(device) => device.reset(),
+        }
+    }
+
+    fn waits_for(&self, queue_count: usize) -> QueueSet {
+        match self {
+            Self::Console(device) => device.waits_for(queue_count),
+            Self::Net(device) => device.waits_for(queue_count),
+            Self::Block(device) => device.waits_for(queue_count),
         }
     }
 }

@@ -21,8 +21,8 @@ use crate::guard::{DeviceError, Guard};
 use crate::header::{Header, HeaderError};
 use crate::layout::{self, Layout, LayoutError, PAGE};
 use crate::link::{DriverSide, Peer};
+use crate::pool::Pool;
 use crate::window::{RawMemory, Window};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
@@ -30,9 +30,6 @@ use spin::Mutex;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
-
-/// The pool's allocation unit: a cache line.
-const BLOCK: usize = 64;
 
 /// What a link is, from this side's device tree.
 #[derive(Clone, Copy, Debug)]
@@ -83,57 +80,6 @@ impl fmt::Display for Failure {
             Self::Memory => f.write_str("no memory for the driver's private rings"),
             Self::Device(error) => write!(f, "the device broke a rule: {error}"),
         }
-    }
-}
-
-/// A bitmap allocator for the buffer pool, kept outside the window.
-struct Pool {
-    start: usize,
-    used: Vec<u64>,
-    blocks: usize,
-}
-
-impl Pool {
-    fn new(start: usize, len: usize) -> Self {
-        let blocks = len / BLOCK;
-        Self { start, used: vec![0; blocks.div_ceil(64)], blocks }
-    }
-
-    fn taken(&self, block: usize) -> bool {
-        self.used[block / 64] & (1 << (block % 64)) != 0
-    }
-
-    fn mark(&mut self, first: usize, count: usize, taken: bool) {
-        for block in first..first + count {
-            if taken {
-                self.used[block / 64] |= 1 << (block % 64);
-            } else {
-                self.used[block / 64] &= !(1 << (block % 64));
-            }
-        }
-    }
-
-    /// `len` bytes at an address aligned to `align` (a power of two).
-    fn allocate(&mut self, len: usize, align: usize) -> Option<usize> {
-        let count = len.div_ceil(BLOCK).max(1);
-        let mut address = self.start.next_multiple_of(align.max(BLOCK));
-        loop {
-            let first = (address - self.start) / BLOCK;
-            if first + count > self.blocks {
-                return None;
-            }
-            match (first..first + count).find(|&block| self.taken(block)) {
-                None => {
-                    self.mark(first, count, true);
-                    return Some(address);
-                }
-                Some(taken) => address = (self.start + (taken + 1) * BLOCK).next_multiple_of(align.max(BLOCK)),
-            }
-        }
-    }
-
-    fn free(&mut self, address: usize, len: usize) {
-        self.mark((address - self.start) / BLOCK, len.div_ceil(BLOCK).max(1), false);
     }
 }
 
@@ -318,6 +264,17 @@ impl<N: Notify> StaticTransport<N> {
         let event_idx = self.config.features & (1 << EVENT_IDX.bit) != 0;
         if let Some(link) = LINKS[self.slot].lock().as_mut() {
             link.guard = Some(Guard::new(self.config.kind, &link.layout, event_idx));
+        }
+        self
+    }
+
+    /// A guarded link: the driver reaps `queue`'s used buffers when it next looks at the link
+    /// (it calls [`sync`] before it polls them), never waiting for them: `notify` on it does not
+    /// wait for the device, and the device is asked not to notify them (`used_event` kept out
+    /// of its reach). A transmit queue whose completions are reaped with the next receive, say.
+    pub fn lazy(self, queue: u16) -> Self {
+        if let Some(guarded) = LINKS[self.slot].lock().as_mut().and_then(|link| link.guard.as_mut()).and_then(|guard| guard.queue(queue)) {
+            guarded.set_lazy();
         }
         self
     }
@@ -682,29 +639,17 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
             let bounce = link.address(paddr);
             let len = buffer.len();
             if direction != BufferDirection::DriverToDevice {
-                // SAFETY: as in `share`; the device has finished with the bounce buffer.
-                unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, buffer.as_ptr().cast::<u8>(), len) };
+                // Only the bytes the device wrote, when the guard saw how many (never more than
+                // the buffer holds): the rest of the driver's buffer is not the device's to fill.
+                let written = match link.guard.as_mut() {
+                    Some(guard) => guard.written((paddr - link.config.window_ipa) as usize, len),
+                    None => len,
+                };
+                // SAFETY: as in `share`; the device has finished with the bounce buffer, and
+                // `written` is at most `len`.
+                unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, buffer.as_ptr().cast::<u8>(), written) };
             }
             link.pool.free(bounce, len);
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pool_hands_out_aligned_disjoint_blocks_and_reuses_freed_ones() {
-        // 16 KiB that do not start on a page boundary.
-        let mut pool = Pool::new(0x1000_0040, 256 * BLOCK);
-        let small = pool.allocate(100, 16).unwrap();
-        assert_eq!(small, 0x1000_0040);
-        assert_eq!(pool.allocate(PAGE, PAGE), Some(0x1000_1000), "aligned by address, not by offset in the pool");
-        assert_eq!(pool.allocate(1, 16), Some(0x1000_00c0), "right after the first two blocks");
-        pool.free(small, 100);
-        assert_eq!(pool.allocate(128, 64), Some(0x1000_0040), "freed blocks are reused");
-        assert_eq!(pool.allocate(256 * BLOCK, 16), None, "more than is free");
-        assert_eq!(pool.allocate(0x1000_4040 - 0x1000_2000, PAGE), Some(0x1000_2000), "the rest, to the last block");
     }
 }

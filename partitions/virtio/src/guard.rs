@@ -30,6 +30,7 @@ use crate::binding::{Kind, state};
 use crate::layout::{DESCRIPTOR_SIZE, Layout, MAX_QUEUES, QueueLayout, USED_ELEMENT_SIZE};
 use crate::link::Peer;
 use crate::queue::{DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY, need_event};
+use crate::pool::Written;
 use crate::window::{Memory, Window};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -92,6 +93,8 @@ struct Posted {
     writable: u32,
     /// It has no device-readable buffer (a receive buffer).
     write_only: bool,
+    /// The address of its writable buffer, if it has exactly one.
+    single_writable: Option<u64>,
 }
 
 /// The guard of one queue.
@@ -115,6 +118,9 @@ pub struct GuardedQueue<P: Memory> {
     seen: u16,
     given: u16,
     poisoned: bool,
+    /// The driver reaps this queue when it next looks: it never waits in `notify`, and asks
+    /// the device not to notify its used buffers.
+    lazy: bool,
 }
 
 impl<P: Memory> GuardedQueue<P> {
@@ -132,7 +138,14 @@ impl<P: Memory> GuardedQueue<P> {
             seen: 0,
             given: 0,
             poisoned: false,
+            lazy: false,
         }
+    }
+
+    /// Makes the queue lazily reaped (see [`crate::driver::StaticTransport::lazy`]).
+    pub fn set_lazy(&mut self) {
+        self.lazy = true;
+        self.waits_in_notify = false;
     }
 
     /// Forgets every chain: the driver starts again on fresh rings.
@@ -220,7 +233,10 @@ impl<P: Memory> GuardedQueue<P> {
         let avail = self.private_avail();
         let used_event = avail + 4 + 2 * usize::from(self.size);
         let _ = window.write_u16(self.layout.avail, private.read_u16(avail).unwrap_or(0));
-        let _ = window.write_u16(self.layout.used_event(self.size), private.read_u16(used_event).unwrap_or(0));
+        // A lazily reaped queue asks for no notification: `used_event` just behind what has been
+        // taken, which the device's used index, never more than a queue ahead, does not pass.
+        let event = if self.lazy { self.seen.wrapping_sub(1) } else { private.read_u16(used_event).unwrap_or(0) };
+        let _ = window.write_u16(self.layout.used_event(self.size), event);
     }
 
     /// Whether the device asked to be notified of the chains published from `old` to `new`:
@@ -241,7 +257,7 @@ impl<P: Memory> GuardedQueue<P> {
     /// Takes what the device used since the last call from the window into the private used
     /// ring, each element checked; returns how many. On an error the elements before the bad
     /// one are still given to the driver.
-    pub fn collect<M: Memory>(&mut self, queue: u16, window: &Window<M>) -> Result<u16, DeviceError> {
+    pub fn collect<M: Memory>(&mut self, queue: u16, window: &Window<M>, written: &mut Written) -> Result<u16, DeviceError> {
         self.mirror_driver_fields(window);
         let Some(private) = self.device_area.as_ref() else { return Ok(0) };
         let index = window.read_u16(self.layout.used + 2).unwrap_or(self.seen);
@@ -272,6 +288,9 @@ impl<P: Memory> GuardedQueue<P> {
             if posted.write_only && len == 0 {
                 outcome = Err(DeviceError::EmptyReceive { queue, id: head });
                 break;
+            }
+            if let Some(offset) = posted.single_writable.and_then(|address| address.checked_sub(window.base())) {
+                written.set(offset as usize, len);
             }
             let slot = 4 + USED_ELEMENT_SIZE * usize::from(self.given % self.size);
             let _ = private.write_u32(slot, id);
@@ -316,7 +335,8 @@ fn mirror_chain<P: Memory, M: Memory>(private: &Window<P>, window: &Window<M>, l
     if head >= size {
         return None;
     }
-    let mut posted = Posted { writable: 0, write_only: true };
+    let mut posted = Posted { writable: 0, write_only: true, single_writable: None };
+    let mut writables = 0;
     let mut index = head;
     for _ in 0..size {
         let from = DESCRIPTOR_SIZE * usize::from(index);
@@ -331,6 +351,8 @@ fn mirror_chain<P: Memory, M: Memory>(private: &Window<P>, window: &Window<M>, l
         let _ = window.write_u16(to + 14, next);
         if flags & DESC_F_WRITE != 0 {
             posted.writable = posted.writable.saturating_add(len);
+            writables += 1;
+            posted.single_writable = (writables == 1).then_some(address);
         } else {
             posted.write_only = false;
         }
@@ -357,6 +379,8 @@ pub struct Guard<P: Memory> {
     generation: u32,
     served: bool,
     failure: Option<DeviceError>,
+    /// What the device wrote into each receive buffer, by its address in the pool.
+    written: Written,
 }
 
 impl<P: Memory> Guard<P> {
@@ -366,7 +390,14 @@ impl<P: Memory> Guard<P> {
             let queue = index as u16;
             (queue < layout.queue_count).then(|| GuardedQueue::new(layout.queues[index], layout.queue_size, waits_in_notify(kind, queue)))
         });
-        Self { event_idx, queues, generation: 0, served: false, failure: None }
+        Self { event_idx, queues, generation: 0, served: false, failure: None, written: Written::new(layout.pool.clone()) }
+    }
+
+    /// Bytes to copy back from the receive buffer at window offset `offset`, of `len` bytes:
+    /// what the device said it wrote into it, if the guard took that from a checked used
+    /// element (never more than the buffer holds), else all of it.
+    pub fn written(&mut self, offset: usize, len: usize) -> usize {
+        self.written.take(offset, len)
     }
 
     /// Queue `queue`'s guard.
@@ -440,7 +471,7 @@ impl<P: Memory> Guard<P> {
             let outcome = self.check_device(window).and_then(|()| {
                 for (index, guarded) in self.queues.iter_mut().enumerate() {
                     if let Some(guarded) = guarded.as_mut() {
-                        guarded.collect(index as u16, window)?;
+                        guarded.collect(index as u16, window, &mut self.written)?;
                     }
                 }
                 Ok(())
@@ -580,11 +611,11 @@ mod tests {
         }
         let guarded = guard.queue(0).unwrap();
         assert_eq!(guarded.in_flight(), 1);
-        assert_eq!(guarded.in_flight[2], Some(Posted { writable: 513, write_only: false }));
+        assert_eq!(guarded.in_flight[2], Some(Posted { writable: 513, write_only: false, single_writable: None }));
         // A second chain: the device's avail_event still says 0, which this one does not pass.
         rig.add(5, &[(pool(&rig, 0x800), 64, true)], 2);
         assert!(!guard.publish(0, &window), "the device did not ask about index 1");
-        assert_eq!(guard.queue(0).unwrap().in_flight[5], Some(Posted { writable: 64, write_only: true }));
+        assert_eq!(guard.queue(0).unwrap().in_flight[5], Some(Posted { writable: 64, write_only: true, single_writable: Some(pool(&rig, 0x800)) }));
         // Without EVENT_IDX, the device's NO_NOTIFY decides.
         let mut plain = rig.guard(Kind::Block, false);
         window.write_u16(queue.used, USED_F_NO_NOTIFY).unwrap();
@@ -601,15 +632,47 @@ mod tests {
         let window = rig.window();
         rig.add(0, &[(pool(&rig, 0), 16, false), (pool(&rig, 0x100), 512, true), (pool(&rig, 0x400), 1, true)], 1);
         guard.publish(0, &window);
-        assert_eq!(guard.queue(0).unwrap().collect(0, &window), Ok(0), "nothing used yet");
+        assert_eq!(guard.queue(0).unwrap().collect(0, &window, &mut Written::default()), Ok(0), "nothing used yet");
         rig.used(0, 0, 513, 1);
-        assert_eq!(guard.queue(0).unwrap().collect(0, &window), Ok(1));
+        assert_eq!(guard.queue(0).unwrap().collect(0, &window, &mut Written::default()), Ok(1));
         assert_eq!(rig.private_used(1), (1, vec![(0, 513)]));
         assert_eq!(guard.queue(0).unwrap().in_flight(), 0);
         // The same chain used again: it is no longer in flight.
         rig.used(1, 0, 1, 2);
-        assert_eq!(guard.queue(0).unwrap().collect(0, &window), Err(DeviceError::UsedIndex { queue: 0, index: 2, seen: 1, in_flight: 0 }));
+        assert_eq!(guard.queue(0).unwrap().collect(0, &window, &mut Written::default()), Err(DeviceError::UsedIndex { queue: 0, index: 2, seen: 1, in_flight: 0 }));
         assert_eq!(rig.private_used(1).0, 1, "the driver saw nothing more");
+    }
+
+    #[test]
+    fn the_bytes_a_device_wrote_into_a_receive_buffer_are_kept_for_the_copy_back() {
+        let rig = Rig::new(Kind::Net);
+        let mut guard = rig.guard(Kind::Net, true);
+        let window = rig.window();
+        rig.add(0, &[(pool(&rig, 0x800), 2048, true)], 1);
+        guard.publish(0, &window);
+        rig.used(0, 0, 76, 1);
+        guard.started(1);
+        rig.device_line(state::READY, 1, 0);
+        assert_eq!(guard.sync(&window), None);
+        let offset = rig.layout.pool.start + 0x800;
+        assert_eq!(guard.written(offset, 2048), 76, "only what the device wrote");
+        assert_eq!(guard.written(offset, 2048), 2048, "once");
+    }
+
+    #[test]
+    fn a_lazy_queue_asks_the_device_for_no_notification() {
+        let rig = Rig::new(Kind::Net);
+        let mut guard = rig.guard(Kind::Net, true);
+        let window = rig.window();
+        let avail = DESCRIPTOR_SIZE * usize::from(SIZE);
+        // The stock driver asks to hear of used index 3.
+        rig.private_driver().write_u16(avail + 4 + 2 * usize::from(SIZE), 3).unwrap();
+        guard.queue(0).unwrap().set_lazy();
+        assert!(!guard.queue(0).unwrap().waits_in_notify());
+        guard.sync(&window);
+        let event = window.read_u16(rig.layout.queues[0].used_event(SIZE)).unwrap();
+        assert_eq!(event, u16::MAX, "just behind the 0 taken: need_event never passes it");
+        assert!(!need_event(event, 16, 0));
     }
 
     /// One chain of `buffers` in flight on queue 0 of a `kind` link; then the device's used
@@ -621,7 +684,7 @@ mod tests {
         rig.add(3, buffers, 1);
         guard.publish(0, &window);
         rig.used(0, id, len, 1);
-        let outcome = guard.queue(0).unwrap().collect(0, &window);
+        let outcome = guard.queue(0).unwrap().collect(0, &window, &mut Written::default());
         (outcome, rig.private_used(0).0)
     }
 
@@ -659,12 +722,12 @@ mod tests {
         // Two in flight; the index says 1000, or wraps back to 0xffff.
         for index in [3, 1000, 0xffff] {
             window.write_u16(rig.layout.queues[0].used + 2, index).unwrap();
-            assert_eq!(guard.queue(0).unwrap().collect(0, &window), Err(DeviceError::UsedIndex { queue: 0, index, seen: 0, in_flight: 2 }));
+            assert_eq!(guard.queue(0).unwrap().collect(0, &window, &mut Written::default()), Err(DeviceError::UsedIndex { queue: 0, index, seen: 0, in_flight: 2 }));
         }
         // Two elements: the first right, the second too long.
         rig.used(0, 1, 8, 1);
         rig.used(1, 0, 9, 2);
-        assert_eq!(guard.queue(0).unwrap().collect(0, &window), Err(DeviceError::UsedLength { queue: 0, id: 0, len: 9, writable: 8 }));
+        assert_eq!(guard.queue(0).unwrap().collect(0, &window, &mut Written::default()), Err(DeviceError::UsedLength { queue: 0, id: 0, len: 9, writable: 8 }));
         assert_eq!(rig.private_used(1), (1, vec![(1, 8)]), "the first reached the driver");
     }
 

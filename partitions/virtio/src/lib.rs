@@ -27,6 +27,8 @@ pub mod guard;
 pub mod header;
 pub mod layout;
 pub mod link;
+#[cfg(feature = "driver")]
+pub mod pool;
 pub mod queue;
 pub mod window;
 

@@ -190,13 +190,19 @@ impl<M: Memory> DeviceLink<M> {
         let used = device.service(window, queues, budget)?;
         let mut step = Step::default();
         let mut pending = false;
+        let wanted = device.waits_for(queues.len());
         for (index, queue) in queues.iter().enumerate() {
             if used.has(index) && queue.should_notify(window, before[index])? {
                 step.notify.mark(index);
             }
-            if self.polling {
-                queue.disarm(window)?;
-                pending |= queue.has_available(window)?;
+            // A doorbell only where it may be needed: never when polling; else for the queues
+            // the device takes work from now (it may sleep next), not for buffers it has no use
+            // for yet (an echo's receive buffers while it holds nothing).
+            if self.polling || !wanted.has(index) {
+                queue.suppress(window)?;
+                if wanted.has(index) {
+                    pending |= queue.has_available(window)?;
+                }
             } else {
                 pending |= queue.arm(window)?;
             }

@@ -344,11 +344,14 @@ impl DeviceQueue {
         self.has_available(window)
     }
 
-    /// Asks the driver not to notify (the device polls): with EVENT_IDX, by setting
-    /// `avail_event` as far behind as it goes.
-    pub fn disarm<M: Memory>(&self, window: &Window<M>) -> Result<(), QueueError> {
+    /// Asks the driver not to notify the buffers it makes available (the device polls, or has
+    /// no use for them yet): with EVENT_IDX by setting `avail_event` a whole queue ahead of what
+    /// the device has taken, which the driver's index, never more than a queue ahead, does not
+    /// pass (a driver that compares without wrapping, as virtio-drivers does, is also quiet
+    /// but for a queue's worth of indices every 65,536); else by setting `NO_NOTIFY`.
+    pub fn suppress<M: Memory>(&self, window: &Window<M>) -> Result<(), QueueError> {
         if self.event_idx {
-            window.write_u16(self.layout.avail_event(self.size), self.next_avail.wrapping_sub(1))?;
+            window.write_u16(self.layout.avail_event(self.size), self.next_avail.wrapping_add(self.size))?;
         } else {
             window.write_u16(self.layout.used, USED_F_NO_NOTIFY)?;
         }
