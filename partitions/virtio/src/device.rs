@@ -4,7 +4,7 @@
 //! queues full cannot keep the device partition from its other links.
 
 use crate::queue::{Chain, DeviceQueue, QueueError};
-use crate::window::{Memory, Window};
+use crate::window::{Memory, Visit, Window};
 
 /// A set of a link's queues, by index: those a `service` call gave used buffers to, or those
 /// whose driver wants a notification.
@@ -38,31 +38,26 @@ pub trait Device {
     }
 }
 
-/// Bytes copied through the device's own memory at a time.
+/// Bytes copied through the device's own memory at a time (block requests).
 const CHUNK: usize = 256;
 
-/// Copies the rest of `from`'s readable bytes into `to`'s writable bytes, as far as they go.
+/// Copies the rest of `from`'s readable bytes into `to`'s writable bytes, as far as they go,
+/// window to window, showing `visit` each byte; returns how many.
 fn copy_across<M: Memory>(
     window: &Window<M>,
     from: &mut crate::queue::Cursor<'_>,
     to: &mut crate::queue::Cursor<'_>,
-    mut visit: impl FnMut(&[u8]),
+    visit: &mut impl Visit,
 ) -> Result<usize, QueueError> {
-    let mut chunk = [0u8; CHUNK];
     let mut copied = 0;
-    loop {
-        let room = to.remaining().min(CHUNK);
-        if room == 0 {
-            return Ok(copied);
-        }
-        let read = from.read(window, &mut chunk[..room])?;
-        if read == 0 {
-            return Ok(copied);
-        }
-        visit(&chunk[..read]);
-        to.write(window, &chunk[..read])?;
-        copied += read;
+    while let Some((source, len)) = from.piece(usize::MAX) {
+        let Some((target, len)) = to.piece(len) else { break };
+        window.copy(source, target, len, visit)?;
+        from.advance(len);
+        to.advance(len);
+        copied += len;
     }
+    Ok(copied)
 }
 
 /// A transmitted chain being echoed: the chain, and how many of its readable bytes are done.
@@ -128,7 +123,7 @@ impl Device for ConsoleEcho {
                 break;
             };
             let mut writer = receive.writer();
-            let copied = copy_across(window, &mut reader, &mut writer, |_| {})?;
+            let copied = copy_across(window, &mut reader, &mut writer, &mut ())?;
             queues[RECEIVE].push(window, receive.head, copied)?;
             used.mark(RECEIVE);
             self.echoed += copied as u64;
@@ -152,9 +147,79 @@ pub struct NetEcho {
     pub dropped: u64,
 }
 
-/// A running checksum (FNV-1a) of frame bytes, as both sides of the tests compute it.
+/// A running checksum of frame bytes, as both sides of the tests compute it: `state`, then
+/// each frame's bytes in turn.
 pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
-    bytes.iter().fold(state, |hash, &byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
+    let mut sum = Checksum::new(state);
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    for word in words {
+        sum.word(u64::from_le_bytes(word.try_into().unwrap_or_default()));
+    }
+    tail.iter().for_each(|&byte| sum.byte(byte));
+    sum.finish()
+}
+
+/// [`checksum`] of one frame as its bytes come, in pieces of any size: FNV-1a over the frame's
+/// 8-byte little-endian words (the last zero-padded) and its length, folded to 32 bits. Fed
+/// whole words it costs two multiplications' worth a word, where FNV-1a by bytes costs eight.
+#[derive(Clone, Copy, Debug)]
+pub struct Checksum {
+    state: u64,
+    /// Bytes not yet making a whole word, in the low bits, and how many.
+    pending: u64,
+    pending_len: u32,
+    len: u64,
+}
+
+impl Checksum {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+    /// A frame's checksum, carrying on from `state`.
+    pub fn new(state: u32) -> Self {
+        Self { state: Self::BASIS ^ u64::from(state), pending: 0, pending_len: 0, len: 0 }
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.state = (self.state ^ word).wrapping_mul(Self::PRIME);
+    }
+
+    /// The running state after the frame.
+    pub fn finish(mut self) -> u32 {
+        if self.pending_len > 0 {
+            let pending = self.pending;
+            self.mix(pending);
+        }
+        let len = self.len;
+        self.mix(len);
+        (self.state ^ (self.state >> 32)) as u32
+    }
+}
+
+impl Visit for Checksum {
+    fn byte(&mut self, value: u8) {
+        self.pending |= u64::from(value) << (8 * self.pending_len);
+        self.pending_len += 1;
+        self.len += 1;
+        if self.pending_len == 8 {
+            let word = self.pending;
+            self.mix(word);
+            (self.pending, self.pending_len) = (0, 0);
+        }
+    }
+
+    fn word(&mut self, value: u64) {
+        self.len += 8;
+        if self.pending_len == 0 {
+            self.mix(value);
+        } else {
+            let shift = 8 * self.pending_len;
+            let word = self.pending | value << shift;
+            self.mix(word);
+            self.pending = value >> (64 - shift);
+        }
+    }
 }
 
 /// The starting value of [`checksum`].
@@ -200,8 +265,8 @@ impl Device for NetEcho {
             let mut reader = transmit.reader();
             let mut writer = receive.writer();
             let frame = reader.remaining().saturating_sub(NET_HEADER);
-            let mut header = [0u8; NET_HEADER];
-            reader.read(window, &mut header)?;
+            // What the driver's header asks (no offloads are offered) changes nothing.
+            reader.skip(NET_HEADER);
             if writer.remaining() < NET_HEADER + frame {
                 // As a network drops a frame: the receive buffer stays for the next one.
                 self.dropped += 1;
@@ -211,9 +276,9 @@ impl Device for NetEcho {
                 let mut reply = [0u8; NET_HEADER];
                 reply[10] = 1;
                 writer.write(window, &reply)?;
-                let mut sum = self.checksum;
-                let copied = copy_across(window, &mut reader, &mut writer, |bytes| sum = checksum(sum, bytes))?;
-                self.checksum = sum;
+                let mut sum = Checksum::new(self.checksum);
+                let copied = copy_across(window, &mut reader, &mut writer, &mut sum)?;
+                self.checksum = sum.finish();
                 self.frames += 1;
                 queues[RECEIVE].push(window, receive.head, NET_HEADER + copied)?;
                 used.mark(RECEIVE);

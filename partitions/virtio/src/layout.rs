@@ -73,7 +73,7 @@ pub enum LayoutError {
     QueueSize(u32),
     /// More queues than a window holds.
     QueueCount(u16),
-    /// The window is not a whole number of pages.
+    /// The window is not a whole number of pages, or not below 4 GiB.
     WindowSize(usize),
     /// The queues leave less than [`MIN_POOL`] for buffers.
     TooSmall { queues_end: usize, window_size: usize },
@@ -107,7 +107,8 @@ pub fn compute(queue_count: u16, queue_size: u32, window_size: usize) -> Result<
     if usize::from(queue_count) > MAX_QUEUES {
         return Err(LayoutError::QueueCount(queue_count));
     }
-    if !window_size.is_multiple_of(PAGE) {
+    // Offsets in a window fit 32 bits (the device side keeps its buffers' that way).
+    if !window_size.is_multiple_of(PAGE) || window_size as u64 > u64::from(u32::MAX) {
         return Err(LayoutError::WindowSize(window_size));
     }
     let entries = queue_size as usize;

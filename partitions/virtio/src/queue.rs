@@ -25,48 +25,54 @@ pub const USED_F_NO_NOTIFY: u16 = 1;
 /// Most descriptors in one chain.
 pub const MAX_CHAIN: usize = 16;
 
-/// One buffer of a chain, checked: it lies in the buffer pool.
+/// One buffer of a chain, checked: it lies in the buffer pool (window offsets and lengths
+/// fit 32 bits: windows lie below 4 GiB).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Buffer {
     /// Window offset.
-    pub offset: usize,
-    pub len: usize,
-    /// Whether the device may write it (else it may only read it).
-    pub writable: bool,
+    pub offset: u32,
+    pub len: u32,
 }
 
-/// A descriptor chain the driver made available, checked.
+/// A descriptor chain the driver made available, checked: its readable buffers, then its
+/// writable ones. Small (it is moved by value through the device's loop).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chain {
     /// The head descriptor's index: what goes back in the used ring.
     pub head: u16,
+    count: u8,
+    /// How many of the first buffers are readable.
+    readable: u8,
     buffers: [Buffer; MAX_CHAIN],
-    count: usize,
 }
 
 impl Chain {
-    /// The chain's buffers, readable ones first.
-    pub fn buffers(&self) -> &[Buffer] {
-        &self.buffers[..self.count]
+    /// Its device-readable buffers.
+    pub fn readable(&self) -> &[Buffer] {
+        &self.buffers[..usize::from(self.readable)]
+    }
+
+    /// Its device-writable buffers.
+    pub fn writable(&self) -> &[Buffer] {
+        &self.buffers[usize::from(self.readable)..usize::from(self.count)]
     }
 
     /// A cursor over the concatenation of its readable buffers.
     pub fn reader(&self) -> Cursor<'_> {
-        Cursor::new(self, false)
+        Cursor::new(self.readable())
     }
 
     /// A cursor over the concatenation of its writable buffers.
     pub fn writer(&self) -> Cursor<'_> {
-        Cursor::new(self, true)
+        Cursor::new(self.writable())
     }
 }
 
 /// A position in the readable (or the writable) bytes of a chain.
 #[derive(Clone, Copy, Debug)]
 pub struct Cursor<'a> {
-    chain: &'a Chain,
-    writable: bool,
-    /// Index into the chain's buffers, and offset into that buffer.
+    buffers: &'a [Buffer],
+    /// Index into the buffers, and offset into that buffer.
     buffer: usize,
     at: usize,
     /// Bytes read or written so far (not skipped).
@@ -74,18 +80,15 @@ pub struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn new(chain: &'a Chain, writable: bool) -> Self {
-        let mut cursor = Self { chain, writable, buffer: 0, at: 0, done: 0 };
+    fn new(buffers: &'a [Buffer]) -> Self {
+        let mut cursor = Self { buffers, buffer: 0, at: 0, done: 0 };
         cursor.settle();
         cursor
     }
 
-    /// Moves to the next buffer of the right direction with bytes left.
+    /// Moves to the next buffer with bytes left.
     fn settle(&mut self) {
-        let buffers = self.chain.buffers();
-        while self.buffer < buffers.len()
-            && (buffers[self.buffer].writable != self.writable || self.at == buffers[self.buffer].len)
-        {
+        while self.buffer < self.buffers.len() && self.at == self.buffers[self.buffer].len as usize {
             self.buffer += 1;
             self.at = 0;
         }
@@ -93,13 +96,23 @@ impl<'a> Cursor<'a> {
 
     /// Bytes left.
     pub fn remaining(&self) -> usize {
-        let buffers = self.chain.buffers();
-        let rest: usize = buffers[self.buffer.min(buffers.len())..]
-            .iter()
-            .filter(|buffer| buffer.writable == self.writable)
-            .map(|buffer| buffer.len)
-            .sum();
+        let rest: usize = self.buffers[self.buffer.min(self.buffers.len())..].iter().map(|buffer| buffer.len as usize).sum();
         rest - self.at
+    }
+
+    /// The window offset and length of the next contiguous piece, at most `len` bytes (none
+    /// when the cursor is at its end).
+    pub fn piece(&self, len: usize) -> Option<(usize, usize)> {
+        let buffer = self.buffers.get(self.buffer)?;
+        Some((buffer.offset as usize + self.at, (buffer.len as usize - self.at).min(len)))
+    }
+
+    /// Moves past `len` bytes of the current piece (at most what [`Self::piece`] gave), counted
+    /// as done.
+    pub fn advance(&mut self, len: usize) {
+        self.at += len;
+        self.done += len;
+        self.settle();
     }
 
     /// Copies up to `out.len()` bytes out of the chain; returns how many.
@@ -132,10 +145,10 @@ impl<'a> Cursor<'a> {
         mut copy: impl FnMut(usize, usize, usize) -> Result<(), OutOfWindow>,
     ) -> Result<usize, OutOfWindow> {
         let mut moved = 0;
-        while moved < len && self.buffer < self.chain.count {
-            let buffer = self.chain.buffers[self.buffer];
-            let step = (buffer.len - self.at).min(len - moved);
-            copy(buffer.offset + self.at, moved, step)?;
+        while moved < len && self.buffer < self.buffers.len() {
+            let buffer = self.buffers[self.buffer];
+            let step = (buffer.len as usize - self.at).min(len - moved);
+            copy(buffer.offset as usize + self.at, moved, step)?;
             moved += step;
             self.at += step;
             self.settle();
@@ -257,7 +270,7 @@ impl DeviceQueue {
         if head >= self.size {
             return Err(QueueError::Head(head));
         }
-        let mut chain = Chain { head, buffers: [Buffer::default(); MAX_CHAIN], count: 0 };
+        let mut chain = Chain { head, count: 0, readable: 0, buffers: [Buffer::default(); MAX_CHAIN] };
         let mut index = head;
         let mut seen_writable = false;
         let mut total = 0usize;
@@ -284,8 +297,12 @@ impl DeviceQueue {
                 return Err(QueueError::ReadAfterWrite);
             }
             seen_writable |= writable;
-            *slot = Buffer { offset, len: len as usize, writable };
+            // The pool lies in the window, below 4 GiB.
+            *slot = Buffer { offset: offset as u32, len };
             chain.count += 1;
+            if !writable {
+                chain.readable += 1;
+            }
             if flags & DESC_F_NEXT == 0 {
                 return Ok(chain);
             }

@@ -165,6 +165,43 @@ impl<M: Memory> Window<M> {
         Ok(())
     }
 
+    /// Copies `len` bytes from offset `from` to offset `to`, eight at a time where both are
+    /// equally aligned, and shows `visit` every byte copied, in order: whole aligned words as
+    /// [`Visit::word`], the rest as [`Visit::byte`]. Both ranges are checked once, before
+    /// anything is copied. (Ranges that overlap, which a peer may name, get bytes in an
+    /// unspecified order, but every access stays in the window.)
+    pub fn copy(&self, from: usize, to: usize, len: usize, visit: &mut impl Visit) -> Result<(), OutOfWindow> {
+        self.span(from, len)?;
+        self.span(to, len)?;
+        let copy_byte = |from: usize, to: usize| {
+            // SAFETY: both ranges were checked above; bytes need no alignment.
+            let value = unsafe { self.memory.read_u8(from) };
+            // SAFETY: as above.
+            unsafe { self.memory.write_u8(to, value) };
+            value
+        };
+        let (mut from, mut to, mut left) = (from, to, len);
+        if from % 8 == to % 8 {
+            while left > 0 && !from.is_multiple_of(8) {
+                visit.byte(copy_byte(from, to));
+                (from, to, left) = (from + 1, to + 1, left - 1);
+            }
+            while left >= 8 {
+                // SAFETY: checked above, and both offsets are 8-byte aligned.
+                let word = unsafe { self.memory.read_u64(from) };
+                // SAFETY: as above.
+                unsafe { self.memory.write_u64(to, word) };
+                visit.word(word);
+                (from, to, left) = (from + 8, to + 8, left - 8);
+            }
+        }
+        while left > 0 {
+            visit.byte(copy_byte(from, to));
+            (from, to, left) = (from + 1, to + 1, left - 1);
+        }
+        Ok(())
+    }
+
     /// Checks that `len` bytes from `offset` lie in the window, and returns the offsets among
     /// them that whole aligned 8-byte words cover.
     fn span(&self, offset: usize, len: usize) -> Result<core::ops::Range<usize>, OutOfWindow> {
@@ -173,6 +210,24 @@ impl<M: Memory> Window<M> {
             _ => Err(OutOfWindow { offset, len }),
         }
     }
+}
+
+/// What sees the bytes [`Window::copy`] moves.
+pub trait Visit {
+    /// The next byte.
+    fn byte(&mut self, value: u8);
+    /// The next eight bytes, little-endian (the first in the low bits).
+    fn word(&mut self, value: u64) {
+        for byte in value.to_le_bytes() {
+            self.byte(byte);
+        }
+    }
+}
+
+/// Sees nothing.
+impl Visit for () {
+    fn byte(&mut self, _value: u8) {}
+    fn word(&mut self, _value: u64) {}
 }
 
 /// A window in ordinary memory, for host tests and the host tools: bytes behind [`Cell`]s, so
