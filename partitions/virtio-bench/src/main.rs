@@ -239,12 +239,13 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
         let start = time::now();
         // SAFETY: `frame` lives until its transmission completes, below.
         let token = unsafe { bench.net.transmit_begin(&frame) }.map_err(|error| format!("sending: {error:?}"))?;
+        // Nothing comes back before the device has run: wait first, then look.
         let (echo, payload) = loop {
+            bench.wait();
             bench.look()?;
             if let Some(echo) = bench.take(&mut spare)? {
                 break echo;
             }
-            bench.wait();
         };
         samples.push(time::now() - start);
         if !same(&echo[payload.clone()], &frame[NET_HEADER..]) {

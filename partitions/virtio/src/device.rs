@@ -139,7 +139,11 @@ pub const NET_HEADER: usize = 12;
 /// A network device that sends every frame it is given straight back.
 #[derive(Clone, Debug)]
 pub struct NetEcho {
-    held: Option<Chain>,
+    /// The transmitted frame being echoed (held while `holding`), and the receive chain it goes
+    /// into: the device's own slots, filled in place.
+    transmit: Chain,
+    receive: Chain,
+    holding: bool,
     /// Frames echoed, and a checksum of their bytes (see [`checksum`]).
     pub frames: u64,
     pub checksum: u32,
@@ -228,7 +232,7 @@ pub const CHECKSUM_SEED: u32 = 0x811c_9dc5;
 impl NetEcho {
     /// A fresh device.
     pub fn new() -> Self {
-        Self { held: None, frames: 0, checksum: CHECKSUM_SEED, dropped: 0 }
+        Self { transmit: Chain::EMPTY, receive: Chain::EMPTY, holding: false, frames: 0, checksum: CHECKSUM_SEED, dropped: 0 }
     }
 }
 
@@ -240,30 +244,27 @@ impl Default for NetEcho {
 
 impl Device for NetEcho {
     fn reset(&mut self) {
-        self.held = None;
+        self.holding = false;
     }
 
     /// Frames to echo; receive buffers only while it holds a frame it cannot place.
     fn waits_for(&self, _queue_count: usize) -> QueueSet {
-        echo_waits_for(self.held.is_some())
+        echo_waits_for(self.holding)
     }
 
     fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
         let mut used = QueueSet::default();
         for _ in 0..budget {
-            let transmit = match self.held.take() {
-                Some(chain) => chain,
-                None => match queues[TRANSMIT].pop(window)? {
-                    Some(chain) => chain,
-                    None => break,
-                },
-            };
-            let Some(receive) = queues[RECEIVE].pop(window)? else {
-                self.held = Some(transmit);
+            if !self.holding && !queues[TRANSMIT].pop_into(window, &mut self.transmit)? {
                 break;
-            };
-            let mut reader = transmit.reader();
-            let mut writer = receive.writer();
+            }
+            if !queues[RECEIVE].pop_into(window, &mut self.receive)? {
+                self.holding = true;
+                break;
+            }
+            self.holding = false;
+            let mut reader = self.transmit.reader();
+            let mut writer = self.receive.writer();
             let frame = reader.remaining().saturating_sub(NET_HEADER);
             // What the driver's header asks (no offloads are offered) changes nothing.
             reader.skip(NET_HEADER);
@@ -280,10 +281,10 @@ impl Device for NetEcho {
                 let copied = copy_across(window, &mut reader, &mut writer, &mut sum)?;
                 self.checksum = sum.finish();
                 self.frames += 1;
-                queues[RECEIVE].push(window, receive.head, NET_HEADER + copied)?;
+                queues[RECEIVE].push(window, self.receive.head, NET_HEADER + copied)?;
                 used.mark(RECEIVE);
             }
-            queues[TRANSMIT].push(window, transmit.head, 0)?;
+            queues[TRANSMIT].push(window, self.transmit.head, 0)?;
             used.mark(TRANSMIT);
         }
         Ok(used)

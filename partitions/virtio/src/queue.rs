@@ -47,6 +47,9 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// No chain: a slot for [`DeviceQueue::pop_into`].
+    pub const EMPTY: Self = Self { head: 0, count: 0, readable: 0, buffers: [Buffer { offset: 0, len: 0 }; MAX_CHAIN] };
+
     /// Its device-readable buffers.
     pub fn readable(&self) -> &[Buffer] {
         &self.buffers[..usize::from(self.readable)]
@@ -249,10 +252,18 @@ impl DeviceQueue {
 
     /// Takes the next chain the driver made available, if any.
     pub fn pop<M: Memory>(&mut self, window: &Window<M>) -> Result<Option<Chain>, QueueError> {
+        let mut chain = Chain::EMPTY;
+        Ok(self.pop_into(window, &mut chain)?.then_some(chain))
+    }
+
+    /// Takes the next chain the driver made available into `chain` (the device's own slot, so
+    /// that nothing is moved), and says whether there was one; `chain` is left as it was if
+    /// not.
+    pub fn pop_into<M: Memory>(&mut self, window: &Window<M>, chain: &mut Chain) -> Result<bool, QueueError> {
         let index = window.read_u16(self.layout.avail + 2)?;
         let pending = index.wrapping_sub(self.next_avail);
         if pending == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if pending > self.size {
             return Err(QueueError::AvailIndex { index, next: self.next_avail });
@@ -261,16 +272,16 @@ impl DeviceQueue {
         fence(Ordering::Acquire);
         let slot = usize::from(self.next_avail % self.size);
         let head = window.read_u16(self.layout.avail + 4 + 2 * slot)?;
-        let chain = self.walk(window, head)?;
+        self.walk(window, head, chain)?;
         self.next_avail = self.next_avail.wrapping_add(1);
-        Ok(Some(chain))
+        Ok(true)
     }
 
-    fn walk<M: Memory>(&self, window: &Window<M>, head: u16) -> Result<Chain, QueueError> {
+    fn walk<M: Memory>(&self, window: &Window<M>, head: u16, chain: &mut Chain) -> Result<(), QueueError> {
         if head >= self.size {
             return Err(QueueError::Head(head));
         }
-        let mut chain = Chain { head, count: 0, readable: 0, buffers: [Buffer::default(); MAX_CHAIN] };
+        (chain.head, chain.count, chain.readable) = (head, 0, 0);
         let mut index = head;
         let mut seen_writable = false;
         let mut total = 0usize;
@@ -304,7 +315,7 @@ impl DeviceQueue {
                 chain.readable += 1;
             }
             if flags & DESC_F_NEXT == 0 {
-                return Ok(chain);
+                return Ok(());
             }
             if next >= self.size {
                 return Err(QueueError::Next(next));

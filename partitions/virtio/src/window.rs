@@ -131,17 +131,19 @@ impl<M: Memory> Window<M> {
     /// Copies `buffer.len()` bytes from `offset` into `buffer`, eight at a time where it can.
     pub fn read_bytes(&self, offset: usize, buffer: &mut [u8]) -> Result<(), OutOfWindow> {
         let words = self.span(offset, buffer.len())?;
-        for index in 0..buffer.len() {
-            let at = offset + index;
-            // SAFETY: `span` checked the range; a word access is 8-byte aligned with eight bytes
-            // of the buffer from `index`.
-            unsafe {
-                if !words.contains(&at) {
-                    buffer[index] = self.memory.read_u8(at);
-                } else if at.is_multiple_of(8) {
-                    buffer[index..index + 8].copy_from_slice(&self.memory.read_u64(at).to_le_bytes());
-                }
-            }
+        let (head, rest) = buffer.split_at_mut(words.start - offset);
+        let (middle, tail) = rest.split_at_mut(words.end - words.start);
+        for (index, byte) in head.iter_mut().enumerate() {
+            // SAFETY: `span` checked the range.
+            *byte = unsafe { self.memory.read_u8(offset + index) };
+        }
+        for (index, chunk) in middle.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `span` checked the range; `words.start` is 8-byte aligned.
+            chunk.copy_from_slice(&unsafe { self.memory.read_u64(words.start + 8 * index) }.to_le_bytes());
+        }
+        for (index, byte) in tail.iter_mut().enumerate() {
+            // SAFETY: `span` checked the range.
+            *byte = unsafe { self.memory.read_u8(words.end + index) };
         }
         Ok(())
     }
@@ -149,18 +151,20 @@ impl<M: Memory> Window<M> {
     /// Copies `data` to `offset`, eight bytes at a time where it can.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), OutOfWindow> {
         let words = self.span(offset, data.len())?;
-        for (index, &byte) in data.iter().enumerate() {
-            let at = offset + index;
-            // SAFETY: `span` checked the range; a word access is 8-byte aligned with eight bytes
-            // of `data` from `index`.
-            unsafe {
-                if !words.contains(&at) {
-                    self.memory.write_u8(at, byte);
-                } else if at.is_multiple_of(8) {
-                    let word: [u8; 8] = data[index..index + 8].try_into().unwrap_or_default();
-                    self.memory.write_u64(at, u64::from_le_bytes(word));
-                }
-            }
+        let (head, rest) = data.split_at(words.start - offset);
+        let (middle, tail) = rest.split_at(words.end - words.start);
+        for (index, &byte) in head.iter().enumerate() {
+            // SAFETY: `span` checked the range.
+            unsafe { self.memory.write_u8(offset + index, byte) };
+        }
+        for (index, chunk) in middle.chunks_exact(8).enumerate() {
+            let word: [u8; 8] = chunk.try_into().unwrap_or_default();
+            // SAFETY: `span` checked the range; `words.start` is 8-byte aligned.
+            unsafe { self.memory.write_u64(words.start + 8 * index, u64::from_le_bytes(word)) };
+        }
+        for (index, &byte) in tail.iter().enumerate() {
+            // SAFETY: `span` checked the range.
+            unsafe { self.memory.write_u8(words.end + index, byte) };
         }
         Ok(())
     }
@@ -206,7 +210,10 @@ impl<M: Memory> Window<M> {
     /// them that whole aligned 8-byte words cover.
     fn span(&self, offset: usize, len: usize) -> Result<core::ops::Range<usize>, OutOfWindow> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len() => Ok(offset.next_multiple_of(8).min(end)..end - end % 8),
+            Some(end) if end <= self.len() => {
+                let start = offset.next_multiple_of(8).min(end);
+                Ok(start..(end - end % 8).max(start))
+            }
             _ => Err(OutOfWindow { offset, len }),
         }
     }
