@@ -61,6 +61,18 @@ enum Command {
         /// Run on this platform instead of qemu-virt (e.g. qemu-virt-gicv4).
         #[arg(long)]
         platform: Option<String>,
+        /// Count instructions instead of timing (QEMU's instruction-counting mode): per
+        /// transport, instructions per round trip at each queue size and per bulk frame,
+        /// notifications, exits, and the split by partition and EL2 (writes
+        /// target/bench/counted.json). --iterations is then per boot [default there: 512].
+        #[arg(long)]
+        icount: bool,
+        /// With --icount: the queue sizes the round trips run at.
+        #[arg(long, value_delimiter = ',', default_values_t = [16u16, 256])]
+        queue_sizes: Vec<u16>,
+        /// With --icount: leave out the profile of each transport (the split).
+        #[arg(long)]
+        no_split: bool,
     },
     /// Where a system's instructions go per I/O, by function, partition and EL2: two runs in
     /// QEMU's instruction-counting mode, their exec logs streamed and mapped onto the ELF
@@ -248,11 +260,28 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 Err(reason) => Err(Error::Failed(format!("{}: {reason}", built.plan.name))),
             }
         }
-        Command::Bench { iterations, size, rounds, platform } => {
+        Command::Bench { iterations, size, rounds, platform, icount, queue_sizes, no_split } => {
             if !(1..=1514).contains(&size) {
                 return Err(Error::Failed(format!("--size {size}: a frame holds 1 to 1514 bytes")));
             }
             let out = root().join("target").join("bench");
+            if icount {
+                let iterations = if iterations == 2000 { 512 } else { iterations };
+                let options = trapless_tools::bench::counted::Options {
+                    iterations,
+                    size,
+                    queue_sizes,
+                    platform,
+                    out: out.clone(),
+                    split: !no_split,
+                    progress: true,
+                    transports: vec![trapless_tools::bench::Transport::Polling, trapless_tools::bench::Transport::TrapFree],
+                };
+                let report = trapless_tools::bench::counted::run(&options)?;
+                print!("{}", trapless_tools::bench::counted::table(&report));
+                println!("xtask: report in {}", out.join("counted.json").display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let options = trapless_tools::bench::Options { iterations, size, rounds, platform, out: out.clone(), progress: true };
             let report = trapless_tools::bench::run(&options)?;
             print!("{}", trapless_tools::bench::table(&report));

@@ -12,8 +12,15 @@ pub const STACK_SIZE: usize = 32 * 1024;
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; STACK_SIZE]);
 
+/// Bytes of the boot CPU's stack: more than the others', for drivers whose queues are large
+/// values (virtio-drivers' `VirtQueue` of 256 entries holds 8 KiB and is returned by value).
+pub const BOOT_STACK_SIZE: usize = 128 * 1024;
+
+#[repr(C, align(16))]
+struct BootStack([u8; BOOT_STACK_SIZE]);
+
 /// The boot CPU's stack.
-static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
+static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
 
 /// The EL1 identity map: the partition's RAM as Normal memory, its static virtio windows as
 /// Normal memory it never executes, everything else as Device.
@@ -47,7 +54,7 @@ pub unsafe extern "C" fn start() -> ! {
         relocate = sym trapless_arm64::relocate_and_clear_bss,
         fpen = const CPACR_FPEN,
         stack = sym BOOT_STACK,
-        stack_size = const STACK_SIZE,
+        stack_size = const BOOT_STACK_SIZE,
         vectors = sym __guest_vectors,
         main = sym boot_main,
     )

@@ -214,6 +214,10 @@ fn main(boot: &Boot) {
         }
         if !again {
             irq::wait_until(|| RUNG.load(Ordering::SeqCst));
+        } else if busy == 0 {
+            // Polling with nothing to do: let the driver's CPU go first where that means
+            // anything (an emulator running vCPUs in turn, SMT).
+            trapless_virtio::relax();
         }
         // Whatever rang from here on is seen by the next steps.
         RUNG.store(false, Ordering::SeqCst);

@@ -9,6 +9,8 @@
 //! counters, against a boot of the same system that does no I/O, and cross-checked with QEMU's
 //! own `-d int` log on a short run of each.
 
+pub mod counted;
+
 use crate::qemu::{self, Run};
 use crate::{Error, Target, root, run_system};
 use plotters::prelude::*;
@@ -164,23 +166,59 @@ impl Measured {
 /// Boots `transport`'s system with `workload` for `iterations`, with QEMU logging exceptions if
 /// `log_exits`, and reads what it showed.
 fn boot(options: &Options, transport: Transport, workload: Workload, iterations: usize, log_exits: bool) -> Result<Measured, Error> {
+    let how = How { log_exits, counting: false, queue_size: QUEUE_SIZE };
+    boot_as(&options.out, options.platform.as_deref(), options.size, transport, workload, iterations, how)
+}
+
+/// The bench systems' queue size.
+pub const QUEUE_SIZE: u16 = 16;
+
+/// How a bench boot runs.
+#[derive(Clone, Copy, Debug)]
+struct How {
+    /// QEMU logs exceptions, to count exits its own way.
+    log_exits: bool,
+    /// QEMU counts instructions (`qemu::instruction_counting`).
+    counting: bool,
+    /// The link's queue size.
+    queue_size: u16,
+}
+
+/// The text of `transport`'s system for a boot of `workload` with `iterations` of `size`
+/// bytes, on a link of `queue_size`.
+fn system_text(transport: Transport, workload: Workload, iterations: usize, size: usize, queue_size: u16) -> Result<String, Error> {
     let text = std::fs::read_to_string(transport.system()).map_err(|error| format!("{}: {error}", transport.system().display()))?;
-    if !text.contains(BOOTARGS) {
-        return Err(format!("{} does not set the bench partition's bootargs to \"{BOOTARGS}\"", transport.system().display()).into());
+    let queue = format!("queue-size = {QUEUE_SIZE}");
+    if !text.contains(BOOTARGS) || !text.contains(&queue) {
+        return Err(format!("{} does not set the bench partition's bootargs to \"{BOOTARGS}\" and the link's {queue}", transport.system().display()).into());
     }
-    let bootargs = format!("workload={} iterations={iterations} size={}", workload.arg(), options.size);
-    let scratch = options.out.join("systems");
+    let bootargs = format!("workload={} iterations={iterations} size={size}", workload.arg());
+    Ok(text.replace(BOOTARGS, &bootargs).replace(&queue, &format!("queue-size = {queue_size}")))
+}
+
+fn boot_as(out: &Path, platform: Option<&str>, size: usize, transport: Transport, workload: Workload, iterations: usize, how: How) -> Result<Measured, Error> {
+    let How { log_exits, counting, queue_size } = how;
+    let scratch = out.join("systems");
     std::fs::create_dir_all(&scratch).map_err(|error| format!("{}: {error}", scratch.display()))?;
-    let name = format!("bench-{}-{}-{}", transport.name(), workload.arg(), if log_exits { "check" } else { "timed" });
+    let kind = match (log_exits, counting) {
+        (true, _) => "check",
+        (false, true) => "counted",
+        (false, false) => "timed",
+    };
+    let name = format!("bench-{}-{}-{}-q{queue_size}", transport.name(), workload.arg(), kind);
     let path = scratch.join(format!("{name}.toml"));
-    std::fs::write(&path, text.replace(BOOTARGS, &bootargs)).map_err(|error| format!("{}: {error}", path.display()))?;
+    let text = system_text(transport, workload, iterations, size, queue_size)?;
+    std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
     let log = scratch.join(format!("{name}.log"));
-    let extra: Vec<String> = if log_exits {
+    let mut extra: Vec<String> = if log_exits {
         ["-d", "int", "-D"].iter().map(|word| word.to_string()).chain([log.display().to_string()]).collect()
     } else {
         Vec::new()
     };
-    let (built, run) = run_system(Target { system: &path, platform: options.platform.as_deref() }, &extra, BOOT_TIMEOUT, false)?;
+    if counting {
+        extra.extend(qemu::instruction_counting());
+    }
+    let (built, run) = run_system(Target { system: &path, platform }, &extra, BOOT_TIMEOUT, false)?;
     run.verdict(&built.plan).map_err(|reason| format!("{name}: {reason}\n{}", run.output))?;
     let mut measured = Measured::read(&run).map_err(|problem| format!("{name}: {problem}\n{}", run.output))?;
     if measured.ios(workload) != iterations as u64 {
