@@ -207,7 +207,7 @@ fn logged_run(options: &Options, path: &Path, scratch: &Path) -> Result<(Counts,
             system::ImageRef::File(file) => file.clone(),
         };
         let load = match partition.image.placement {
-            crate::image::Placement::Image { .. } => partition.image_load,
+            crate::image::Placement::Image { .. } | crate::image::Placement::SelfRelocating { .. } => partition.image_load,
             crate::image::Placement::Fixed { .. } => 0,
         };
         images.push(Symbols::image(&partition.name, &elf, partition.memory.base.0..partition.memory.end(), load)?);
