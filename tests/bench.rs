@@ -37,14 +37,14 @@ fn the_bench_measures_every_io_and_counts_exits_as_qemu_does() {
     // driver, which then reads InterruptStatus and writes InterruptACK, and the receive buffer
     // goes back; EVENT_IDX and coalescing spare some, never down to three.
     let classic = of("trap-emulate");
-    for (what, exits, qemu, notifications) in [
-        ("round trip", classic.round_trip.exits_per_io, classic.round_trip.exits_per_io_qemu, classic.round_trip.notifications_per_io),
-        ("bulk frame", classic.bulk.exits_per_io, classic.bulk.exits_per_io_qemu, classic.bulk.notifications_per_io),
-    ] {
-        assert!(notifications > 0.0 && exits >= notifications, "trap-emulate {what}: {exits} exits, {notifications} notifications");
-        assert!(qemu > 0.0, "trap-emulate {what}: QEMU saw {qemu} exits per I/O");
-    }
-    assert!(classic.round_trip.exits_per_io >= 3.0, "trap-emulate: {:?}", classic.round_trip);
+    let rtt = &classic.round_trip;
+    assert!(rtt.notifications_per_io > 0.0 && rtt.exits_per_io >= rtt.notifications_per_io, "trap-emulate round trip: {rtt:?}");
+    assert!(rtt.exits_per_io >= 3.0 && rtt.exits_per_io_qemu >= 3.0, "trap-emulate round trip: {rtt:?}");
+    // A bulk stream notifies about one frame in four (EVENT_IDX both ways), which the per-frame
+    // difference of seven-frame boots cannot tell from the link set-up's own notifications
+    // (those vary with when the device sleeps); the frames' exits it can.
+    let bulk = &classic.bulk;
+    assert!(bulk.exits_per_io > 0.0 && bulk.exits_per_io_qemu > 0.0, "trap-emulate bulk frame: {bulk:?}");
     // Polling sends no notification at all; on trap-free the device rings the sleeping driver
     // once per round trip at least.
     assert_eq!(of("polling").round_trip.notifications_per_io, 0.0);
