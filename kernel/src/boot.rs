@@ -68,7 +68,8 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
         refuse(&problems);
     }
     let gic_id_bits = gic::init(&plan).unwrap_or_else(|error| refuse(&[alloc::format!("{error}")]));
-    if let Err(error) = lpi::init(&plan, gic_id_bits) {
+    let this_cpu = current_platform_cpu(&plan);
+    if let Err(error) = lpi::init(&plan, gic_id_bits, this_cpu) {
         refuse(&[alloc::format!("doorbells: {error}")]);
     }
     crate::gic_emulation::init(&plan);
@@ -76,7 +77,6 @@ pub extern "C" fn primary_main(firmware_dtb: usize) -> ! {
     if let Err(problem) = load_windows(&plan).and_then(|()| crate::emulated::init(&plan)) {
         refuse(&[problem]);
     }
-    let this_cpu = current_platform_cpu(&plan);
     let mut maps = Vec::new();
     for (index, partition) in plan.partitions().iter().enumerate() {
         match load(&plan, index, partition) {

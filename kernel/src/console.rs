@@ -9,6 +9,7 @@ use core::ptr::NonNull;
 use safe_mmio::UniqueMmioPointer;
 use spin::mutex::TicketMutex as Mutex;
 use trapless_kernel_core::console::LineFramer;
+use trapless_kernel_core::uart8250;
 use trapless_plan::{ConsoleKind, MAX_PARTITIONS, PlatformRecord};
 
 /// The UART, or `None` on a platform without an EL2 console (output is then dropped).
@@ -17,19 +18,34 @@ static CONSOLE: Mutex<Option<Writer>> = Mutex::new(None);
 /// `CONSOLE` when both are needed.
 static FRAMERS: Mutex<[LineFramer; MAX_PARTITIONS]> = Mutex::new([LineFramer::new(); MAX_PARTITIONS]);
 
-struct Writer(Uart<'static>);
+enum Writer {
+    Pl011(Uart<'static>),
+    /// A DesignWare APB UART (an 8250): the base of its registers.
+    Dw8250(usize),
+}
 
 /// How many times a character waits for room in the transmit FIFO before it is dropped.
 const TX_PATIENCE: u32 = 1_000_000;
 
 impl Writer {
     fn put(&mut self, byte: u8) {
-        for _ in 0..TX_PATIENCE {
-            if !self.0.is_tx_fifo_full() {
-                self.0.write_word(byte);
-                return;
+        match self {
+            Self::Pl011(uart) => {
+                for _ in 0..TX_PATIENCE {
+                    if !uart.is_tx_fifo_full() {
+                        uart.write_word(byte);
+                        return;
+                    }
+                    core::hint::spin_loop();
+                }
             }
-            core::hint::spin_loop();
+            &mut Self::Dw8250(base) => {
+                // SAFETY (both): the plan names this UART as EL2's console and EL2 maps it as
+                // Device memory; its registers are 32 bits wide at these offsets.
+                let mut read = |offset: usize| unsafe { ((base + offset) as *const u32).read_volatile() };
+                let mut write = |offset: usize, value: u32| unsafe { ((base + offset) as *mut u32).write_volatile(value) };
+                uart8250::put(byte, TX_PATIENCE, &mut read, &mut write);
+            }
         }
     }
 }
@@ -48,15 +64,18 @@ impl Write for Writer {
 
 /// Takes the platform's console UART. Must run once, with the MMU on (the lock is an atomic).
 pub fn init(platform: &PlatformRecord) {
-    if platform.console_kind() != ConsoleKind::Pl011 {
-        return;
-    }
-    let registers = NonNull::new(platform.console.base.0 as *mut PL011Registers).unwrap();
-    // SAFETY: the plan names this PL011 as EL2's console; EL2 maps it as Device memory and this
-    // is the only `Uart` EL2 makes for it. (A partition given the same UART may write or
-    // disable it too: that garbles or drops output, and costs EL2 a bounded wait.)
-    let uart = Uart::new(unsafe { UniqueMmioPointer::new(registers) });
-    *CONSOLE.lock() = Some(Writer(uart));
+    let writer = match platform.console_kind() {
+        ConsoleKind::None => return,
+        ConsoleKind::Pl011 => {
+            let registers = NonNull::new(platform.console.base.0 as *mut PL011Registers).unwrap();
+            // SAFETY: the plan names this PL011 as EL2's console; EL2 maps it as Device memory and
+            // this is the only `Uart` EL2 makes for it. (A partition given the same UART may write
+            // or disable it too: that garbles or drops output, and costs EL2 a bounded wait.)
+            Writer::Pl011(Uart::new(unsafe { UniqueMmioPointer::new(registers) }))
+        }
+        ConsoleKind::Dw8250 => Writer::Dw8250(platform.console.base.0 as usize),
+    };
+    *CONSOLE.lock() = Some(writer);
 }
 
 /// Writes formatted text.

@@ -113,6 +113,14 @@ pub fn check(
         }
         if its.is_none() {
             fail(&raw.name.span(), format!("doorbell '{name}' needs a GIC ITS, and platform '{}' has none", platform.name));
+        } else if platform.gic.doorbell_path().is_none() {
+            fail(
+                &raw.name.span(),
+                format!(
+                    "doorbell '{name}' is rung by a CPU store, and {}: use a [[link]] whose sides both poll (poll = [\"device\", \"driver\"]) instead",
+                    crate::platform::no_path(platform)
+                ),
+            );
         }
         let partition = |field: &Spanned<String>, role: &str, fail: &mut dyn FnMut(&Range<usize>, String)| {
             let wanted = field.get_ref();

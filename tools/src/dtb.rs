@@ -4,7 +4,7 @@
 use crate::doorbell::DoorbellPlan;
 use crate::link::{LinkPlan, Role};
 use crate::planner::PartitionPlan;
-use crate::platform::{GITS_TRANSLATER, Platform, Trigger};
+use crate::platform::{Platform, Trigger};
 use trapless_abi::dt;
 use trapless_plan::AddrRange;
 use trapless_virtio::binding::dt as virtio_dt;
@@ -224,16 +224,17 @@ fn write_doorbells(fdt: &mut FdtWriter, platform: &Platform, index: usize, doorb
     let named = |doorbell: &&DoorbellPlan| doorbell.link.is_none();
     let rings: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.from == index).collect();
     let receives: Vec<&DoorbellPlan> = doorbells.iter().filter(named).filter(|doorbell| doorbell.to == index).collect();
-    let Some(its) = platform.gic.its.filter(|_| rings_any || !receives.is_empty()) else {
+    // Doorbells exist only where CPU stores reach the ITS (the checker sees to it).
+    let Some(path) = platform.gic.doorbell_path().filter(|_| rings_any || !receives.is_empty()) else {
         return Ok(());
     };
-    let page = its.doorbell_page();
+    let page = AddrRange::new(path.translater & !0xfff, 0x1000);
     let name = if rings_any { format!("doorbells@{:x}", page.base.0) } else { "doorbells".to_string() };
     let node = fdt.begin_node(&name)?;
     fdt.property_string("compatible", "trapless,doorbells")?;
     if rings_any {
         fdt.property_array_u64("reg", &reg(&[page]))?;
-        fdt.property_u32("trapless,translater", GITS_TRANSLATER as u32)?;
+        fdt.property_u32("trapless,translater", (path.translater & 0xfff) as u32)?;
     }
     if !rings.is_empty() {
         fdt.property_string_list("trapless,ring-names", rings.iter().map(|doorbell| doorbell.name.clone()).collect())?;

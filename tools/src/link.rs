@@ -313,6 +313,14 @@ pub fn check(
                     platform.name
                 ),
             );
+        } else if platform.gic.doorbell_path().is_none() && !(device_polls && driver_polls) {
+            fail(
+                &raw.name.span(),
+                format!(
+                    "link '{name}' needs doorbells, and {}: make both its sides poll (poll = [\"device\", \"driver\"]), which needs none",
+                    crate::platform::no_path(platform)
+                ),
+            );
         }
 
         let capacity = match (kind, &raw.capacity) {

@@ -6,14 +6,22 @@ use crate::planner::SystemPlan;
 use crate::size::describe;
 use trapless_arm64::image;
 use trapless_plan::{
-    ConsoleKind, CpuRecord, DoorbellRecord, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr,
-    PlanWriter, PlatformRecord, RegionRecord, SpiRoute, WindowDraft,
+    ConsoleKind, CpuRecord, DoorbellRecord, FLAG_DOORBELL_PATH, FLAG_FIRMWARE_RAM_AT_LEAST, FLAG_GIC_NO_SNOOP,
+    FirmwareRam, Ipa, MIN_KERNEL_HEAP, Name, NO_PARTITION, PartitionDraft, PhysAddr, PlanWriter, PlatformRecord,
+    RegionRecord, SpiRoute, WindowDraft,
 };
 
 /// The plan's bytes for `plan`.
 pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
     let platform = &plan.platform;
     let console = platform.console.map(|device| platform.devices[device].reg);
+    let console_kind = platform.console.and_then(|device| crate::platform::console_kind(&platform.devices[device]));
+    let path = platform.gic.doorbell_path();
+    let flags = [
+        (path.is_some(), FLAG_DOORBELL_PATH),
+        (!platform.gic.snoops, FLAG_GIC_NO_SNOOP),
+        (platform.firmware_ram == FirmwareRam::AtLeast, FLAG_FIRMWARE_RAM_AT_LEAST),
+    ];
     let record = PlatformRecord {
         name: Name::new(&platform.name).expect("platform names are checked"),
         ram: platform.ram,
@@ -23,10 +31,11 @@ pub fn plan_bytes(plan: &SystemPlan) -> Vec<u8> {
         gicr_stride: platform.gic.redistributor_stride,
         console: console.unwrap_or_default(),
         its: platform.gic.its.map(|its| its.range).unwrap_or_default(),
-        console_kind: if console.is_some() { ConsoleKind::Pl011 } else { ConsoleKind::None }.code(),
+        doorbell_translater: PhysAddr(path.map_or(0, |path| path.translater)),
+        console_kind: console_kind.unwrap_or(ConsoleKind::None).code(),
         gic_version: platform.gic.version,
-        doorbell_device: platform.gic.its.map_or(0, |its| its.doorbell_device),
-        reserved: 0,
+        doorbell_device: path.map_or(0, |path| path.device),
+        flags: flags.iter().filter(|(set, _)| *set).fold(0, |flags, (_, flag)| flags | flag),
     };
     let cpus = platform
         .cpus

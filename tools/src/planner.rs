@@ -196,8 +196,8 @@ pub fn stage2_map(
             kind: RegionKind::Device,
         });
     }
-    if let Some(its) = platform.gic.its.filter(|_| rings_doorbells) {
-        regions.push(Stage2Region { what: "doorbell page".into(), range: its.doorbell_page(), kind: RegionKind::Device });
+    if let Some(page) = platform.gic.its.and_then(|its| its.doorbell_page()).filter(|_| rings_doorbells) {
+        regions.push(Stage2Region { what: "doorbell page".into(), range: page, kind: RegionKind::Device });
     }
     regions.sort_by_key(|region| region.range.base);
     regions

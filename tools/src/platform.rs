@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use trapless_plan::{AddrRange, EMULATED_REGISTERS_SIZE, MPIDR_AFFINITY_MASK, NAME_CAPACITY};
 
+mod its;
+pub use its::{DoorbellPath, GITS_TRANSLATER, ITS_TRANSLATION_FRAME, Its, MAX_DOORBELL_DEVICE, no_path};
+pub use trapless_plan::FirmwareRam;
+
 /// A base address and a size.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +31,8 @@ impl RangeToml {
 struct PlatformToml {
     name: Spanned<String>,
     ram: Spanned<RangeToml>,
+    /// Whether the firmware's RAM is exactly `ram` (the default) or may be more.
+    firmware_ram: Option<FirmwareRamToml>,
     kernel: Spanned<RangeToml>,
     psci_conduit: Spanned<String>,
     console: Option<Spanned<String>>,
@@ -39,6 +45,14 @@ struct PlatformToml {
     #[serde(default)]
     device: Vec<Spanned<DeviceToml>>,
     emulation: Option<EmulationToml>,
+}
+
+/// `firmware-ram`: `"exact"` or `"at-least"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum FirmwareRamToml {
+    Exact,
+    AtLeast,
 }
 
 /// How `cargo xtask run` starts this platform in QEMU.
@@ -91,8 +105,10 @@ struct GicToml {
     lpi_id_bits: Option<Spanned<u8>>,
     /// EventID bits the ITS implements (`GITS_TYPER.IDbits` + 1).
     its_event_bits: Option<Spanned<u8>>,
-    /// The DeviceID the ITS sees on a CPU's store to `GITS_TRANSLATER` (SoC-specific).
-    doorbell_device_id: Option<Spanned<u32>>,
+    /// How a CPU's store reaches the ITS's translation, and the DeviceID it carries (SoC-specific).
+    doorbell_path: Option<Spanned<its::DoorbellPathToml>>,
+    /// Whether the GIC's own table reads and writes snoop the CPUs' caches (default true).
+    snoops: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,35 +183,6 @@ pub enum Trigger {
     EdgeRising,
 }
 
-/// The GIC ITS and what CPU stores to it look like.
-#[derive(Clone, Copy, Debug)]
-pub struct Its {
-    /// Its control frame and, 64 KiB on, its translation frame.
-    pub range: AddrRange,
-    /// INTID bits the GIC implements: LPIs are 8192 to 2^`lpi_id_bits` - 1.
-    pub lpi_id_bits: u8,
-    /// EventID bits the ITS implements.
-    pub event_bits: u8,
-    /// The DeviceID of a CPU's store to `GITS_TRANSLATER`: every doorbell is mapped under it.
-    pub doorbell_device: u32,
-}
-
-/// DeviceIDs a flat ITS device table of 256 4 KiB pages reaches with 8-byte entries. (An ITS
-/// with larger entries reaches fewer: the kernel refuses such a table at boot.)
-pub const MAX_DOORBELL_DEVICE: u32 = 256 * 4096 / 8;
-
-/// Offset of the ITS translation frame from the ITS base.
-pub const ITS_TRANSLATION_FRAME: u64 = 0x1_0000;
-/// Offset of `GITS_TRANSLATER` in the translation frame.
-pub const GITS_TRANSLATER: u64 = 0x40;
-
-impl Its {
-    /// The one page a partition that rings doorbells gets: the one holding `GITS_TRANSLATER`.
-    pub fn doorbell_page(&self) -> AddrRange {
-        AddrRange::new(self.range.base.0 + ITS_TRANSLATION_FRAME, 0x1000)
-    }
-}
-
 /// The GIC of the board.
 #[derive(Clone, Debug)]
 pub struct Gic {
@@ -206,6 +193,16 @@ pub struct Gic {
     pub redistributors: AddrRange,
     pub redistributor_stride: u64,
     pub its: Option<Its>,
+    /// Whether the GIC reads and writes its tables coherently with the CPUs' caches (RK3588,
+    /// erratum 3588001: no).
+    pub snoops: bool,
+}
+
+impl Gic {
+    /// How CPU stores reach the ITS, if there is an ITS and they do.
+    pub fn doorbell_path(&self) -> Option<DoorbellPath> {
+        self.its.and_then(|its| its.path)
+    }
 }
 
 /// Bytes of one redistributor frame (RD, SGI, ...).
@@ -273,6 +270,23 @@ impl Emulation {
     }
 }
 
+/// The compatible string of an Arm PL011 UART.
+pub const PL011: &str = "arm,pl011";
+/// The compatible string of a DesignWare APB UART (an 8250 with 32-bit registers 4 bytes apart).
+pub const DW_APB_UART: &str = "snps,dw-apb-uart";
+
+/// The kind of UART EL2 can print on that `device` is, if any.
+pub fn console_kind(device: &Device) -> Option<trapless_plan::ConsoleKind> {
+    let is = |wanted: &str| device.compatible.iter().any(|compatible| compatible == wanted);
+    if is(PL011) {
+        Some(trapless_plan::ConsoleKind::Pl011)
+    } else if is(DW_APB_UART) {
+        Some(trapless_plan::ConsoleKind::Dw8250)
+    } else {
+        None
+    }
+}
+
 /// SPIs a GIC may have: INTIDs 32 to 1019.
 pub const SPI_LIMIT: u32 = 988;
 
@@ -283,6 +297,8 @@ pub struct Platform {
     /// The file it came from.
     pub path: PathBuf,
     pub ram: AddrRange,
+    /// How the firmware's RAM compares with `ram`.
+    pub firmware_ram: FirmwareRam,
     /// Where the loader puts the kernel Image (2 MiB aligned base), its payload and its heap.
     pub kernel: AddrRange,
     /// Index into [`Platform::devices`] of EL2's console.
@@ -430,37 +446,13 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             problem(&spanned.span(), format!("{what} {range} must be whole 64 KiB frames"));
         }
     }
-    let its = match (&raw.gic.its, &raw.gic.lpi_id_bits, &raw.gic.its_event_bits, &raw.gic.doorbell_device_id) {
-        (None, ..) => None,
-        (Some(its), Some(lpi_id_bits), Some(event_bits), Some(doorbell_device)) => {
-            let range = its.get_ref().range();
-            if range.size < 2 * ITS_TRANSLATION_FRAME || range.base.0 % ITS_TRANSLATION_FRAME != 0 {
-                problem(&its.span(), format!("the ITS {range} must be 64 KiB aligned and hold both of its 64 KiB frames"));
-            }
-            let (lpi_id_bits_span, lpi_id_bits) = (lpi_id_bits.span(), *lpi_id_bits.get_ref());
-            if !(14..=32).contains(&lpi_id_bits) {
-                problem(&lpi_id_bits_span, format!("lpi-id-bits must be 14 to 32, not {lpi_id_bits}"));
-            }
-            let (event_bits_span, event_bits) = (event_bits.span(), *event_bits.get_ref());
-            if !(1..=32).contains(&event_bits) {
-                problem(&event_bits_span, format!("its-event-bits must be 1 to 32, not {event_bits}"));
-            }
-            let (doorbell_device_span, doorbell_device) = (doorbell_device.span(), *doorbell_device.get_ref());
-            if doorbell_device >= MAX_DOORBELL_DEVICE {
-                problem(
-                    &doorbell_device_span,
-                    format!(
-                        "doorbell-device-id {doorbell_device} is too large: trapless gives the ITS a flat device table, which reaches DeviceIDs below {MAX_DOORBELL_DEVICE}"
-                    ),
-                );
-            }
-            Some(Its { range, lpi_id_bits, event_bits, doorbell_device })
-        }
-        (Some(its), ..) => {
-            problem(&its.span(), "an ITS needs lpi-id-bits, its-event-bits and doorbell-device-id in [gic]".to_string());
-            None
-        }
+    let facts = its::ItsFacts {
+        its: &raw.gic.its,
+        lpi_id_bits: &raw.gic.lpi_id_bits,
+        event_bits: &raw.gic.its_event_bits,
+        path: &raw.gic.doorbell_path,
     };
+    let its = its::check(facts, &mut problem);
     let timer = raw.timer.interrupts.get_ref();
     let timer: [u32; 4] = match timer.as_slice().try_into() {
         Ok(ppis) if timer.iter().all(|&ppi| ppi < 16) => ppis,
@@ -620,9 +612,11 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
                 let message = format!("console '{name}' is not a [[device]] of this platform (it has: {})", known.join(", "));
                 problems.push(source.error(&console.span(), message));
             }
-            Some(index) if !devices[index].compatible.iter().any(|c| c == "arm,pl011") => {
+            Some(index) if console_kind(&devices[index]).is_none() => {
                 let line = source.line(&raw.device[index].span());
-                let message = format!("console '{name}' is not a PL011: device '{name}' (line {line}) is not compatible with \"arm,pl011\"");
+                let message = format!(
+                    "console '{name}' is not a UART EL2 drives: device '{name}' (line {line}) is compatible with neither \"{PL011}\" nor \"{DW_APB_UART}\""
+                );
                 problems.push(source.error(&console.span(), message));
             }
             Some(_) => {}
@@ -641,6 +635,10 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
         name: raw.name.into_inner(),
         path: source.path.clone(),
         ram,
+        firmware_ram: match raw.firmware_ram {
+            None | Some(FirmwareRamToml::Exact) => FirmwareRam::Exact,
+            Some(FirmwareRamToml::AtLeast) => FirmwareRam::AtLeast,
+        },
         kernel,
         console,
         qemu: raw.qemu,
@@ -650,6 +648,7 @@ fn check(source: &Source, raw: PlatformToml) -> Result<Platform, Diagnostics> {
             redistributors,
             redistributor_stride: stride,
             its,
+            snoops: raw.gic.snoops.unwrap_or(true),
         },
         timer,
         cpus,

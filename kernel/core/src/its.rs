@@ -21,6 +21,8 @@ pub enum Command {
     Inv { device: u32, event: u32 },
     /// `SYNC`: wait until earlier commands' effects on `target` are visible.
     Sync { target: RdBase },
+    /// `DISCARD`: remove the translation of (`device`, `event`) and its LPI's pending state.
+    Discard { device: u32, event: u32 },
 }
 
 /// How a command names a redistributor (`GITS_TYPER.PTA` says which).
@@ -48,6 +50,7 @@ mod opcode {
     pub const MAPC: u64 = 0x09;
     pub const MAPTI: u64 = 0x0a;
     pub const INV: u64 = 0x0c;
+    pub const DISCARD: u64 = 0x0f;
 }
 
 const VALID: u64 = 1 << 63;
@@ -77,6 +80,7 @@ impl Command {
             ],
             Self::Inv { device, event } => [device_dw0(opcode::INV, device), u64::from(event), 0, 0],
             Self::Sync { target } => [opcode::SYNC, 0, target.field(), 0],
+            Self::Discard { device, event } => [device_dw0(opcode::DISCARD, device), u64::from(event), 0, 0],
         }
     }
 }
@@ -144,6 +148,26 @@ impl TableMemory {
     pub fn accepted(register: u64) -> Self {
         if (register >> 10) & 0b11 == 0 { Self::NonCacheable } else { Self::Cacheable }
     }
+
+    /// Programs a table register through `write` (which writes it for the given attributes and
+    /// returns what it reads back) and returns the attributes in force. A GIC that snoops the
+    /// CPUs' caches is offered write-back cacheable and shareable, and gets non-cacheable if it
+    /// reads the shareability back as none. A GIC that does not (`gic_snoops` false: RK3588,
+    /// erratum 3588001, which reads back shareable all the same) is only ever offered
+    /// non-cacheable, non-shareable: Linux forces the same.
+    pub fn negotiate(gic_snoops: bool, write: &mut dyn FnMut(Self) -> u64) -> Self {
+        if !gic_snoops {
+            write(Self::NonCacheable);
+            return Self::NonCacheable;
+        }
+        match Self::accepted(write(Self::Cacheable)) {
+            Self::Cacheable => Self::Cacheable,
+            Self::NonCacheable => {
+                write(Self::NonCacheable);
+                Self::NonCacheable
+            }
+        }
+    }
 }
 
 /// A `GITS_BASER<n>` register.
@@ -184,6 +208,15 @@ pub fn cbaser(address: u64, pages: usize, memory: TableMemory) -> u64 {
 }
 
 pub use trapless_plan::FIRST_LPI;
+
+/// The EventID and LPI INTID of EL2's own doorbell probe, given the (EventID, LPI) of every
+/// doorbell: the lowest EventID and the lowest LPI that none uses, so the probe raises nothing
+/// a partition waits for.
+pub fn probe_ids(doorbells: &[(u32, u32)]) -> (u32, u32) {
+    let event = (0..).find(|event| doorbells.iter().all(|&(used, _)| used != *event)).unwrap_or(u32::MAX);
+    let lpi = (FIRST_LPI..).find(|lpi| doorbells.iter().all(|&(_, used)| used != *lpi)).unwrap_or(u32::MAX);
+    (event, lpi)
+}
 
 /// Bits needed to number `0..=highest` (at least 1).
 pub fn bits_for(highest: u32) -> u8 {
@@ -286,6 +319,22 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_takes_the_lowest_event_and_lpi_no_doorbell_uses() {
+        assert_eq!(probe_ids(&[]), (0, 8192));
+        assert_eq!(probe_ids(&[(0, 8192), (1, 8193)]), (2, 8194));
+        assert_eq!(probe_ids(&[(1, 8200), (0, 8192), (3, 8193)]), (2, 8194));
+    }
+
+    #[test]
+    fn discard_fields() {
+        let [dw0, dw1, dw2, dw3] = Command::Discard { device: 0x7, event: 0x1_0002 }.encode();
+        assert_eq!(bits(dw0, 7, 0), 0x0f, "CommandID");
+        assert_eq!(bits(dw0, 63, 32), 0x7, "DeviceID");
+        assert_eq!(bits(dw1, 31, 0), 0x1_0002, "EventID");
+        assert_eq!((dw2, dw3), (0, 0));
+    }
+
+    #[test]
     fn typer_fields() {
         // QEMU 7.2's GITS_TYPER: Physical, ITT_entry_size 12 bytes, 16 EventID and DeviceID
         // bits, PTA = 0.
@@ -321,6 +370,31 @@ mod tests {
         assert_eq!(pendbaser(0x4040_0000, TableMemory::Cacheable), (1 << 62) | 0x4040_0000 | (0b01 << 10) | (0b111 << 7));
         assert_eq!(TableMemory::accepted(0b01 << 10), TableMemory::Cacheable);
         assert_eq!(TableMemory::accepted(0), TableMemory::NonCacheable);
+    }
+
+    /// A table register that keeps what is written, reading Shareability back as `shares` allows.
+    fn negotiated(gic_snoops: bool, shares: bool) -> (TableMemory, Vec<u64>) {
+        let mut written = Vec::new();
+        let memory = TableMemory::negotiate(gic_snoops, &mut |memory| {
+            let value = propbaser(0x4030_0000, 14, memory);
+            written.push(value);
+            if shares { value } else { value & !(0b11 << 10) }
+        });
+        (memory, written)
+    }
+
+    #[test]
+    fn tables_are_cacheable_only_for_a_gic_that_snoops_and_shares() {
+        let cacheable = propbaser(0x4030_0000, 14, TableMemory::Cacheable);
+        let non_cacheable = propbaser(0x4030_0000, 14, TableMemory::NonCacheable);
+        assert_eq!(negotiated(true, true), (TableMemory::Cacheable, vec![cacheable]));
+        // The GIC reads the table back non-shareable: it gets it non-cacheable.
+        assert_eq!(negotiated(true, false), (TableMemory::NonCacheable, vec![cacheable, non_cacheable]));
+        // RK3588 erratum 3588001: the GIC reads shareable back but cannot snoop; it is never
+        // offered a cacheable table.
+        assert_eq!(negotiated(false, true), (TableMemory::NonCacheable, vec![non_cacheable]));
+        assert_eq!((non_cacheable >> 10) & 0b11, 0, "non-shareable");
+        assert_eq!((non_cacheable >> 7) & 0b111, 0b001, "inner non-cacheable");
     }
 
     #[test]

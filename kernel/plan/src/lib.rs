@@ -141,6 +141,9 @@ pub struct BlobRef {
 pub enum ConsoleKind {
     None,
     Pl011,
+    /// A DesignWare APB UART (`snps,dw-apb-uart`), an 8250: 32-bit registers 4 bytes apart,
+    /// already set up (baud rate, pins, clock) by the firmware.
+    Dw8250,
 }
 
 impl ConsoleKind {
@@ -149,9 +152,34 @@ impl ConsoleKind {
         match self {
             Self::None => 0,
             Self::Pl011 => 1,
+            Self::Dw8250 => 2,
         }
     }
+
+    fn from_code(code: u32) -> Option<Self> {
+        [Self::None, Self::Pl011, Self::Dw8250].into_iter().find(|kind| kind.code() == code)
+    }
 }
+
+/// How the firmware's RAM must compare with the platform's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirmwareRam {
+    /// The firmware describes exactly the platform's RAM (a QEMU run with another `-m` is refused).
+    Exact,
+    /// The firmware's RAM holds the platform's, and may have more, which trapless leaves
+    /// unused (a board sold with several RAM sizes, its loader writing what is fitted).
+    AtLeast,
+}
+
+/// [`PlatformRecord::flags`]: CPU stores reach the ITS's translation at
+/// [`PlatformRecord::doorbell_translater`], carrying [`PlatformRecord::doorbell_device`].
+pub const FLAG_DOORBELL_PATH: u32 = 1 << 0;
+/// [`PlatformRecord::flags`]: the GIC cannot snoop the CPUs' caches (RK3588 erratum 3588001):
+/// its tables are given to it non-shareable and non-cacheable, and cleaned to memory.
+pub const FLAG_GIC_NO_SNOOP: u32 = 1 << 1;
+/// [`PlatformRecord::flags`]: [`FirmwareRam::AtLeast`].
+pub const FLAG_FIRMWARE_RAM_AT_LEAST: u32 = 1 << 2;
+const KNOWN_FLAGS: u32 = FLAG_DOORBELL_PATH | FLAG_GIC_NO_SNOOP | FLAG_FIRMWARE_RAM_AT_LEAST;
 
 /// The board facts the kernel needs, copied from `platform.toml`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -171,23 +199,46 @@ pub struct PlatformRecord {
     pub console: AddrRange,
     /// The GIC ITS (its control frame, then its translation frame), or empty.
     pub its: AddrRange,
+    /// Where a CPU's 32-bit store of an EventID reaches the ITS's translation (its
+    /// `GITS_TRANSLATER`), with [`FLAG_DOORBELL_PATH`]; 0 without.
+    pub doorbell_translater: PhysAddr,
     pub console_kind: u32,
     /// 3 or 4.
     pub gic_version: u32,
-    /// The DeviceID the ITS sees on a CPU's store to `GITS_TRANSLATER` (SoC-specific; 0 on
-    /// QEMU): every doorbell is mapped under it.
+    /// The DeviceID the ITS sees on a CPU's store to the translater (SoC-specific; 0 on
+    /// QEMU), with [`FLAG_DOORBELL_PATH`]: every doorbell is mapped under it.
     pub doorbell_device: u32,
-    pub reserved: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// How a CPU's store reaches the ITS's translation: where, and with which DeviceID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorbellPath {
+    pub translater: PhysAddr,
+    pub device: u32,
 }
 
 impl PlatformRecord {
     /// EL2's console.
     pub fn console_kind(&self) -> ConsoleKind {
-        if self.console_kind == ConsoleKind::Pl011.code() {
-            ConsoleKind::Pl011
-        } else {
-            ConsoleKind::None
-        }
+        ConsoleKind::from_code(self.console_kind).unwrap_or(ConsoleKind::None)
+    }
+
+    /// How CPU stores reach the ITS, or `None` if they do not (or there is no ITS).
+    pub fn doorbell_path(&self) -> Option<DoorbellPath> {
+        (self.flags & FLAG_DOORBELL_PATH != 0 && self.its.size != 0)
+            .then_some(DoorbellPath { translater: self.doorbell_translater, device: self.doorbell_device })
+    }
+
+    /// Whether the GIC reads and writes its tables coherently with the CPUs' caches.
+    pub fn gic_snoops(&self) -> bool {
+        self.flags & FLAG_GIC_NO_SNOOP == 0
+    }
+
+    /// How the firmware's RAM must compare with [`PlatformRecord::ram`].
+    pub fn firmware_ram(&self) -> FirmwareRam {
+        if self.flags & FLAG_FIRMWARE_RAM_AT_LEAST != 0 { FirmwareRam::AtLeast } else { FirmwareRam::Exact }
     }
 
     /// The redistributor frame of platform CPU `cpu`.
@@ -532,8 +583,17 @@ impl<'a> Plan<'a> {
         if !matches!(platform.gic_version, 3 | 4) {
             return Err(bad_value("gic-version", 0, platform.gic_version.into()));
         }
-        if platform.console_kind > ConsoleKind::Pl011.code() {
+        if ConsoleKind::from_code(platform.console_kind).is_none() {
             return Err(bad_value("console-kind", 0, platform.console_kind.into()));
+        }
+        if platform.flags & !KNOWN_FLAGS != 0 {
+            return Err(bad_value("platform flags", 0, platform.flags.into()));
+        }
+        if let Some(path) = platform.doorbell_path() {
+            let translater = path.translater.0;
+            if !translater.is_multiple_of(4) || platform.ram.contains_span(translater, 4) {
+                return Err(bad_value("doorbell translater", 0, translater));
+            }
         }
         for (index, cpu) in self.cpus.iter().enumerate() {
             if cpu.owner().is_some_and(|owner| owner >= self.partitions.len()) {
@@ -556,8 +616,8 @@ impl<'a> Plan<'a> {
                 return Err(PlanError::BadIndex { field: "spi cpu", index });
             }
         }
-        if !self.doorbells.is_empty() && platform.its.size == 0 {
-            return Err(PlanError::BadIndex { field: "doorbell without an ITS", index: 0 });
+        if !self.doorbells.is_empty() && platform.doorbell_path().is_none() {
+            return Err(PlanError::BadIndex { field: "doorbell without a doorbell path", index: 0 });
         }
         for (index, doorbell) in self.doorbells.iter().enumerate() {
             if doorbell.intid < FIRST_LPI {

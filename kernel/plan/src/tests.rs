@@ -16,8 +16,9 @@ fn platform() -> PlatformRecord {
         its: AddrRange::new(0x0808_0000, 0x2_0000),
         console_kind: ConsoleKind::Pl011.code(),
         gic_version: 3,
+        doorbell_translater: PhysAddr(0x0809_0040),
         doorbell_device: 0,
-        reserved: 0,
+        flags: FLAG_DOORBELL_PATH,
     }
 }
 
@@ -271,6 +272,54 @@ fn rejects_inconsistent_records() {
         corrupt(|b| header_field(b, first_partition + 34, &1u16.to_le_bytes())),
         PlanError::BadValue { field: "restart limit of a partition on emulated link", index: 0, value: 1 }
     );
+}
+
+/// Offset of a field of [`PlatformRecord`] in the plan: it is the header's.
+fn platform_field(field: usize) -> usize {
+    core::mem::offset_of!(Header, platform) + field
+}
+
+#[test]
+fn rejects_platform_facts_it_does_not_know_or_that_contradict_the_doorbells() {
+    let flags = platform_field(core::mem::offset_of!(PlatformRecord, flags));
+    assert_eq!(
+        corrupt(|b| header_field(b, flags, &(1u32 << 7).to_le_bytes())),
+        PlanError::BadValue { field: "platform flags", index: 0, value: 1 << 7 }
+    );
+    // Doorbells on a platform whose CPU stores do not reach the ITS.
+    assert_eq!(
+        corrupt(|b| header_field(b, flags, &0u32.to_le_bytes())),
+        PlanError::BadIndex { field: "doorbell without a doorbell path", index: 0 }
+    );
+    // A translater in RAM, or not 4-byte aligned.
+    let translater = platform_field(core::mem::offset_of!(PlatformRecord, doorbell_translater));
+    assert_eq!(
+        corrupt(|b| header_field(b, translater, &0x4000_0040u64.to_le_bytes())),
+        PlanError::BadValue { field: "doorbell translater", index: 0, value: 0x4000_0040 }
+    );
+    assert_eq!(
+        corrupt(|b| header_field(b, translater, &0x0809_0042u64.to_le_bytes())),
+        PlanError::BadValue { field: "doorbell translater", index: 0, value: 0x0809_0042 }
+    );
+    let console = platform_field(core::mem::offset_of!(PlatformRecord, console_kind));
+    assert_eq!(
+        corrupt(|b| header_field(b, console, &3u32.to_le_bytes())),
+        PlanError::BadValue { field: "console-kind", index: 0, value: 3 }
+    );
+}
+
+#[test]
+fn platform_facts_read_back() {
+    let mut record = platform();
+    assert_eq!(record.doorbell_path(), Some(DoorbellPath { translater: PhysAddr(0x0809_0040), device: 0 }));
+    assert!(record.gic_snoops());
+    assert_eq!(record.firmware_ram(), FirmwareRam::Exact);
+    record.flags = FLAG_GIC_NO_SNOOP | FLAG_FIRMWARE_RAM_AT_LEAST;
+    assert_eq!(record.doorbell_path(), None);
+    assert!(!record.gic_snoops());
+    assert_eq!(record.firmware_ram(), FirmwareRam::AtLeast);
+    record.console_kind = ConsoleKind::Dw8250.code();
+    assert_eq!(record.console_kind(), ConsoleKind::Dw8250);
 }
 
 #[test]

@@ -149,6 +149,16 @@ pub fn init_cpu(cpu: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Wakes platform CPU `cpu`'s redistributor (`GICR_WAKER`), so that it forwards interrupts to
+/// its CPU interface: for the doorbell probe, before `init_cpu` runs on that CPU.
+pub fn wake(cpu: usize) -> Result<(), Error> {
+    let mut gic = GIC.get().expect("gic::init ran on the boot CPU").lock();
+    match gic.0.redistributor(cpu)?.mark_core_awake() {
+        Ok(()) | Err(GicError::AlreadyAwake) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The SGI EL2 sends to wake a CPU of a stopped partition out of `WFI`, so that it faults on
 /// its revoked stage 2 and parks.
 const KICK: IntId = IntId::sgi(15);

@@ -98,13 +98,15 @@ impl Its {
     /// Takes the ITS whose control frame is at `base`, disables it, and gives it its device and
     /// collection tables (flat tables for DeviceIDs below `devices` and for `collections`
     /// collections, with the entry size each `GITS_BASER<n>` states) and a command queue, then
-    /// enables it. `GITS_TYPER` must allow the DeviceIDs and `event_bits` EventID bits.
+    /// enables it. `GITS_TYPER` must allow the DeviceIDs and `event_bits` EventID bits. A GIC
+    /// that does not snoop the CPUs' caches (`gic_snoops` false) gets every table
+    /// non-shareable and non-cacheable, cleaned to memory after each write.
     ///
     /// # Safety
     ///
     /// `base` must be the ITS's control frame, mapped as Device memory, and nothing else may
     /// drive the ITS.
-    pub unsafe fn new(base: usize, devices: u64, collections: usize, event_bits: u8) -> Result<Self, Error> {
+    pub unsafe fn new(base: usize, devices: u64, collections: usize, event_bits: u8, gic_snoops: bool) -> Result<Self, Error> {
         // SAFETY: our caller promised `base` is the ITS control frame and ours alone.
         let registers = unsafe { &*(base as *const ItsRegisters) };
         registers.ctlr.set(registers.ctlr.get() & !CTLR_ENABLED);
@@ -135,7 +137,7 @@ impl Its {
                 return Err(Error::TableTooLarge { table: index, pages });
             }
             let table = tables::allocate_zeroed(pages * 4096, 64 * 1024);
-            let memory = tables::program(&|memory| {
+            let memory = tables::program(gic_snoops, &|memory| {
                 register.set(baser.with_flat_table(table as u64, pages, memory).0);
                 register.get()
             });
@@ -146,7 +148,7 @@ impl Its {
         }
 
         let queue = tables::allocate_zeroed(QUEUE_BYTES, 64 * 1024);
-        let queue_memory = tables::program(&|memory| {
+        let queue_memory = tables::program(gic_snoops, &|memory| {
             registers.cbaser.set(cbaser(queue as u64, QUEUE_BYTES / 4096, memory));
             registers.cbaser.get()
         });

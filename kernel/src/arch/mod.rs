@@ -6,6 +6,7 @@ pub mod firmware;
 pub mod gic;
 pub mod its;
 pub mod lpi;
+pub mod probe;
 pub mod stage2;
 pub mod tables;
 pub mod vectors;

@@ -16,16 +16,10 @@ pub fn allocate_zeroed(bytes: usize, align: usize) -> usize {
 }
 
 /// Programs a table register through `write` (which writes it for the given attributes and
-/// returns what it reads back): write-back cacheable and shareable if the GIC accepts that,
-/// else non-cacheable. Returns the attributes in force.
-pub fn program(write: &dyn Fn(TableMemory) -> u64) -> TableMemory {
-    match TableMemory::accepted(write(TableMemory::Cacheable)) {
-        TableMemory::Cacheable => TableMemory::Cacheable,
-        TableMemory::NonCacheable => {
-            write(TableMemory::NonCacheable);
-            TableMemory::NonCacheable
-        }
-    }
+/// returns what it reads back), as [`TableMemory::negotiate`] decides for a GIC that does or
+/// does not snoop the CPUs' caches. Returns the attributes in force.
+pub fn program(gic_snoops: bool, write: &dyn Fn(TableMemory) -> u64) -> TableMemory {
+    TableMemory::negotiate(gic_snoops, &mut |memory| write(memory))
 }
 
 /// Makes software's writes to `[start..start + len)` visible to the GIC: a barrier for a GIC

@@ -133,7 +133,7 @@ fn assert_plan(system: &System, plan: &SystemPlan) {
         assert_eq!(tree.cpus().count(), partition.cpus.len(), "CPU nodes of '{name}'");
     }
 
-    if let Some(its) = platform.gic.its {
+    if let Some(its) = platform.gic.its.filter(|its| its.path.is_some()) {
         let mut events = BTreeSet::new();
         let mut lpis = BTreeSet::new();
         for doorbell in &plan.doorbells {
@@ -143,7 +143,7 @@ fn assert_plan(system: &System, plan: &SystemPlan) {
             assert!(plan.partitions[doorbell.to].cpus.contains(&doorbell.cpu), "doorbell '{}' to another's CPU", doorbell.name);
         }
     } else {
-        assert!(plan.doorbells.is_empty(), "doorbells without an ITS");
+        assert!(plan.doorbells.is_empty(), "doorbells without an ITS CPU stores reach");
     }
 }
 
