@@ -33,10 +33,12 @@ fn device_path(platform: &Platform, device: usize) -> String {
 }
 
 /// Where the partition's console output goes: its own PL011 if it has one (the platform's
-/// console first), else the console hypercall.
+/// console first, if it is one), else the console hypercall.
 pub fn stdout_path(platform: &Platform, partition: &PartitionPlan) -> String {
     let is_pl011 = |&&device: &&usize| platform.devices[device].compatible.iter().any(|c| c == "arm,pl011");
-    let console = platform.console.filter(|console| partition.devices.contains(console));
+    // trapless's guest runtime drives PL011s only: a partition given another UART (the DW
+    // 8250 of a Rock 5B) prints through the console hypercall.
+    let console = platform.console.filter(|console| partition.devices.contains(console)).filter(|console| is_pl011(&console));
     match console.or_else(|| partition.devices.iter().find(is_pl011).copied()) {
         Some(device) => device_path(platform, device),
         None => dt::HYPERCALL_CONSOLE_PATH.to_string(),

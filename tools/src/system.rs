@@ -304,7 +304,10 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         let mut devices = Vec::new();
         for device in &partition.devices {
             let device_name = device.get_ref();
-            let Some(index) = platform.device(device_name) else {
+            // "console" names the platform's console UART, whatever the board calls it, so that
+            // a system that shares it with EL2 builds for any platform.
+            let console = (device_name == CONSOLE_DEVICE).then_some(platform.console).flatten();
+            let Some(index) = platform.device(device_name).or(console) else {
                 let known: Vec<&str> = platform.devices.iter().map(|device| device.name.as_str()).collect();
                 problems.push(at(
                     &device.span(),
@@ -482,6 +485,9 @@ fn check(source: &Source, raw: SystemToml, platform: Platform, root: &Path) -> R
         Err(Diagnostics(problems))
     }
 }
+
+/// The device name that stands for the platform's console UART (`console` in platform.toml).
+pub const CONSOLE_DEVICE: &str = "console";
 
 /// A partition name trapless accepts: it appears in device trees, file names and console lines.
 pub fn valid_name(name: &str) -> bool {
