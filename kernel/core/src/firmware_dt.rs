@@ -262,12 +262,13 @@ fn check_gic(found: &[Found<'_>], platform: &PlatformRecord, problems: &mut Vec<
     match found.iter().find(|node| compatible(node, "arm,gic-v3")) {
         None => problems.push(String::from("the firmware's device tree has no GICv3")),
         Some(gic) => {
-            let base = |index: usize| gic.reg.get(index).map(|range| range.base.0);
-            if base(0) != Some(platform.gicd.base.0) || base(1) != Some(platform.gicr.base.0) {
+            let base = |index: usize| gic.reg.get(index).map(|range| range.base);
+            if base(0) != Some(platform.gicd.base) || base(1) != Some(platform.gicr.base) {
+                let at = |index: usize| base(index).map_or(String::from("nowhere"), |base| format!("{base}"));
                 problems.push(format!(
-                    "the GIC distributor / redistributors are at {:#x?} / {:#x?}, platform {} says {} / {}",
-                    base(0),
-                    base(1),
+                    "the GIC distributor / redistributors are at {} / {}, platform {} says {} / {}",
+                    at(0),
+                    at(1),
                     platform.name,
                     platform.gicd.base,
                     platform.gicr.base
@@ -285,7 +286,8 @@ fn check_gic(found: &[Found<'_>], platform: &PlatformRecord, problems: &mut Vec<
             let found = if its.is_empty() {
                 String::from("no GIC ITS")
             } else {
-                format!("the GIC ITS at {}", its.iter().map(|base| format!("{base:#x}")).collect::<Vec<_>>().join(", "))
+                let bases: Vec<String> = its.iter().map(|&base| format!("{}", trapless_plan::PhysAddr(base))).collect();
+                format!("the GIC ITS at {}", bases.join(", "))
             };
             problems.push(format!("the firmware's device tree has {found}, platform {} says {}", platform.name, platform.its.base));
         }
