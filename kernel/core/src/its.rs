@@ -170,6 +170,17 @@ impl TableMemory {
     }
 }
 
+/// How a table register that was read back says the GIC reaches its table, for EL2's boot
+/// report: from its Shareability (bits 11:10) and InnerCache (bits 9:7 of `GICR_PROPBASER`).
+pub fn describe_propbaser(register: u64) -> &'static str {
+    match ((register >> 10) & 0b11, (register >> 7) & 0b111) {
+        (0, 0b001) => "non-shareable, non-cacheable, cleaned to memory",
+        (0, _) => "non-shareable",
+        (_, 0b111) => "inner shareable, write-back cacheable",
+        _ => "shareable",
+    }
+}
+
 /// A `GITS_BASER<n>` register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Baser(pub u64);
@@ -395,6 +406,13 @@ mod tests {
         assert_eq!(negotiated(false, true), (TableMemory::NonCacheable, vec![non_cacheable]));
         assert_eq!((non_cacheable >> 10) & 0b11, 0, "non-shareable");
         assert_eq!((non_cacheable >> 7) & 0b111, 0b001, "inner non-cacheable");
+    }
+
+    #[test]
+    fn the_boot_report_reads_the_attributes_back() {
+        assert_eq!(describe_propbaser(propbaser(0x4030_0000, 14, TableMemory::Cacheable)), "inner shareable, write-back cacheable");
+        assert_eq!(describe_propbaser(propbaser(0x4030_0000, 14, TableMemory::NonCacheable)), "non-shareable, non-cacheable, cleaned to memory");
+        assert_eq!(describe_propbaser(0x4030_0000 | (0b111 << 7)), "non-shareable");
     }
 
     #[test]

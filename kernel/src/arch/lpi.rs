@@ -14,7 +14,7 @@ use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
 use trapless_kernel_core::its::{
     Command, FIRST_LPI, PENDING_TABLE_ALIGN, RdBase, bits_for, lpi_config, lpi_id_bits,
-    pending_table_size, pendbaser, probe_ids, property_table_size, propbaser,
+    pending_table_size, pendbaser, probe_ids, describe_propbaser, property_table_size, propbaser,
 };
 use trapless_plan::{DoorbellPath, MAX_CPUS, Name, Plan, PlatformRecord};
 use crate::println;
@@ -208,6 +208,10 @@ pub fn init(plan: &Plan<'static>, gic_id_bits: u8, probe_cpu: Option<usize>) -> 
         lpi_tables.pending[cpu] = Some(pending);
     }
     TABLES.call_once(|| lpi_tables);
+    // What the GIC took, read back from its register (a GIC that cannot snoop gets non-cacheable
+    // tables: the platform's `snoops = false`, or its own read-back).
+    let readback = rd_frame(platform, probe_cpu).propbaser.get();
+    println!("trapless: LPI tables {} (GICR_PROPBASER {readback:#x})", describe_propbaser(readback));
 
     // The ITS: one device (the DeviceID CPU stores carry), one collection per receiving CPU.
     let device = path.device;
