@@ -103,7 +103,8 @@ fn small_system(platform: Platform) -> System {
         .collect();
     let mut links = Vec::new();
     if partitions.len() == 2 {
-        let polls = platform.gic.its.is_none();
+        // Links ring doorbells only where CPU stores reach an ITS; elsewhere both sides poll.
+        let polls = platform.gic.doorbell_path().is_none();
         let console = Link {
             name: "console0".into(),
             line: 1,
@@ -118,7 +119,7 @@ fn small_system(platform: Platform) -> System {
             capacity: 0,
             transport: Transport::Doorbell,
         };
-        if platform.gic.its.is_some() && platform.emulation.is_some() {
+        if platform.gic.doorbell_path().is_some() && platform.emulation.is_some() {
             let net = Link { name: "net0".into(), kind: Kind::Net, transport: Transport::MmioTrap, ..console.clone() };
             links.push(net);
         }
