@@ -42,7 +42,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// The first eight bytes of every plan.
 pub const MAGIC: [u8; 8] = *b"TRAPLESS";
 /// The layout version this crate reads and writes; bump it on any change to a record.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// Longest name a [`Name`] holds, in bytes.
 pub const NAME_CAPACITY: usize = 31;
 /// [`CpuRecord::partition`] of a CPU that no partition owns.
