@@ -70,26 +70,16 @@ impl GicEmulation {
 
 /// The `gic-emulation` lines of `run`, by partition (absent: it touched none of it).
 pub fn gic_emulation(run: &Run) -> std::collections::BTreeMap<String, GicEmulation> {
-    let mut all = std::collections::BTreeMap::new();
-    for line in run.output.lines() {
-        let Some(rest) = line.strip_prefix("trapless: gic-emulation ") else { continue };
-        let fields: std::collections::BTreeMap<&str, &str> = rest.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-        let count = |key: &str| fields.get(key).and_then(|value| value.parse().ok()).unwrap_or(0);
-        let Some(name) = fields.get("partition") else { continue };
-        all.insert(
-            name.to_string(),
-            GicEmulation {
-                distributor_reads: count("distributor-reads"),
-                distributor_writes: count("distributor-writes"),
-                redistributor_reads: count("redistributor-reads"),
-                redistributor_writes: count("redistributor-writes"),
-                injected_aborts: count("injected-aborts"),
-                sgi_requests: count("sgi-requests"),
-                cpu_interface: count("cpu-interface"),
-            },
-        );
-    }
-    all
+    let emulation = |counts: trapless_tools::qemu::Counts| GicEmulation {
+        distributor_reads: counts.get("distributor-reads"),
+        distributor_writes: counts.get("distributor-writes"),
+        redistributor_reads: counts.get("redistributor-reads"),
+        redistributor_writes: counts.get("redistributor-writes"),
+        injected_aborts: counts.get("injected-aborts"),
+        sgi_requests: counts.get("sgi-requests"),
+        cpu_interface: counts.get("cpu-interface"),
+    };
+    run.counts("gic-emulation").into_iter().map(|(name, counts)| (name, emulation(counts))).collect()
 }
 
 /// Boots `tests/systems/<name>.toml` with each `(from, to)` of `edits` replaced in its text.

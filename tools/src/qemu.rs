@@ -79,6 +79,17 @@ pub struct Exits {
     pub parked: u64,
 }
 
+/// The counts of one of EL2's `trapless: <what> partition=<name> key=<count> ...` lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(BTreeMap<String, u64>);
+
+impl Counts {
+    /// The count of `key`, 0 if the line has none.
+    pub fn get(&self, key: &str) -> u64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+}
+
 impl Exits {
     /// Every entry to EL2 from the partition's CPUs, while it ran or after: what QEMU's
     /// `-d int` log counts.
@@ -115,29 +126,34 @@ impl Run {
             .collect()
     }
 
-    /// `trapless: exits partition=<name> ...`, by partition.
-    pub fn exits(&self) -> BTreeMap<String, Exits> {
+    /// The `key=<count>` fields of each `trapless: <what> partition=<name> ...` line EL2 prints
+    /// at power-off, by partition; a field that is absent or no number counts 0.
+    pub fn counts(&self, what: &str) -> BTreeMap<String, Counts> {
+        let prefix = format!("trapless: {what} ");
         let mut all = BTreeMap::new();
         for line in self.output.lines() {
-            let Some(rest) = line.strip_prefix("trapless: exits ") else { continue };
+            let Some(rest) = line.strip_prefix(prefix.as_str()) else { continue };
             let fields: BTreeMap<&str, &str> = rest.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-            let count = |key: &str| fields.get(key).and_then(|value| value.parse().ok()).unwrap_or(0);
             let Some(name) = fields.get("partition") else { continue };
-            all.insert(
-                name.to_string(),
-                Exits {
-                    total: count("total"),
-                    hvc: count("hvc"),
-                    smc: count("smc"),
-                    data_abort: count("data-abort"),
-                    insn_abort: count("insn-abort"),
-                    sysreg: count("sysreg"),
-                    other: count("other"),
-                    parked: count("parked"),
-                },
-            );
+            let counts = fields.iter().filter_map(|(key, value)| Some((key.to_string(), value.parse().ok()?))).collect();
+            all.insert(name.to_string(), Counts(counts));
         }
         all
+    }
+
+    /// `trapless: exits partition=<name> ...`, by partition.
+    pub fn exits(&self) -> BTreeMap<String, Exits> {
+        let exits = |counts: Counts| Exits {
+            total: counts.get("total"),
+            hvc: counts.get("hvc"),
+            smc: counts.get("smc"),
+            data_abort: counts.get("data-abort"),
+            insn_abort: counts.get("insn-abort"),
+            sysreg: counts.get("sysreg"),
+            other: counts.get("other"),
+            parked: counts.get("parked"),
+        };
+        self.counts("exits").into_iter().map(|(name, counts)| (name, exits(counts))).collect()
     }
 
     /// Lines partition `name` wrote through the console hypercall, without the `[name] ` prefix.
