@@ -224,8 +224,10 @@ fn last_to_stop() -> bool {
 }
 
 /// How long the CPUs of a stopped partition may take to fault in and park before its restart
-/// is given up.
-const PARK_TIMEOUT_MS: u64 = 100;
+/// is given up (or, at power-off, its counts are printed without them). A running CPU faults
+/// in at once on hardware; under QEMU TCG on a host whose cores are all busy, a vCPU thread
+/// can wait past 100 ms to be scheduled.
+const PARK_TIMEOUT_MS: u64 = 1_000;
 
 /// Starts stopped `partition` again, from `cpu` (one of its CPUs, already marked off): waits
 /// for its other CPUs to park, loads its RAM afresh, maps its stage 2 again and starts its
