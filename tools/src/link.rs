@@ -15,7 +15,7 @@ use std::ops::Range;
 use toml::Spanned;
 use trapless_plan::{AddrRange, EmulatedLinkRecord, Ipa, MAX_LINK_QUEUES, MAX_WINDOWS, NAME_CAPACITY, Name};
 pub use trapless_virtio::binding::Role;
-use trapless_virtio::binding::{self, EVENT_IDX, Kind, MAX_QUEUE_SIZE, VERSION_1, offset};
+use trapless_virtio::binding::{self, COMMON, Kind, MAX_QUEUE_SIZE, VERSION_1, offset};
 use trapless_virtio::header::{self, Header};
 use trapless_virtio::layout;
 
@@ -237,7 +237,7 @@ pub fn check(
                 Some((_, Some(known))) => features |= 1 << known.bit,
                 Some((kind, None)) => {
                     let allowed: Vec<&str> =
-                        [VERSION_1, EVENT_IDX].iter().chain(kind.features()).map(|feature| feature.name).collect();
+                        COMMON.iter().chain(kind.features()).map(|feature| feature.name).collect();
                     fail(
                         &feature.span(),
                         format!(

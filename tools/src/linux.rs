@@ -1,8 +1,10 @@
-//! Linux for partitions: Debian's arm64 kernel and `busybox-static`, fetched with apt-get into
-//! `target/linux/` and kept there across runs ([`debian`]), the kernel modules under
-//! `partitions/linux/modules/` built against the same kernel's headers, and an initramfs of
-//! busybox, the modules and `partitions/linux/init` (a `newc` cpio archive written here: no
-//! root rights, no `cpio` program). A system names the results as files, relative to its own
+//! Linux for partitions: Debian's arm64 kernel, the few of its own modules a partition loads
+//! ([`DEBIAN_MODULES`]) and `busybox-static`, fetched with apt-get into `target/linux/` and kept
+//! there across runs ([`debian`]), the kernel modules under `partitions/linux/modules/` built
+//! against the same kernel's headers, the programs under `partitions/linux/programs/` built
+//! for its userspace, and an initramfs of busybox, the modules, the programs and
+//! `partitions/linux/init` (a `newc` cpio archive written here: no root rights, no `cpio`
+//! program). A system names the results as files, relative to its own
 //! folder (e.g. `image = "../../target/linux/Image"`); xtask provides them before it plans the
 //! system.
 //!
@@ -29,8 +31,23 @@ const APT: &str = "apt";
 /// The `/init` script and the kernel modules' sources, in the repository.
 const INIT_SCRIPT: &str = "partitions/linux/init";
 const MODULES: &str = "partitions/linux/modules";
-/// Where the initramfs holds the modules.
+/// The userspace programs' sources (one C file each, built without a C library).
+const PROGRAMS: &str = "partitions/linux/programs";
+/// Where the initramfs holds the modules built here, Debian's own, and the programs.
 const MODULES_IN_INITRAMFS: &str = "lib/trapless";
+const DEBIAN_MODULES_IN_INITRAMFS: &str = "lib/debian";
+const PROGRAMS_IN_INITRAMFS: &str = "bin";
+
+/// The kernel's own modules the initramfs carries (under `lib/modules/<release>/kernel/`), in
+/// the order `/init` loads them: the stock virtio drivers the static virtio links run
+/// (`virtio_net` needs `net_failover`, which needs `failover`). Debian builds them as modules.
+pub const DEBIAN_MODULES: [&str; 5] = [
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/char/virtio_console.ko",
+];
 
 /// Where xtask keeps what it fetched and built for Linux partitions.
 pub fn dir(root: &Path) -> PathBuf {
@@ -80,7 +97,9 @@ pub fn provide(root: &Path) -> Result<Provided, String> {
     let dir = dir(root);
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
     let headers = headers(&dir);
-    let cached = [IMAGE, BUSYBOX, VERSIONS].iter().all(|name| dir.join(name).is_file()) && headers.is_some();
+    let cached = [IMAGE, BUSYBOX, VERSIONS].iter().all(|name| dir.join(name).is_file())
+        && headers.is_some()
+        && debian_modules(&dir).is_some_and(|found| DEBIAN_MODULES.iter().all(|module| found.join(module).is_file()));
     let headers = match headers.filter(|_| cached) {
         Some(headers) => headers,
         None => {
@@ -95,10 +114,19 @@ pub fn provide(root: &Path) -> Result<Provided, String> {
         }
     };
     let modules = build_modules(root, &dir, &headers)?;
+    let programs = build_programs(root, &dir)?;
+    let kernel_modules = debian_modules(&dir).ok_or("Debian's kernel modules are missing")?;
+    let mut debian = Vec::new();
+    for module in DEBIAN_MODULES {
+        let path = kernel_modules.join(module);
+        let bytes = std::fs::read(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let name = module.rsplit('/').next().unwrap_or(module).trim_end_matches(".ko");
+        debian.push((name.to_string(), bytes));
+    }
     let init = root.join(INIT_SCRIPT);
     let script = std::fs::read(&init).map_err(|error| format!("{}: {error}", init.display()))?;
     let busybox = std::fs::read(dir.join(BUSYBOX)).map_err(|error| format!("{}: {error}", dir.join(BUSYBOX).display()))?;
-    let archive = initramfs(&busybox, &script, &modules);
+    let archive = initramfs(&busybox, &script, &Contents { modules: &modules, debian: &debian, programs: &programs });
     let target = dir.join(INITRAMFS);
     if std::fs::read(&target).ok().as_deref() != Some(archive.as_slice()) {
         write_atomically(&target, &archive)?;
@@ -106,6 +134,12 @@ pub fn provide(root: &Path) -> Result<Provided, String> {
     let versions = std::fs::read_to_string(dir.join(VERSIONS)).unwrap_or_default();
     let modules = modules.into_iter().map(|(name, _)| name).collect();
     Ok(Provided { versions: versions.trim().to_string(), fetched: !cached, modules })
+}
+
+/// The unpacked kernel's own modules (`lib/modules/<release>/kernel`), if they are there.
+fn debian_modules(dir: &Path) -> Option<PathBuf> {
+    let modules = dir.join(APT).join("root/lib/modules");
+    std::fs::read_dir(modules).ok()?.flatten().map(|entry| entry.path().join("kernel")).find(|path| path.is_dir())
 }
 
 /// The unpacked arm64 headers (`usr/src/linux-headers-*-arm64`), if they are there.
@@ -174,6 +208,49 @@ fn build_modules(root: &Path, dir: &Path, headers: &Path) -> Result<Vec<(String,
     Ok(built)
 }
 
+/// Builds each program `partitions/linux/programs/<name>.c` for Linux's arm64 userspace, as a
+/// static executable that needs no C library (none is installed for the cross compiler: the
+/// programs make their system calls themselves), and returns each by name.
+fn build_programs(root: &Path, dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let sources = root.join(PROGRAMS);
+    let mut names: Vec<String> = match std::fs::read_dir(&sources) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_string_lossy().strip_suffix(".c").map(str::to_string))
+            .collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    names.sort();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    crate::setup::ensure_module_tools()?;
+    let build = dir.join("programs");
+    std::fs::create_dir_all(&build).map_err(|error| format!("{}: {error}", build.display()))?;
+    let mut built = Vec::new();
+    for name in names {
+        let output = build.join(&name);
+        let mut gcc = Command::new("aarch64-linux-gnu-gcc-12");
+        gcc.args(["-std=gnu11", "-Os", "-Wall", "-Wextra", "-Werror", "-static", "-nostdlib", "-ffreestanding"]);
+        gcc.args(["-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-s", "-o"]).arg(&output);
+        gcc.arg(sources.join(format!("{name}.c"))).arg("-lgcc");
+        debian::run(&mut gcc, &format!("building the program {name}"))?;
+        let bytes = std::fs::read(&output).map_err(|error| format!("{}: {error}", output.display()))?;
+        built.push((name, bytes));
+    }
+    Ok(built)
+}
+
+/// What the initramfs carries besides busybox and `/init`, each by name.
+pub struct Contents<'a> {
+    /// The modules built here: `/lib/trapless/<name>.ko`.
+    pub modules: &'a [(String, Vec<u8>)],
+    /// Debian's own modules: `/lib/debian/<name>.ko`.
+    pub debian: &'a [(String, Vec<u8>)],
+    /// The programs: `/bin/<name>`.
+    pub programs: &'a [(String, Vec<u8>)],
+}
+
 /// One file of a `newc` cpio archive.
 struct Entry<'a> {
     name: &'a str,
@@ -190,11 +267,16 @@ const SYMLINK: u32 = 0o120_000;
 const CHARACTER_DEVICE: u32 = 0o020_000;
 
 /// The initramfs: busybox, `/bin/sh` pointing at it, the directories `/init` mounts on,
-/// `/dev/console`, each module as `/lib/trapless/<name>.ko`, and the `/init` script. Owned by
+/// `/dev/console`, the modules and programs of `contents`, and the `/init` script. Owned by
 /// root, dated 1970, the same bytes each time.
-pub fn initramfs(busybox: &[u8], init: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub fn initramfs(busybox: &[u8], init: &[u8], contents: &Contents<'_>) -> Vec<u8> {
     let directory = |name| Entry { name, mode: DIRECTORY | 0o755, rdev: (0, 0), data: &[] };
-    let paths: Vec<String> = modules.iter().map(|(name, _)| format!("{MODULES_IN_INITRAMFS}/{name}.ko")).collect();
+    let files = |list: &'_ [(String, Vec<u8>)], folder: &str, suffix: &str| -> Vec<String> {
+        list.iter().map(|(name, _)| format!("{folder}/{name}{suffix}")).collect()
+    };
+    let modules = files(contents.modules, MODULES_IN_INITRAMFS, ".ko");
+    let debian = files(contents.debian, DEBIAN_MODULES_IN_INITRAMFS, ".ko");
+    let programs = files(contents.programs, PROGRAMS_IN_INITRAMFS, "");
     let mut entries = vec![
         directory("bin"),
         Entry { name: "bin/busybox", mode: REGULAR | 0o755, rdev: (0, 0), data: busybox },
@@ -206,9 +288,13 @@ pub fn initramfs(busybox: &[u8], init: &[u8], modules: &[(String, Vec<u8>)]) -> 
         directory("tmp"),
         directory("lib"),
         directory(MODULES_IN_INITRAMFS),
+        directory(DEBIAN_MODULES_IN_INITRAMFS),
     ];
-    for (path, (_, bytes)) in paths.iter().zip(modules) {
+    for (path, (_, bytes)) in modules.iter().zip(contents.modules).chain(debian.iter().zip(contents.debian)) {
         entries.push(Entry { name: path, mode: REGULAR | 0o644, rdev: (0, 0), data: bytes });
+    }
+    for (path, (_, bytes)) in programs.iter().zip(contents.programs) {
+        entries.push(Entry { name: path, mode: REGULAR | 0o755, rdev: (0, 0), data: bytes });
     }
     entries.push(Entry { name: "init", mode: REGULAR | 0o755, rdev: (0, 0), data: init });
     let mut out = Vec::new();
@@ -297,19 +383,27 @@ mod tests {
     }
 
     #[test]
-    fn the_initramfs_is_a_newc_archive_with_busybox_the_modules_the_init_script_and_a_console() {
+    fn the_initramfs_is_a_newc_archive_with_busybox_the_modules_the_programs_the_init_script_and_a_console() {
         let modules = [("sgi-probe".to_string(), b"\x7fELF module".to_vec())];
-        let archive = initramfs(b"\x7fELF busybox", b"#!/bin/sh\necho hi\n", &modules);
+        let debian = [("virtio_blk".to_string(), b"\x7fELF debian".to_vec())];
+        let programs = [("trapless-io".to_string(), b"\x7fELF program".to_vec())];
+        let contents = Contents { modules: &modules, debian: &debian, programs: &programs };
+        let archive = initramfs(b"\x7fELF busybox", b"#!/bin/sh\necho hi\n", &contents);
         let found = entries(&archive);
         let names: Vec<&str> = found.iter().map(|entry| entry.0.as_str()).collect();
-        let expected = ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "proc", "sys", "tmp", "lib", "lib/trapless", "lib/trapless/sgi-probe.ko", "init"];
+        let expected = [
+            "bin", "bin/busybox", "bin/sh", "dev", "dev/console", "proc", "sys", "tmp", "lib", "lib/trapless", "lib/debian",
+            "lib/trapless/sgi-probe.ko", "lib/debian/virtio_blk.ko", "bin/trapless-io", "init",
+        ];
         assert_eq!(names, expected);
         assert_eq!(get_mode_and_data(&found, "lib/trapless/sgi-probe.ko"), (0o100_644, b"\x7fELF module".to_vec()));
+        assert_eq!(get_mode_and_data(&found, "lib/debian/virtio_blk.ko"), (0o100_644, b"\x7fELF debian".to_vec()));
+        assert_eq!(get_mode_and_data(&found, "bin/trapless-io"), (0o100_755, b"\x7fELF program".to_vec()));
         let get = |name: &str| found.iter().find(|entry| entry.0 == name).unwrap();
         assert_eq!((get("bin/busybox").1, get("bin/busybox").3.as_slice()), (0o100_755, &b"\x7fELF busybox"[..]));
         assert_eq!((get("bin/sh").1, get("bin/sh").3.as_slice()), (0o120_777, &b"busybox"[..]));
         assert_eq!((get("dev/console").1, get("dev/console").2), (0o020_600, (5, 1)));
         assert_eq!((get("init").1, get("init").3.as_slice()), (0o100_755, &b"#!/bin/sh\necho hi\n"[..]));
-        assert_eq!(initramfs(b"\x7fELF busybox", b"#!/bin/sh\necho hi\n", &modules), archive, "the same bytes each time");
+        assert_eq!(initramfs(b"\x7fELF busybox", b"#!/bin/sh\necho hi\n", &contents), archive, "the same bytes each time");
     }
 }

@@ -44,6 +44,13 @@ pub struct Feature {
 pub const VERSION_1: Feature = Feature { name: "VERSION_1", bit: 32 };
 /// `VIRTIO_F_EVENT_IDX` (`VIRTIO_RING_F_EVENT_IDX`): notification suppression by ring index.
 pub const EVENT_IDX: Feature = Feature { name: "EVENT_IDX", bit: 29 };
+/// `VIRTIO_F_ACCESS_PLATFORM`: the device reaches buffers at addresses the platform decides,
+/// here always addresses in the window's buffer pool. It changes nothing on the device side;
+/// a driver that maps its buffers through a DMA API (Linux's virtio core does so only when the
+/// device offers this) bounces them through the pool with it.
+pub const ACCESS_PLATFORM: Feature = Feature { name: "ACCESS_PLATFORM", bit: 33 };
+/// The features a link of any kind may fix.
+pub const COMMON: [Feature; 3] = [VERSION_1, EVENT_IDX, ACCESS_PLATFORM];
 
 impl Kind {
     /// Every kind, in the order their names are listed.
@@ -98,8 +105,8 @@ impl Kind {
         }
     }
 
-    /// The features a link of this kind may fix, beyond [`VERSION_1`] and [`EVENT_IDX`]: the
-    /// ones the trapless device side implements.
+    /// The features a link of this kind may fix, beyond the [`COMMON`] ones: the ones the
+    /// trapless device side implements.
     pub fn features(self) -> &'static [Feature] {
         match self {
             Self::Console => &[Feature { name: "SIZE", bit: 0 }],
@@ -118,7 +125,7 @@ impl Kind {
 
     /// The feature of this kind called `name`.
     pub fn feature(self, name: &str) -> Option<Feature> {
-        [VERSION_1, EVENT_IDX].into_iter().chain(self.features().iter().copied()).find(|feature| feature.name == name)
+        COMMON.into_iter().chain(self.features().iter().copied()).find(|feature| feature.name == name)
     }
 }
 

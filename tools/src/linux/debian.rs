@@ -3,7 +3,8 @@
 //! cache and package status live under `target/linux/apt/`, so nothing on the host changes and
 //! no root rights are needed. The newest `linux-image-6.1.0-<abi>-arm64-unsigned` the lists
 //! offer is taken, with the headers and the host's kbuild tools of the same upload (to build
-//! modules for it) and `busybox-static`.
+//! modules for it) and `busybox-static`; of the kernel's own modules, only the few a partition
+//! loads ([`super::DEBIAN_MODULES`]) are unpacked.
 
 use crate::setup::{found, is_root};
 use std::path::{Path, PathBuf};
@@ -139,12 +140,19 @@ pub fn fetch(dir: &Path) -> Result<Fetched, String> {
         std::fs::read_dir(&debs).map_err(|error| format!("{}: {error}", debs.display()))?.flatten().map(|entry| entry.path()).collect();
     entries.sort();
     std::fs::create_dir_all(&root).map_err(|error| format!("{}: {error}", root.display()))?;
+    let modules = format!("./lib/modules/{release}/kernel");
     for deb in entries {
         let fields = run(Command::new("dpkg-deb").args(["--show", "--showformat=${Package} ${Version}\n"]).arg(&deb), "dpkg-deb --show")?;
         versions.push_str(&fields);
-        // All but the kernel's 300 MB of modules, which no partition loads yet.
+        // All but the kernel's 300 MB of modules...
         let unpack = "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --exclude './lib/modules/*'";
         run(Command::new("sh").args(["-c", unpack, "sh"]).arg(&deb).arg(&root), "unpacking a package")?;
+        // ...but for the few a partition loads (its virtio drivers).
+        if fields.starts_with(&format!("{kernel} ")) {
+            let unpack = "deb=$1 root=$2; shift 2; dpkg-deb --fsys-tarfile \"$deb\" | tar -x -C \"$root\" \"$@\"";
+            let members = super::DEBIAN_MODULES.iter().map(|module| format!("{modules}/{module}"));
+            run(Command::new("sh").args(["-c", unpack, "sh"]).arg(&deb).arg(&root).args(members), "unpacking the kernel's virtio modules")?;
+        }
     }
     // Unpacked: the packages and the lists are not needed again (a new fetch updates the lists).
     let _ = std::fs::remove_dir_all(&debs);
