@@ -115,7 +115,9 @@ impl Kind {
                 Feature { name: "MAC", bit: 5 },
                 Feature { name: "STATUS", bit: 16 },
             ],
+            // SEG_MAX: `seg_max` data buffers in a request, which the device's chains hold.
             Self::Block => &[
+                Feature { name: "SEG_MAX", bit: 2 },
                 Feature { name: "RO", bit: 5 },
                 Feature { name: "BLK_SIZE", bit: 6 },
                 Feature { name: "FLUSH", bit: 9 },
