@@ -7,33 +7,17 @@
 //! characters of two writers to one UART can interleave, so their results are checked by how
 //! they stopped (each ends with `SYSTEM_RESET` when its own check fails) and by their exits.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use trapless_tests::{GicEmulation, boot, boot_edited, check, exceptions_to_el2, gic_emulation};
+use trapless_tests::{GicEmulation, boot, boot_edited, check, exceptions_to_el2, gic_emulation, linux_lines, linux_said as said, md5_of_repeated};
 use trapless_tools::Built;
 use trapless_tools::qemu::{Exits, Run};
 
 /// One Linux at a time: three vCPUs each on a loaded 2-core machine are enough.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The lines `/init` printed, without their `linux: ` prefix.
-fn linux_lines(run: &Run) -> Vec<&str> {
-    run.output.lines().filter_map(|line| line.strip_prefix("linux: ")).collect()
-}
-
-fn said(run: &Run, line: &str) -> bool {
-    linux_lines(run).contains(&line)
-}
-
-/// The MD5 of the `bytes` bytes `/init`'s work writes (`yes trapless-linux-work | head -c`),
-/// computed on the host with `md5sum`.
+/// The MD5 of the `bytes` bytes `/init`'s work writes (`yes trapless-linux-work | head -c`).
 fn expected_md5(bytes: usize) -> String {
-    let text: Vec<u8> = b"trapless-linux-work\n".iter().copied().cycle().take(bytes).collect();
-    let mut child = Command::new("md5sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("md5sum runs");
-    child.stdin.take().expect("piped").write_all(&text).expect("md5sum reads");
-    let output = child.wait_with_output().expect("md5sum finishes");
-    String::from_utf8_lossy(&output.stdout).split_whitespace().next().expect("a digest").to_string()
+    md5_of_repeated("trapless-linux-work\n", bytes)
 }
 
 /// Checks what Linux said about its partition against the plan.

@@ -97,3 +97,26 @@ pub fn boot_edited(name: &str, tag: &str, edits: &[(&str, &str)], extra: &[&str]
     std::fs::write(&path, text).expect("write the edited system");
     boot_file(&path, None, extra)
 }
+
+/// The lines a Linux partition's `/init` printed, without their `linux: ` prefix (Linux writes
+/// straight to its UART, so its lines carry no `[name]` prefix of EL2's).
+pub fn linux_lines(run: &Run) -> Vec<&str> {
+    run.output.lines().filter_map(|line| line.strip_prefix("linux: ")).collect()
+}
+
+/// Whether `/init` printed `line`.
+pub fn linux_said(run: &Run, line: &str) -> bool {
+    linux_lines(run).contains(&line)
+}
+
+/// The MD5 of the first `bytes` bytes of `text` repeated (what `yes <text> | head -c` gives),
+/// computed on the host with `md5sum`.
+pub fn md5_of_repeated(text: &str, bytes: usize) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let data: Vec<u8> = text.bytes().cycle().take(bytes).collect();
+    let mut child = Command::new("md5sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("md5sum runs");
+    child.stdin.take().expect("piped").write_all(&data).expect("md5sum reads");
+    let output = child.wait_with_output().expect("md5sum finishes");
+    String::from_utf8_lossy(&output.stdout).split_whitespace().next().expect("a digest").to_string()
+}

@@ -124,6 +124,38 @@ bool tlv_device_ok(struct tlv_link *link)
 	return false;
 }
 
+/*
+ * Whether @queue's virtqueue still works: Linux's virtio_ring checks every used element the
+ * device writes (an id that names no chain in flight breaks the queue, and it says so), but
+ * only when a driver takes it, which may be after the interrupt. Fails the link otherwise.
+ */
+bool tlv_queue_ok(struct tlv_link *link, unsigned int queue)
+{
+	struct virtqueue *vq = READ_ONCE(link->queues[queue].vq);
+
+	if (!vq || !virtqueue_is_broken(vq) || tlv_failed(link))
+		return !tlv_failed(link);
+	tlv_fail(link, "queue %u: the device broke the used ring (virtio_ring says how)", queue);
+	return false;
+}
+
+/*
+ * Every second while the link runs: the device's line and the queues, for a device that fails
+ * or breaks a ring where no interrupt follows (a request it never answers is not seen here).
+ */
+void tlv_watch(struct work_struct *work)
+{
+	struct tlv_link *link = container_of(to_delayed_work(work), struct tlv_link, watch);
+	unsigned int i;
+
+	if (!READ_ONCE(link->started))
+		return;
+	for (i = 0; i < link->queue_count; i++)
+		tlv_queue_ok(link, i);
+	if (tlv_device_ok(link))
+		schedule_delayed_work(&link->watch, HZ);
+}
+
 /* Whether the device has let go of our generation's rings, from one look at its line. */
 static bool tlv_has_let_go(struct tlv_link *link)
 {
@@ -151,6 +183,7 @@ int tlv_let_go(struct tlv_link *link, u32 state)
 
 	WRITE_ONCE(link->started, false);
 	WRITE_ONCE(link->served, false);
+	cancel_delayed_work_sync(&link->watch);
 	tlv_say(link, state);
 	/* Our word is visible before the device looks, and before we look for its answer. */
 	smp_mb();
@@ -192,6 +225,7 @@ void tlv_start(struct tlv_link *link)
 	WRITE_ONCE(link->started, true);
 	for (i = 0; i < link->queue_count; i++)
 		tlv_ring(link, i);
+	schedule_delayed_work(&link->watch, HZ);
 }
 
 /* Linux is going down: the link is done (STOPPED), whatever state it is in. */

@@ -10,7 +10,8 @@
  * drive. See docs/linux.md and docs/static-virtio.md.
  *
  * Removing the module resets every link (the device lets go and waits for a new start, which
- * loading it again makes); powering off stops them (the device partition may then finish).
+ * loading it again makes), or, with stop_on_remove set, stops it; powering off stops them all
+ * (a device partition may finish once its drivers have stopped).
  */
 
 #include <linux/dma-map-ops.h>
@@ -23,6 +24,10 @@
 #include <linux/virtio_config.h>
 
 #include "trapless_virtio.h"
+
+static bool tlv_stop_on_remove;
+module_param_named(stop_on_remove, tlv_stop_on_remove, bool, 0644);
+MODULE_PARM_DESC(stop_on_remove, "removing a link stops it (STOPPED: done) instead of resetting it");
 
 /* The virtio device IDs a link may have, with their queues and configuration size. */
 static const struct {
@@ -275,6 +280,7 @@ static int tlv_probe(struct platform_device *pdev)
 		return -ENOMEM;
 	link->pdev = pdev;
 	INIT_WORK(&link->fail_work, tlv_fail_work);
+	INIT_DELAYED_WORK(&link->watch, tlv_watch);
 	platform_set_drvdata(pdev, link);
 	err = tlv_parse(link);
 	if (!err)
@@ -322,6 +328,8 @@ static int tlv_probe(struct platform_device *pdev)
 	if (err) {
 		link->registered = false;
 		dev_err(dev, "link %s: cannot register its virtio device: %d\n", link->name, err);
+		cancel_delayed_work_sync(&link->watch);
+		cancel_work_sync(&link->fail_work);
 		set_dma_ops(dev, NULL);
 		tlv_bounce_destroy(link);
 		tlv_unmap_lpis(link);
@@ -337,6 +345,7 @@ free_bounce:
 unmap_lpis:
 	tlv_unmap_lpis(link);
 free_link:
+	cancel_delayed_work_sync(&link->watch);
 	cancel_work_sync(&link->fail_work);
 	kfree(link);
 	return err;
@@ -350,15 +359,19 @@ static int tlv_remove(struct platform_device *pdev)
 	get_device(&link->vdev.dev);
 	unregister_virtio_device(&link->vdev);
 	link->registered = false;
+	if (tlv_stop_on_remove)
+		tlv_stop(link);
+	cancel_delayed_work_sync(&link->watch);
 	cancel_work_sync(&link->fail_work);
 	set_dma_ops(&pdev->dev, NULL);
 	if (!tlv_bounce_destroy(link))
 		dev_err(&pdev->dev, "link %s: %ld bytes still mapped: the pool stays\n", link->name,
 			atomic_long_read(&link->bounce.in_use));
 	tlv_unmap_lpis(link);
-	dev_info(&pdev->dev, "link %s: removed; rang the device %ld times, took %ld LPIs (%ld found nothing)\n",
-		 link->name, atomic_long_read(&link->rung), atomic_long_read(&link->taken),
-		 atomic_long_read(&link->empty));
+	/* Quiet: a device partition may report on its console the moment it sees the stop. */
+	dev_dbg(&pdev->dev, "link %s: removed; rang the device %ld times, took %ld LPIs (%ld found nothing)\n",
+		link->name, atomic_long_read(&link->rung), atomic_long_read(&link->taken),
+		atomic_long_read(&link->empty));
 	put_device(&link->vdev.dev);
 	return 0;
 }
@@ -368,10 +381,10 @@ static void tlv_shutdown(struct platform_device *pdev)
 {
 	struct tlv_link *link = platform_get_drvdata(pdev);
 
+	dev_dbg(&pdev->dev, "link %s: stopping; rang the device %ld times, took %ld LPIs (%ld found nothing)\n",
+		link->name, atomic_long_read(&link->rung), atomic_long_read(&link->taken),
+		atomic_long_read(&link->empty));
 	tlv_stop(link);
-	dev_info(&pdev->dev, "link %s: stopped; rang the device %ld times, took %ld LPIs (%ld found nothing)\n",
-		 link->name, atomic_long_read(&link->rung), atomic_long_read(&link->taken),
-		 atomic_long_read(&link->empty));
 }
 
 static ssize_t doorbells_show(struct device *dev, struct device_attribute *attr, char *buf)

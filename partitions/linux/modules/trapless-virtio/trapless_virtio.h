@@ -135,6 +135,8 @@ struct tlv_link {
 	unsigned long flags;		/* TLV_LINK_FAILED */
 	char reason[160];
 	struct work_struct fail_work;
+	/* While the link runs: a look, now and then, at what no interrupt may bring. */
+	struct delayed_work watch;
 
 	atomic_long_t rung;		/* doorbells rung to the device */
 	atomic_long_t taken;		/* LPIs taken */
@@ -155,6 +157,8 @@ bool tlv_device_ok(struct tlv_link *link);
 __printf(2, 3) void tlv_fail(struct tlv_link *link, const char *fmt, ...);
 bool tlv_failed(struct tlv_link *link);
 void tlv_fail_work(struct work_struct *work);
+void tlv_watch(struct work_struct *work);
+bool tlv_queue_ok(struct tlv_link *link, unsigned int queue);
 int tlv_let_go(struct tlv_link *link, u32 state);
 void tlv_start(struct tlv_link *link);
 void tlv_stop(struct tlv_link *link);

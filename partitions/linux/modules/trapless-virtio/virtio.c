@@ -87,7 +87,7 @@ static bool tlv_notify(struct virtqueue *vq)
 
 	if (!READ_ONCE(link->started))
 		return !tlv_failed(link);
-	if (!tlv_device_ok(link))
+	if (!tlv_device_ok(link) || !tlv_queue_ok(link, queue->index))
 		return false;
 	tlv_ring(link, queue->index);
 	return true;
@@ -109,9 +109,7 @@ static irqreturn_t tlv_interrupt(int irq, void *data)
 	}
 	if (vring_interrupt(irq, queue->vq) == IRQ_NONE)
 		atomic_long_inc(&link->empty);
-	if (virtqueue_is_broken(queue->vq))
-		tlv_fail(link, "queue %u: the device broke the used ring (virtio_ring says how)",
-			 queue->index);
+	tlv_queue_ok(link, queue->index);
 	return IRQ_HANDLED;
 }
 
