@@ -9,7 +9,7 @@ use trapless_tools::bench::{Options, Transport, run};
 fn the_bench_measures_every_io_and_counts_exits_as_qemu_does() {
     let out = trapless_tests::root().join("target").join(format!("bench-test-{}", std::process::id()));
     // Three rounds of seven: each transport boots first once.
-    let options = Options { iterations: 21, size: 64, rounds: 3, platform: None, out: out.clone(), progress: false };
+    let options = Options { iterations: 21, size: 64, rounds: 3, platform: None, out: out.clone(), progress: false, linux: false };
     let report = run(&options).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!((report.iterations, report.rounds, report.iterations_per_round), (21, 3, 7));
 
@@ -65,7 +65,7 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     let out = trapless_tests::root().join("target").join(format!("bench-counted-test-{}", std::process::id()));
     // Two passes round a ring of 256, so that every position is compared.
     let transports = vec![Transport::Polling, Transport::TrapFree];
-    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports };
+    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports, linux: false };
     let report = count(&options).unwrap_or_else(|error| panic!("{error}"));
     for (name, entry) in &report.transports {
         assert!(entry.repeatable, "{name}: a second boot counted the same");
@@ -88,5 +88,23 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     assert!(free.bulk.instructions_per_frame <= 15_500.0, "bulk: {:?}", free.bulk);
     assert_eq!(free.bulk.exits_per_io, 0.0);
     assert_eq!(report.transports["polling"].round_trips[0].exits_per_io, 0.0);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `cargo xtask bench`'s Linux rows, short: Linux's own virtio_net carries every round trip
+/// and bulk frame over the static link with no exit, by EL2's count and QEMU's, and the device
+/// rings Linux at least once per round trip (it sleeps between them).
+#[test]
+fn the_bench_measures_linux_as_a_driver_with_no_exit_per_io() {
+    use trapless_tools::bench::linux::{NO_TRAP_EMULATE, Options as Linux, run as linux};
+    let out = trapless_tests::root().join("target").join(format!("bench-linux-test-{}", std::process::id()));
+    let report = linux(&Linux { iterations: 21, size: 64, platform: None, out: out.clone(), progress: false }).unwrap_or_else(|error| panic!("{error}"));
+    let (rtt, bulk) = (&report.round_trip, &report.bulk);
+    assert_eq!((rtt.samples, bulk.frames, bulk.bytes), (21, 21, 21 * 1514), "every I/O measured, every frame echoed whole");
+    assert!(rtt.round_trip_ns.p50 > 0.0 && bulk.throughput_mib_s > 0.0, "the counter moved");
+    assert!(report.exits_agree_with_qemu, "EL2's exit counts equal QEMU's");
+    assert_eq!([rtt.exits_per_io, rtt.exits_per_io_qemu, bulk.exits_per_io, bulk.exits_per_io_qemu], [0.0; 4], "{report:?}");
+    assert!(rtt.notifications_per_io >= 1.0, "{rtt:?}");
+    assert_eq!(report.trap_emulate, NO_TRAP_EMULATE);
     let _ = std::fs::remove_dir_all(&out);
 }

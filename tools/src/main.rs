@@ -73,6 +73,9 @@ enum Command {
         /// With --icount: leave out the profile of each transport (the split).
         #[arg(long)]
         no_split: bool,
+        /// Leave out the Linux rows (Linux as the driver, trap-free: a few Linux boots).
+        #[arg(long)]
+        no_linux: bool,
     },
     /// Where a system's instructions go per I/O, by function, partition and EL2: two runs in
     /// QEMU's instruction-counting mode, their exec logs streamed and mapped onto the ELF
@@ -260,7 +263,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 Err(reason) => Err(Error::Failed(format!("{}: {reason}", built.plan.name))),
             }
         }
-        Command::Bench { iterations, size, rounds, platform, icount, queue_sizes, no_split } => {
+        Command::Bench { iterations, size, rounds, platform, icount, queue_sizes, no_split, no_linux } => {
             if !(1..=1514).contains(&size) {
                 return Err(Error::Failed(format!("--size {size}: a frame holds 1 to 1514 bytes")));
             }
@@ -276,13 +279,14 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     split: !no_split,
                     progress: true,
                     transports: vec![trapless_tools::bench::Transport::Polling, trapless_tools::bench::Transport::TrapFree],
+                    linux: !no_linux,
                 };
                 let report = trapless_tools::bench::counted::run(&options)?;
                 print!("{}", trapless_tools::bench::counted::table(&report));
                 println!("xtask: report in {}", out.join("counted.json").display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let options = trapless_tools::bench::Options { iterations, size, rounds, platform, out: out.clone(), progress: true };
+            let options = trapless_tools::bench::Options { iterations, size, rounds, platform, out: out.clone(), progress: true, linux: !no_linux };
             let report = trapless_tools::bench::run(&options)?;
             print!("{}", trapless_tools::bench::table(&report));
             println!("xtask: report in {}, histograms beside it", out.join("report.json").display());

@@ -29,6 +29,8 @@ pub struct Options {
     /// The transports counted. (Trap-emulate does not finish under instruction counting yet:
     /// its boot without I/O hangs; see docs/performance.md.)
     pub transports: Vec<Transport>,
+    /// Also count Linux as the driver (`bench::linux`).
+    pub linux: bool,
 }
 
 /// Instructions of the round trips of one boot.
@@ -87,9 +89,11 @@ pub struct Report {
     pub transports: BTreeMap<String, Counted>,
     /// Trap-free's instructions per round trip (p50, first queue size) over trap-emulate's.
     pub trap_free_over_trap_emulate: Option<f64>,
+    /// Linux as the driver, trap-free (its link's queues hold 64).
+    pub linux: Option<super::linux::Counted>,
 }
 
-fn spread(mut values: Vec<f64>) -> Spread {
+pub(super) fn spread(mut values: Vec<f64>) -> Spread {
     values.sort_by(f64::total_cmp);
     let at = |fraction: f64| values.get(((fraction * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1)) - 1).copied().unwrap_or(0.0);
     let mean = if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
@@ -175,7 +179,20 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         transports.insert(transport.name().to_string(), Counted { round_trips, bulk, repeatable, split_round_trip, split_bulk });
     }
     let p50 = |name: &str| transports.get(name).and_then(|counted: &Counted| counted.round_trips.first()).map_or(0.0, |trips| trips.instructions.p50);
+    let linux = if options.linux {
+        let linux = super::linux::Options {
+            iterations: options.iterations,
+            size: options.size.max(super::linux::MIN_FRAME),
+            platform: options.platform.clone(),
+            out: options.out.clone(),
+            progress: options.progress,
+        };
+        Some(super::linux::count(&linux)?)
+    } else {
+        None
+    };
     let report = Report {
+        linux,
         iterations: options.iterations,
         size: options.size,
         platform: options.platform.clone().unwrap_or_else(|| "qemu-virt".into()),
@@ -229,6 +246,9 @@ pub fn table(report: &Report) -> String {
                 text += &format!("{:<13} per {what}, whole loop: {}\n", "", parts.join(", "));
             }
         }
+    }
+    if let Some(linux) = &report.linux {
+        text += &super::linux::counted_rows(linux);
     }
     if let Some(ratio) = report.trap_free_over_trap_emulate {
         text += &format!("trap-free / trap-emulate, instructions per round trip (p50): {ratio:.2}\n");

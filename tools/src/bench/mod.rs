@@ -10,6 +10,7 @@
 //! own `-d int` log on a short run of each.
 
 pub mod counted;
+pub mod linux;
 
 use crate::qemu::{self, Run};
 use crate::{Error, Target, root, run_system};
@@ -82,6 +83,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Prints a line per boot to stderr.
     pub progress: bool,
+    /// Also measure Linux as the driver ([`linux`]), trap-free.
+    pub linux: bool,
 }
 
 /// The bench partition's bootargs in the bench system files, which each boot replaces.
@@ -311,6 +314,12 @@ pub struct Report {
     pub transports: BTreeMap<String, TransportReport>,
     pub trap_free_over_trap_emulate: Ratio,
     pub trap_free_over_polling: Ratio,
+    /// Linux as the driver, trap-free, if it was measured.
+    pub linux: Option<linux::Report>,
+    /// Linux's trap-free rows over the bare-metal driver's trap-free, and over its
+    /// trap-emulate (Linux has no trap-emulate row of its own: `linux.trap_emulate` says why).
+    pub linux_over_trap_free: Option<Ratio>,
+    pub linux_over_trap_emulate: Option<Ratio>,
 }
 
 /// The `fraction` quantile of sorted `values` (nearest rank).
@@ -440,8 +449,28 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         round_trip_p99: ratio(first.round_trip.round_trip_ns.p99, second.round_trip.round_trip_ns.p99),
         throughput: ratio(first.bulk.throughput_mib_s, second.bulk.throughput_mib_s),
     };
+    let linux = if options.linux {
+        let linux = linux::Options {
+            iterations: per_round * rounds,
+            size: options.size.max(linux::MIN_FRAME),
+            platform: options.platform.clone(),
+            out: options.out.clone(),
+            progress: options.progress,
+        };
+        Some(linux::run(&linux)?)
+    } else {
+        None
+    };
+    let as_transport = |linux: &linux::Report| TransportReport {
+        round_trip: linux.round_trip.clone(),
+        bulk: linux.bulk.clone(),
+        exits_agree_with_qemu: linux.exits_agree_with_qemu,
+    };
     let free = &transports["trap-free"];
     let report = Report {
+        linux_over_trap_free: linux.as_ref().map(|linux| compare(&as_transport(linux), free)),
+        linux_over_trap_emulate: linux.as_ref().map(|linux| compare(&as_transport(linux), &transports["trap-emulate"])),
+        linux,
         iterations: rounds * per_round,
         iterations_requested: options.iterations,
         iterations_per_round: per_round,
@@ -533,9 +562,17 @@ pub fn table(report: &Report) -> String {
             times(ratio.throughput)
         )
     };
+    if let Some(linux) = &report.linux {
+        text += &linux::row(linux);
+    }
     text += "(exits/io and notify/io: round trip / bulk frame)\n";
     text += &line("trap-free / trap-emulate", &report.trap_free_over_trap_emulate);
     text += &line("trap-free / polling", &report.trap_free_over_polling);
+    if let (Some(linux), Some(free), Some(emulate)) = (&report.linux, &report.linux_over_trap_free, &report.linux_over_trap_emulate) {
+        text += &line("linux (trap-free) / trap-free", free);
+        text += &line("linux (trap-free) / trap-emulate", emulate);
+        text += &format!("linux, trap-emulate: not measured. {}\n", linux.trap_emulate);
+    }
     text
 }
 
