@@ -59,6 +59,8 @@
 #define MAX_SAMPLES		200000
 #define PER_LINE		24
 
+#define ARRAY_SIZE(array)	(sizeof(array) / sizeof((array)[0]))
+
 struct timespec64 {
 	int64_t tv_sec;
 	int64_t tv_nsec;
@@ -458,7 +460,7 @@ static int net(const char *interface, uint64_t frames)
 	long fd = open_link(interface, address);
 
 	for (index = 0; index < frames; index++) {
-		size_t size = sizes[index % (sizeof(sizes) / sizeof(sizes[0]))];
+		size_t size = sizes[index % ARRAY_SIZE(sizes)];
 
 		make_frame(out, address, index, size);
 		send_frame(fd, out, size);
@@ -565,7 +567,8 @@ static int run(int argc, char **argv)
 		return rtt(argv[2], number(argv[3]), number(argv[4]));
 	if (argc == 4 && same(argv[1], "bulk"))
 		return bulk(argv[2], number(argv[3]));
-	fail("usage: trapless-io console DEVICE LINES | net IFACE FRAMES | rtt IFACE COUNT SIZE | bulk IFACE COUNT", 0);
+	fail("usage: trapless-io console DEVICE LINES | net IFACE FRAMES | rtt IFACE COUNT SIZE"
+	     " | bulk IFACE COUNT", 0);
 }
 
 /* The entry: the kernel leaves argc, then argv, at the stack pointer. */

@@ -21,7 +21,7 @@
 
 #include "trapless_virtio.h"
 
-#define TLV_SLOT	(1UL << TLV_SLOT_ORDER)
+#define TLV_SLOT	BIT(TLV_SLOT_ORDER)
 /* The largest single mapping: a block request's segment, a network frame, many times over. */
 #define TLV_MAX_MAPPING	(64 * 1024)
 
@@ -80,7 +80,8 @@ static dma_addr_t tlv_map(struct tlv_bounce *bounce, void *origin, size_t size,
 	slots = DIV_ROUND_UP(size, TLV_SLOT);
 	for (i = 0; i < slots; i++)
 		WRITE_ONCE(bounce->origin[slot + i], origin + i * TLV_SLOT);
-	if ((dir == DMA_TO_DEVICE || dir == DMA_BIDIRECTIONAL) && !(attrs & DMA_ATTR_SKIP_CPU_SYNC))
+	if ((dir == DMA_TO_DEVICE || dir == DMA_BIDIRECTIONAL) &&
+	    !(attrs & DMA_ATTR_SKIP_CPU_SYNC))
 		memcpy((void *)va, origin, size);
 	return bounce->phys + offset;
 }
@@ -92,7 +93,8 @@ static void tlv_unmap(struct tlv_bounce *bounce, dma_addr_t dma, size_t size,
 
 	if (WARN_ON_ONCE(!tlv_offset(bounce, dma, size, &offset)))
 		return;
-	if ((dir == DMA_FROM_DEVICE || dir == DMA_BIDIRECTIONAL) && !(attrs & DMA_ATTR_SKIP_CPU_SYNC))
+	if ((dir == DMA_FROM_DEVICE || dir == DMA_BIDIRECTIONAL) &&
+	    !(attrs & DMA_ATTR_SKIP_CPU_SYNC))
 		tlv_copy(bounce, offset, size, false);
 	slot = offset >> TLV_SLOT_ORDER;
 	slots = DIV_ROUND_UP(size, TLV_SLOT);
@@ -131,7 +133,8 @@ static int tlv_map_sg(struct device *dev, struct scatterlist *sgl, int count,
 	int i;
 
 	for_each_sg(sgl, sg, count, i) {
-		sg_dma_address(sg) = tlv_map_page(dev, sg_page(sg), sg->offset, sg->length, dir, attrs);
+		sg_dma_address(sg) = tlv_map_page(dev, sg_page(sg), sg->offset, sg->length, dir,
+						  attrs);
 		if (sg_dma_address(sg) == DMA_MAPPING_ERROR) {
 			tlv_unmap_sg(dev, sgl, i, dir, attrs | DMA_ATTR_SKIP_CPU_SYNC);
 			return -ENOMEM;

@@ -34,6 +34,7 @@ static void tlv_write32(struct tlv_link *link, size_t offset, u32 value)
 /* Our state word, after everything written before it. */
 static void tlv_say(struct tlv_link *link, u32 state)
 {
+	/* Everything written to the window before (rings, generation) is seen before the state. */
 	smp_mb();
 	tlv_write32(link, TLV_DRIVER_STATE + TLV_STATE, state);
 }
@@ -48,6 +49,7 @@ void tlv_ring(struct tlv_link *link, unsigned int queue)
 
 	if (!q->has_event)
 		return;
+	/* DSB ST: the ring writes complete before the device can take the interrupt. */
 	wmb();
 	writel_relaxed(q->event, link->translater);
 	atomic_long_inc(&link->rung);
@@ -98,13 +100,15 @@ bool tlv_device_ok(struct tlv_link *link)
 	if (tlv_failed(link))
 		return false;
 	state = tlv_read32(link, TLV_DEVICE_STATE + TLV_STATE);
+	/* The device writes its generation, then its state: read them the other way round. */
 	smp_rmb();
 	generation = tlv_read32(link, TLV_DEVICE_STATE + TLV_GENERATION);
 	if (state == TLV_READY && generation == link->generation && generation) {
 		WRITE_ONCE(link->served, true);
 		return true;
 	}
-	if ((state == TLV_READY || state == TLV_RESET) && generation == 0 && !READ_ONCE(link->served))
+	if ((state == TLV_READY || state == TLV_RESET) && generation == 0 &&
+	    !READ_ONCE(link->served))
 		return true;
 	if (!READ_ONCE(link->started))
 		return true;
@@ -162,6 +166,7 @@ static bool tlv_has_let_go(struct tlv_link *link)
 	u32 state = tlv_read32(link, TLV_DEVICE_STATE + TLV_STATE);
 	u32 generation;
 
+	/* As in tlv_device_ok(): the state first. */
 	smp_rmb();
 	generation = tlv_read32(link, TLV_DEVICE_STATE + TLV_GENERATION);
 	if (generation != link->generation || state != TLV_READY) {
@@ -219,6 +224,7 @@ void tlv_start(struct tlv_link *link)
 		return;
 	link->generation = link->generation + 1 ?: 1;
 	WRITE_ONCE(link->served, false);
+	/* The rings set up so far are seen before the generation that announces them. */
 	smp_mb();
 	tlv_write32(link, TLV_DRIVER_STATE + TLV_GENERATION, link->generation);
 	tlv_say(link, TLV_READY);

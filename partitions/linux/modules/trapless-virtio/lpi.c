@@ -91,7 +91,8 @@ int tlv_lpi_domain_create(struct tlv_link *link)
 
 	gic = of_irq_find_parent(dev->of_node);
 	if (!gic)
-		return dev_err_probe(dev, -ENODEV, "link %s: no interrupt controller\n", link->name);
+		return dev_err_probe(dev, -ENODEV, "link %s: no interrupt controller\n",
+				     link->name);
 	parent = irq_find_host(gic);
 	if (!parent || !of_device_is_compatible(gic, "arm,gic-v3")) {
 		of_node_put(gic);

@@ -77,11 +77,13 @@ static int tlv_check_window(struct tlv_link *link)
 	u32 version;
 
 	if (tlv_read64(link, TLV_HEADER + TLV_H_MAGIC) != TLV_MAGIC)
-		return dev_err_probe(dev, -EINVAL, "link %s: the window holds no static virtio header\n",
+		return dev_err_probe(dev, -EINVAL,
+				     "link %s: the window holds no static virtio header\n",
 				     link->name);
 	version = tlv_read32(link, TLV_HEADER + TLV_H_VERSION);
 	if (version != TLV_LAYOUT_VERSION)
-		return dev_err_probe(dev, -EINVAL, "link %s: the window has layout version %u, not %u\n",
+		return dev_err_probe(dev, -EINVAL,
+				     "link %s: the window has layout version %u, not %u\n",
 				     link->name, version, TLV_LAYOUT_VERSION);
 	if (tlv_read32(link, TLV_HEADER + TLV_H_DEVICE_ID) != link->device_id ||
 	    tlv_read64(link, TLV_HEADER + TLV_H_FEATURES) != link->features ||
@@ -166,11 +168,12 @@ static int tlv_parse(struct tlv_link *link)
 	link->queue_count = tlv_kinds[kind].queues;
 	link->config_size = tlv_kinds[kind].config_size;
 	if (of_property_read_u32(np, "trapless,queues", &value) || value != link->queue_count)
-		return dev_err_probe(dev, -EINVAL, "link %s: a %s device has %u queues\n", link->name,
-				     link->kind, link->queue_count);
+		return dev_err_probe(dev, -EINVAL, "link %s: a %s device has %u queues\n",
+				     link->name, link->kind, link->queue_count);
 	config = of_get_property(np, "trapless,config", &len);
 	if (!config || len != link->config_size)
-		return dev_err_probe(dev, -EINVAL, "link %s: its configuration space is not %zu bytes\n",
+		return dev_err_probe(dev, -EINVAL,
+				     "link %s: its configuration space is not %zu bytes\n",
 				     link->name, link->config_size);
 	memcpy(link->config, config, len);
 	if (!(link->features & BIT_ULL(VIRTIO_F_ACCESS_PLATFORM)))
@@ -187,7 +190,8 @@ static int tlv_parse(struct tlv_link *link)
 	count = of_property_read_variable_u32_array(np, "trapless,notify-events", events,
 						    link->queue_count, link->queue_count);
 	if (count < 0 && of_find_property(np, "trapless,notify-events", NULL))
-		return dev_err_probe(dev, -EINVAL, "link %s: not one EventID per queue\n", link->name);
+		return dev_err_probe(dev, -EINVAL, "link %s: not one EventID per queue\n",
+				     link->name);
 	for (i = 0; i < link->queue_count; i++) {
 		struct tlv_queue *queue = &link->queues[i];
 
@@ -236,7 +240,8 @@ static int tlv_map(struct tlv_link *link)
 		return 0;
 	node = of_find_compatible_node(NULL, NULL, "trapless,doorbells");
 	if (!node)
-		return dev_err_probe(dev, -EINVAL, "link %s: no trapless,doorbells node\n", link->name);
+		return dev_err_probe(dev, -EINVAL, "link %s: no trapless,doorbells node\n",
+				     link->name);
 	err = of_address_to_resource(node, 0, &res);
 	if (!err)
 		err = of_property_read_u32(node, "trapless,translater", &translater);

@@ -171,7 +171,8 @@ static int tlv_find_vqs(struct virtio_device *vdev, unsigned int nvqs, struct vi
 	if (tlv_failed(link))
 		return -EIO;
 	if (link->started) {
-		dev_err(&link->pdev->dev, "link %s: queues set up while the link runs\n", link->name);
+		dev_err(&link->pdev->dev, "link %s: queues set up while the link runs\n",
+			link->name);
 		return -EBUSY;
 	}
 	for (i = 0; i < nvqs; i++) {
