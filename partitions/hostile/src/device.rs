@@ -11,6 +11,9 @@
 //!   configuration space and changes its generation before every step;
 //! - `failed` (block): a RAM disk that serves three requests, then writes `FAILED` (error
 //!   0xdead) into its state line and serves no more;
+//! - `early` (console): an honest echo that rings the driver `storm=<n>` times as soon as it
+//!   opens the link, before any driver has started (a driver must not mind doorbells it did not
+//!   expect yet);
 //! - `storm` (console): an honest echo that also rings the driver `storm=<n>` times while the
 //!   driver is being served.
 
@@ -167,7 +170,7 @@ fn hostile(link: &Link, case: &str) -> Option<Hostile> {
         }
         ("config", Kind::Block) => Hostile::Scribbler { disk: disk(link), generation: 0 },
         ("failed", Kind::Block) => Hostile::Quitter { disk: disk(link), quit: false },
-        ("storm", Kind::Console) => Hostile::Storm(ConsoleEcho::default()),
+        ("storm" | "early", Kind::Console) => Hostile::Storm(ConsoleEcho::default()),
         _ => return None,
     })
 }
@@ -196,7 +199,7 @@ pub fn run(boot: &Boot) {
             Ok(opened) => opened,
             Err(error) => crate::fail(&format!("link {}: {error}", link.name)),
         };
-        let bells = match Bells::new(boot, link) {
+        let mut bells = match Bells::new(boot, link) {
             Ok(bells) => bells,
             Err(error) => crate::fail(&format!("link {}: its doorbells: {error:?}", link.name)),
         };
@@ -204,6 +207,11 @@ pub fn run(boot: &Boot) {
             crate::fail(&format!("link {}: its LPIs: {error:?}", link.name));
         }
         println!("hostile: device of link {} ({}): case {case}", link.name, link.kind.name());
+        if case == "early" {
+            for _ in 0..storm {
+                bells.ring(0);
+            }
+        }
         let storm = if case == "storm" { storm } else { 0 };
         links.push(Served { name: link.name, case, link: opened, device, bells, storm, done: false });
     }
