@@ -204,7 +204,7 @@ fn a_hostile_device_fails_only_its_link() {
     }
     for link in ["console0", "console1", "console2", "disk0", "disk1"] {
         let said = format!("virtio: virtio-{link}: ");
-        let last = linux_lines(&run).into_iter().filter(|line| line.starts_with(&said)).last().unwrap_or_default();
+        let last = linux_lines(&run).into_iter().rfind(|line| line.starts_with(&said)).unwrap_or_default();
         check(&run, last.starts_with(&format!("{said}running generation 1, ")), &format!("{link} still runs at the end"));
         eprintln!("{last}");
     }
