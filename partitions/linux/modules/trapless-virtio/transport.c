@@ -277,6 +277,7 @@ static int tlv_probe(struct platform_device *pdev)
 {
 	struct device *dev = &pdev->dev;
 	struct tlv_link *link;
+	char lpis[32];
 	unsigned int i;
 	int err;
 
@@ -317,11 +318,15 @@ static int tlv_probe(struct platform_device *pdev)
 	if (err)
 		goto free_bounce;
 
-	dev_info(dev, "link %s: %s, %u queue(s) of %u, window %pa+%#zx, pool from +%#zx, LPIs %u%s%u, generation %u\n",
-		 link->name, link->kind,
-		 link->queue_count, link->queue_size, &link->window_phys, link->window_size,
-		 link->pool_start, link->queues[0].lpi, link->queue_count > 1 ? " and " : " = ",
-		 link->queues[link->queue_count - 1].lpi, link->generation);
+	/* Every kind has one or two queues. */
+	if (link->queue_count > 1)
+		snprintf(lpis, sizeof(lpis), "LPIs %u and %u", link->queues[0].lpi,
+			 link->queues[1].lpi);
+	else
+		snprintf(lpis, sizeof(lpis), "LPI %u", link->queues[0].lpi);
+	dev_info(dev, "link %s: %s, %u queue(s) of %u, window %pa+%#zx, pool from +%#zx, %s, generation %u\n",
+		 link->name, link->kind, link->queue_count, link->queue_size, &link->window_phys,
+		 link->window_size, link->pool_start, lpis, link->generation);
 
 	link->vdev.dev.parent = dev;
 	link->vdev.dev.release = tlv_release;
