@@ -259,17 +259,21 @@ struct Summed {
     total: i64,
     functions: HashMap<(String, String), i64>,
     folded: HashMap<String, i64>,
+    /// By instruction address (and its place and function).
+    addresses: HashMap<(u64, String, String), i64>,
 }
 
 fn sum(counts: &Counts, symbols: &Symbols) -> Summed {
     let mut located: HashMap<u64, (String, String)> = HashMap::new();
     let mut at = |pc: u64| located.entry(pc).or_insert_with(|| symbols.locate(pc)).clone();
-    let mut summed = Summed { total: 0, functions: HashMap::new(), folded: HashMap::new() };
+    let mut summed = Summed { total: 0, functions: HashMap::new(), folded: HashMap::new(), addresses: HashMap::new() };
     let mut add = |block: u32, stack: u32, from: u32, runs: i64, summed: &mut Summed| {
         let block = counts.blocks[block as usize];
         for index in from..block.instructions {
-            let (place, function) = at(block.pc + 4 * u64::from(index));
+            let pc = block.pc + 4 * u64::from(index);
+            let (place, function) = at(pc);
             summed.total += runs;
+            *summed.addresses.entry((pc, place.clone(), function.clone())).or_default() += runs;
             // The stack's frames in the same place (an exit to EL2 starts a new one).
             let mut folded = place.clone();
             for &frame in &counts.stacks[stack as usize] {
@@ -376,6 +380,16 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             .map_err(|error| format!("{}: {error}", svg.display()))?;
     }
 
+    // By address, for reading beside a disassembly (`llvm-objdump -d`): inlined code shows
+    // which of its instructions cost what.
+    let mut addresses: Vec<String> = difference(&second.addresses, &first.addresses)
+        .into_iter()
+        .filter(|(_, value)| *value != 0)
+        .map(|((pc, place, function), value)| format!("{pc:#x} {:.2} {place} {function}", value as f64 / ios))
+        .collect();
+    addresses.insert(0, "# address, instructions per I/O, place, function (the long run minus the short, over the iterations between)".into());
+    let addresses_path = options.out.join("profile.addresses");
+    std::fs::write(&addresses_path, addresses.join("\n") + "\n").map_err(|error| format!("{}: {error}", addresses_path.display()))?;
     let report = Report {
         system: options.system.display().to_string(),
         bootargs,
