@@ -51,7 +51,10 @@ pub fn wait() {
 
 /// Waits, sleeping in `WFI`, until `done()` holds. IRQs are masked between the check and the
 /// `WFI` (which still wakes on a pending interrupt), so an interrupt that makes `done()` true
-/// right after the check cannot be missed.
+/// right after the check cannot be missed. Woken, the CPU takes what is pending in line, IRQs
+/// still masked, as the IRQ vector would ([`handle_irq`]): a sleeping CPU has nothing of the
+/// interrupted code's to save, so it skips the exception entry and return and the 60-odd
+/// registers they save and restore.
 pub fn wait_until(done: impl Fn() -> bool) {
     loop {
         // SAFETY: masking and unmasking IRQs on this CPU around the check. Not `nomem`: the
@@ -63,7 +66,8 @@ pub fn wait_until(done: impl Fn() -> bool) {
             return;
         }
         crate::arch::wait_for_interrupt();
-        // SAFETY: as above; the pending interrupt is taken here.
+        handle_irq();
+        // SAFETY: as above; anything that became pending since is taken here.
         unsafe { asm!("msr daifclr, #2", options(nostack)) };
     }
 }
@@ -209,8 +213,8 @@ fn write_sgi1r(value: u64) {
     unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) value, options(nostack)) };
 }
 
-/// Called by the IRQ vector: acknowledges, dispatches and ends pending interrupts, at most
-/// [`MAX_PER_ENTRY`] of them.
+/// Called by the IRQ vector, and by [`wait_until`] woken with IRQs masked: acknowledges,
+/// dispatches and ends pending interrupts, at most [`MAX_PER_ENTRY`] of them.
 pub(crate) extern "C" fn handle_irq() {
     for _ in 0..MAX_PER_ENTRY {
         let intid: u64;
