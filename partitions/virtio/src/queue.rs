@@ -270,7 +270,7 @@ impl DeviceQueue {
         }
         // The ring entries and descriptors were written before the index.
         fence(Ordering::Acquire);
-        let slot = usize::from(self.next_avail % self.size);
+        let slot = usize::from(self.next_avail & self.size.wrapping_sub(1));
         let head = window.read_u16(self.layout.avail + 4 + 2 * slot)?;
         self.walk(window, head, chain)?;
         self.next_avail = self.next_avail.wrapping_add(1);
@@ -286,11 +286,12 @@ impl DeviceQueue {
         let mut seen_writable = false;
         let mut total = 0usize;
         for slot in &mut chain.buffers {
+            // A descriptor is two little-endian words, each read once: the address, then the
+            // length, flags and next index.
             let descriptor = self.layout.desc + DESCRIPTOR_SIZE * usize::from(index);
             let address = window.read_u64(descriptor)?;
-            let len = window.read_u32(descriptor + 8)?;
-            let flags = window.read_u16(descriptor + 12)?;
-            let next = window.read_u16(descriptor + 14)?;
+            let rest = window.read_u64(descriptor + 8)?;
+            let (len, flags, next) = (rest as u32, (rest >> 32) as u16, (rest >> 48) as u16);
             if flags & DESC_F_INDIRECT != 0 {
                 return Err(QueueError::Indirect);
             }
@@ -328,7 +329,7 @@ impl DeviceQueue {
     /// Gives chain `head` back to the driver, with `written` bytes written into its writable
     /// buffers.
     pub fn push<M: Memory>(&mut self, window: &Window<M>, head: u16, written: usize) -> Result<(), QueueError> {
-        let element = self.layout.used + 4 + USED_ELEMENT_SIZE * usize::from(self.next_used % self.size);
+        let element = self.layout.used + 4 + USED_ELEMENT_SIZE * usize::from(self.next_used & self.size.wrapping_sub(1));
         window.write_u32(element, u32::from(head))?;
         window.write_u32(element + 4, written as u32)?;
         self.next_used = self.next_used.wrapping_add(1);
