@@ -43,12 +43,16 @@ pub struct Chain {
     count: u8,
     /// How many of the first buffers are readable.
     readable: u8,
+    /// Bytes its readable buffers hold, and its writable ones.
+    readable_bytes: u32,
+    writable_bytes: u32,
     buffers: [Buffer; MAX_CHAIN],
 }
 
 impl Chain {
     /// No chain: a slot for [`DeviceQueue::pop_into`].
-    pub const EMPTY: Self = Self { head: 0, count: 0, readable: 0, buffers: [Buffer { offset: 0, len: 0 }; MAX_CHAIN] };
+    pub const EMPTY: Self =
+        Self { head: 0, count: 0, readable: 0, readable_bytes: 0, writable_bytes: 0, buffers: [Buffer { offset: 0, len: 0 }; MAX_CHAIN] };
 
     /// Its device-readable buffers.
     pub fn readable(&self) -> &[Buffer] {
@@ -62,12 +66,12 @@ impl Chain {
 
     /// A cursor over the concatenation of its readable buffers.
     pub fn reader(&self) -> Cursor<'_> {
-        Cursor::new(self.readable())
+        Cursor::new(self.readable(), self.readable_bytes as usize)
     }
 
     /// A cursor over the concatenation of its writable buffers.
     pub fn writer(&self) -> Cursor<'_> {
-        Cursor::new(self.writable())
+        Cursor::new(self.writable(), self.writable_bytes as usize)
     }
 }
 
@@ -78,13 +82,16 @@ pub struct Cursor<'a> {
     /// Index into the buffers, and offset into that buffer.
     buffer: usize,
     at: usize,
+    /// Bytes left.
+    left: usize,
     /// Bytes read or written so far (not skipped).
     pub done: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(buffers: &'a [Buffer]) -> Self {
-        let mut cursor = Self { buffers, buffer: 0, at: 0, done: 0 };
+    /// A cursor at the start of `buffers`, which hold `bytes` in all.
+    fn new(buffers: &'a [Buffer], bytes: usize) -> Self {
+        let mut cursor = Self { buffers, buffer: 0, at: 0, left: bytes, done: 0 };
         cursor.settle();
         cursor
     }
@@ -99,8 +106,7 @@ impl<'a> Cursor<'a> {
 
     /// Bytes left.
     pub fn remaining(&self) -> usize {
-        let rest: usize = self.buffers[self.buffer.min(self.buffers.len())..].iter().map(|buffer| buffer.len as usize).sum();
-        rest - self.at
+        self.left
     }
 
     /// The window offset and length of the next contiguous piece, at most `len` bytes (none
@@ -114,6 +120,7 @@ impl<'a> Cursor<'a> {
     /// as done.
     pub fn advance(&mut self, len: usize) {
         self.at += len;
+        self.left -= len;
         self.done += len;
         self.settle();
     }
@@ -154,6 +161,7 @@ impl<'a> Cursor<'a> {
             copy(buffer.offset as usize + self.at, moved, step)?;
             moved += step;
             self.at += step;
+            self.left -= step;
             self.settle();
         }
         Ok(moved)
@@ -281,7 +289,7 @@ impl DeviceQueue {
         if head >= self.size {
             return Err(QueueError::Head(head));
         }
-        (chain.head, chain.count, chain.readable) = (head, 0, 0);
+        (chain.head, chain.count, chain.readable, chain.readable_bytes, chain.writable_bytes) = (head, 0, 0, 0, 0);
         let mut index = head;
         let mut seen_writable = false;
         let mut total = 0usize;
@@ -312,8 +320,12 @@ impl DeviceQueue {
             // The pool lies in the window, below 4 GiB.
             *slot = Buffer { offset: offset as u32, len };
             chain.count += 1;
-            if !writable {
+            // Both sums are at most `total`, which the pool's size bounds.
+            if writable {
+                chain.writable_bytes += len;
+            } else {
                 chain.readable += 1;
+                chain.readable_bytes += len;
             }
             if flags & DESC_F_NEXT == 0 {
                 return Ok(());
