@@ -6,11 +6,12 @@
 //!
 //! This crate is what both sides and the host tools share: the binding ([`binding`]), the
 //! window layout ([`layout`]) and header ([`header`]), bounds-checked access to a window
-//! ([`window`]); the device side: split virtqueues that treat everything in the window as
-//! hostile ([`queue`]), the console, net and block devices built on them ([`device`]) and the
-//! start-up and reset handshake around them ([`link`]); and, with feature `driver`, a
-//! virtio-drivers transport, so the stock drivers run on a link ([`driver`]), and a guard that
-//! keeps a hostile device from making them panic or overrun a buffer ([`guard`]).
+//! ([`window`]) and to a split ring's fields, checked once ([`ring`]); the device side: split
+//! virtqueues that treat everything in the window as hostile ([`queue`]), the console, net and
+//! block devices built on them ([`device`]) and the start-up and reset handshake around them
+//! ([`link`]); and, with feature `driver`, a virtio-drivers transport, so the stock drivers run
+//! on a link ([`driver`]), and a guard that keeps a hostile device from making them panic or
+//! overrun a buffer ([`guard`]).
 //! `docs/static-virtio.md` is the specification.
 
 #![cfg_attr(not(test), no_std)]
@@ -30,6 +31,7 @@ pub mod link;
 #[cfg(feature = "driver")]
 pub mod pool;
 pub mod queue;
+pub mod ring;
 pub mod window;
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! readable ones, and every buffer must lie in the window's buffer pool. Any violation is a [`QueueError`]: the device stops serving that
 //! link, and nothing outside the window is ever touched ([`Window`] checks every access).
 
-use crate::layout::{DESCRIPTOR_SIZE, QueueLayout, USED_ELEMENT_SIZE};
+use crate::layout::QueueLayout;
+use crate::ring::{DevicePart, DeviceView, DriverPart, DriverView};
 use crate::window::{Memory, OutOfWindow, Window};
 use core::fmt;
 use core::ops::Range;
@@ -224,7 +225,10 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
 /// The device's side of one queue.
 #[derive(Clone, Debug)]
 pub struct DeviceQueue {
-    layout: QueueLayout,
+    /// The queue's two parts, checked ([`DriverPart::NONE`] and [`DevicePart::NONE`] if its
+    /// layout is no split ring of its size: then every access fails).
+    driver_part: DriverPart,
+    device_part: DevicePart,
     size: u16,
     pool: Range<usize>,
     event_idx: bool,
@@ -238,7 +242,23 @@ impl DeviceQueue {
     /// The device side of the queue at `layout` with `size` entries, whose buffers must lie in
     /// `pool`; `event_idx` says whether the link fixed `VIRTIO_F_EVENT_IDX`.
     pub fn new(layout: QueueLayout, size: u16, pool: Range<usize>, event_idx: bool) -> Self {
-        Self { layout, size, pool, event_idx, next_avail: 0, next_used: 0 }
+        let (driver_part, device_part) = match (DriverPart::of(&layout, size), DevicePart::of(&layout, size)) {
+            (Some(driver), Some(device)) => (driver, device),
+            _ => (DriverPart::NONE, DevicePart::NONE),
+        };
+        Self { driver_part, device_part, size, pool, event_idx, next_avail: 0, next_used: 0 }
+    }
+
+    /// The queue's descriptor table and available ring in `window`.
+    fn driver<'a, M: Memory>(&self, window: &'a Window<M>) -> Result<DriverView<'a, M>, QueueError> {
+        let part = &self.driver_part;
+        part.view(window).ok_or_else(|| QueueError::OutOfWindow(OutOfWindow { offset: part.end(), len: 0 }))
+    }
+
+    /// The queue's used ring in `window`.
+    fn device<'a, M: Memory>(&self, window: &'a Window<M>) -> Result<DeviceView<'a, M>, QueueError> {
+        let part = &self.device_part;
+        part.view(window).ok_or_else(|| QueueError::OutOfWindow(OutOfWindow { offset: part.end(), len: 0 }))
     }
 
     /// Forgets every position: the driver has started again with fresh rings.
@@ -249,7 +269,7 @@ impl DeviceQueue {
 
     /// Whether the driver has made chains available that the device has not taken.
     pub fn has_available<M: Memory>(&self, window: &Window<M>) -> Result<bool, QueueError> {
-        Ok(window.read_u16(self.layout.avail + 2)? != self.next_avail)
+        Ok(self.driver(window)?.index() != self.next_avail)
     }
 
     /// Leaves the chain [`Self::pop`] last took for a later `pop` (which reads and checks it
@@ -268,7 +288,8 @@ impl DeviceQueue {
     /// that nothing is moved), and says whether there was one; `chain` is left as it was if
     /// not.
     pub fn pop_into<M: Memory>(&mut self, window: &Window<M>, chain: &mut Chain) -> Result<bool, QueueError> {
-        let index = window.read_u16(self.layout.avail + 2)?;
+        let ring = self.driver(window)?;
+        let index = ring.index();
         let pending = index.wrapping_sub(self.next_avail);
         if pending == 0 {
             return Ok(false);
@@ -278,14 +299,13 @@ impl DeviceQueue {
         }
         // The ring entries and descriptors were written before the index.
         fence(Ordering::Acquire);
-        let slot = usize::from(self.next_avail & self.size.wrapping_sub(1));
-        let head = window.read_u16(self.layout.avail + 4 + 2 * slot)?;
-        self.walk(window, head, chain)?;
+        let head = ring.entry(self.next_avail);
+        self.walk(window, &ring, head, chain)?;
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(true)
     }
 
-    fn walk<M: Memory>(&self, window: &Window<M>, head: u16, chain: &mut Chain) -> Result<(), QueueError> {
+    fn walk<M: Memory>(&self, window: &Window<M>, ring: &DriverView<'_, M>, head: u16, chain: &mut Chain) -> Result<(), QueueError> {
         if head >= self.size {
             return Err(QueueError::Head(head));
         }
@@ -294,12 +314,9 @@ impl DeviceQueue {
         let mut seen_writable = false;
         let mut total = 0usize;
         for slot in &mut chain.buffers {
-            // A descriptor is two little-endian words, each read once: the address, then the
-            // length, flags and next index.
-            let descriptor = self.layout.desc + DESCRIPTOR_SIZE * usize::from(index);
-            let address = window.read_u64(descriptor)?;
-            let rest = window.read_u64(descriptor + 8)?;
-            let (len, flags, next) = (rest as u32, (rest >> 32) as u16, (rest >> 48) as u16);
+            // Each of the descriptor's two words is read once.
+            let descriptor = ring.descriptor(index);
+            let (address, len, flags, next) = (descriptor.address, descriptor.len(), descriptor.flags(), descriptor.next());
             if flags & DESC_F_INDIRECT != 0 {
                 return Err(QueueError::Indirect);
             }
@@ -341,13 +358,12 @@ impl DeviceQueue {
     /// Gives chain `head` back to the driver, with `written` bytes written into its writable
     /// buffers.
     pub fn push<M: Memory>(&mut self, window: &Window<M>, head: u16, written: usize) -> Result<(), QueueError> {
-        let element = self.layout.used + 4 + USED_ELEMENT_SIZE * usize::from(self.next_used & self.size.wrapping_sub(1));
-        window.write_u32(element, u32::from(head))?;
-        window.write_u32(element + 4, written as u32)?;
+        let ring = self.device(window)?;
+        ring.set_element(self.next_used, u32::from(head), written as u32);
         self.next_used = self.next_used.wrapping_add(1);
         // The element before the index.
         fence(Ordering::Release);
-        window.write_u16(self.layout.used + 2, self.next_used)?;
+        ring.set_index(self.next_used);
         Ok(())
     }
 
@@ -364,11 +380,11 @@ impl DeviceQueue {
         }
         // Our used index is visible before we read what the driver wants.
         fence(Ordering::SeqCst);
+        let ring = self.driver(window)?;
         if self.event_idx {
-            let event = window.read_u16(self.layout.used_event(self.size))?;
-            Ok(need_event(event, self.next_used, before))
+            Ok(need_event(ring.used_event(), self.next_used, before))
         } else {
-            Ok(window.read_u16(self.layout.avail)? & AVAIL_F_NO_INTERRUPT == 0)
+            Ok(ring.flags() & AVAIL_F_NO_INTERRUPT == 0)
         }
     }
 
@@ -376,10 +392,11 @@ impl DeviceQueue {
     /// EVENT_IDX, else by clearing `NO_NOTIFY`). Returns whether buffers are already available:
     /// then take them before waiting, or that notification may never come.
     pub fn arm<M: Memory>(&self, window: &Window<M>) -> Result<bool, QueueError> {
+        let ring = self.device(window)?;
         if self.event_idx {
-            window.write_u16(self.layout.avail_event(self.size), self.next_avail)?;
+            ring.set_avail_event(self.next_avail);
         } else {
-            window.write_u16(self.layout.used, 0)?;
+            ring.set_flags(0);
         }
         fence(Ordering::SeqCst);
         self.has_available(window)
@@ -391,10 +408,11 @@ impl DeviceQueue {
     /// pass (a driver that compares without wrapping, as virtio-drivers does, is also quiet
     /// but for a queue's worth of indices every 65,536); else by setting `NO_NOTIFY`.
     pub fn suppress<M: Memory>(&self, window: &Window<M>) -> Result<(), QueueError> {
+        let ring = self.device(window)?;
         if self.event_idx {
-            window.write_u16(self.layout.avail_event(self.size), self.next_avail.wrapping_add(self.size))?;
+            ring.set_avail_event(self.next_avail.wrapping_add(self.size));
         } else {
-            window.write_u16(self.layout.used, USED_F_NO_NOTIFY)?;
+            ring.set_flags(USED_F_NO_NOTIFY);
         }
         Ok(())
     }
