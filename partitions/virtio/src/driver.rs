@@ -356,18 +356,20 @@ impl<N: Notify> Transport for StaticTransport<N> {
     }
 
     fn notify(&mut self, queue: u16) {
-        let guarded = match LINKS[self.slot].lock().as_mut() {
-            Some(LinkState { guard: Some(guard), window, .. }) => Some(guard.publish(queue, window)),
-            _ => None,
-        };
-        match guarded {
-            None => self.notify.notify(queue),
-            Some(ring) => {
-                if ring {
-                    self.notify.notify(queue);
-                }
-                self.wait_for_device(queue);
+        // Unguarded: ring. Guarded: publish, ring if the device asked, and wait if the driver
+        // waits for this queue (one look at the link decides all three).
+        let (ring, wait) = match LINKS[self.slot].lock().as_mut() {
+            Some(LinkState { guard: Some(guard), window, .. }) => {
+                let ring = guard.publish(queue, window);
+                (ring, guard.queue(queue).is_some_and(|guarded| guarded.waits_in_notify()))
             }
+            _ => (true, false),
+        };
+        if ring {
+            self.notify.notify(queue);
+        }
+        if wait {
+            self.wait_for_device(queue);
         }
     }
 

@@ -27,10 +27,11 @@
 //! [`Guard::failure`] (`driver::sync`).
 
 use crate::binding::{Kind, state};
-use crate::layout::{DESCRIPTOR_SIZE, Layout, MAX_QUEUES, QueueLayout, USED_ELEMENT_SIZE};
+use crate::layout::{DESCRIPTOR_SIZE, Layout, MAX_QUEUES, QueueLayout};
 use crate::link::Peer;
 use crate::queue::{DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY, need_event};
 use crate::pool::Written;
+use crate::ring::{DevicePart, DriverPart, DriverView};
 use crate::window::{Memory, Window};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -99,8 +100,10 @@ struct Posted {
 
 /// The guard of one queue.
 pub struct GuardedQueue<P: Memory> {
-    /// Where the queue lies in the window.
-    layout: QueueLayout,
+    /// Where the queue's parts lie in the window, and in the private areas (both at offset 0
+    /// of their area), checked.
+    shared: (DriverPart, DevicePart),
+    private: (DriverPart, DevicePart),
     size: u16,
     /// The stock drivers wait for this queue's chains right after notifying (every queue but
     /// console's and net's receive queue 0).
@@ -126,8 +129,14 @@ pub struct GuardedQueue<P: Memory> {
 impl<P: Memory> GuardedQueue<P> {
     /// The guard of the queue at `layout` in the window, of `size` entries.
     pub fn new(layout: QueueLayout, size: u16, waits_in_notify: bool) -> Self {
+        let parts = |driver: Option<DriverPart>, device: Option<DevicePart>| match (driver, device) {
+            (Some(driver), Some(device)) => (driver, device),
+            _ => (DriverPart::NONE, DevicePart::NONE),
+        };
+        let table = DESCRIPTOR_SIZE * usize::from(size);
         Self {
-            layout,
+            shared: parts(DriverPart::of(&layout, size), DevicePart::of(&layout, size)),
+            private: parts(DriverPart::new(0, table, size), DevicePart::new(0, size)),
             size,
             waits_in_notify,
             driver_area: None,
@@ -158,11 +167,6 @@ impl<P: Memory> GuardedQueue<P> {
         self.poisoned = false;
     }
 
-    /// Offset of the available ring in the private driver area.
-    fn private_avail(&self) -> usize {
-        DESCRIPTOR_SIZE * usize::from(self.size)
-    }
-
     /// Uses `area` (zeroed) as the driver's private descriptor table and available ring.
     pub fn set_driver_area(&mut self, area: Window<P>) {
         self.driver_area = Some(area);
@@ -172,8 +176,10 @@ impl<P: Memory> GuardedQueue<P> {
     /// every chain (no `NO_NOTIFY`; `avail_event` 0xffff, which virtio-drivers' unwrapped
     /// comparison always passes), so that every chain goes through [`Self::publish`].
     pub fn set_device_area(&mut self, area: Window<P>) {
-        let _ = area.write_u16(0, 0);
-        let _ = area.write_u16(4 + USED_ELEMENT_SIZE * usize::from(self.size), u16::MAX);
+        if let Some(used) = self.private.1.view(&area) {
+            used.set_flags(0);
+            used.set_avail_event(u16::MAX);
+        }
         self.device_area = Some(area);
     }
 
@@ -203,40 +209,37 @@ impl<P: Memory> GuardedQueue<P> {
     /// index. The private rings are the driver's own, so they are trusted, but walked with the
     /// same bounds as ever.
     pub fn publish<M: Memory>(&mut self, window: &Window<M>) -> (u16, u16) {
-        let Some(private) = self.driver_area.as_ref() else { return (self.published, self.published) };
-        let avail = self.private_avail();
         let old = self.published;
-        let new = private.read_u16(avail + 2).unwrap_or(old);
+        let (Some(private), Some(shared)) = (self.driver_area.as_ref().and_then(|area| self.private.0.view(area)), self.shared.0.view(window)) else {
+            return (old, old);
+        };
+        let new = private.index();
         let count = new.wrapping_sub(old).min(self.size);
         for step in 0..count {
-            let slot = usize::from(old.wrapping_add(step) % self.size);
-            let head = private.read_u16(avail + 4 + 2 * slot).unwrap_or(0);
-            if let Some(posted) = mirror_chain(private, window, &self.layout, self.size, head) {
+            let position = old.wrapping_add(step);
+            let head = private.entry(position);
+            if let Some(posted) = mirror_chain(&private, &shared, self.size, head) {
                 let entry = &mut self.in_flight[usize::from(head)];
                 if entry.replace(posted).is_none() {
                     self.in_flight_count += 1;
                 }
             }
-            let _ = window.write_u16(self.layout.avail + 4 + 2 * slot, head);
+            shared.set_entry(position, head);
         }
-        self.mirror_driver_fields(window);
+        self.mirror_driver_fields(&private, &shared);
         // The descriptors and ring entries before the index.
         fence(Ordering::Release);
-        let _ = window.write_u16(self.layout.avail + 2, new);
+        shared.set_index(new);
         self.published = new;
         (old, new)
     }
 
     /// Copies the driver's `flags` and `used_event` (what it wants to hear of) to the window.
-    fn mirror_driver_fields<M: Memory>(&self, window: &Window<M>) {
-        let Some(private) = self.driver_area.as_ref() else { return };
-        let avail = self.private_avail();
-        let used_event = avail + 4 + 2 * usize::from(self.size);
-        let _ = window.write_u16(self.layout.avail, private.read_u16(avail).unwrap_or(0));
+    fn mirror_driver_fields<P2: Memory, M: Memory>(&self, private: &DriverView<'_, P2>, shared: &DriverView<'_, M>) {
+        shared.set_flags(private.flags());
         // A lazily reaped queue asks for no notification: `used_event` just behind what has been
         // taken, which the device's used index, never more than a queue ahead, does not pass.
-        let event = if self.lazy { self.seen.wrapping_sub(1) } else { private.read_u16(used_event).unwrap_or(0) };
-        let _ = window.write_u16(self.layout.used_event(self.size), event);
+        shared.set_used_event(if self.lazy { self.seen.wrapping_sub(1) } else { private.used_event() });
     }
 
     /// Whether the device asked to be notified of the chains published from `old` to `new`:
@@ -247,20 +250,21 @@ impl<P: Memory> GuardedQueue<P> {
         }
         // Our index is visible before we read what the device wants.
         fence(Ordering::SeqCst);
-        if event_idx {
-            window.read_u16(self.layout.avail_event(self.size)).is_ok_and(|event| need_event(event, new, old))
-        } else {
-            window.read_u16(self.layout.used).is_ok_and(|flags| flags & USED_F_NO_NOTIFY == 0)
-        }
+        let Some(used) = self.shared.1.view(window) else { return false };
+        if event_idx { need_event(used.avail_event(), new, old) } else { used.flags() & USED_F_NO_NOTIFY == 0 }
     }
 
     /// Takes what the device used since the last call from the window into the private used
     /// ring, each element checked; returns how many. On an error the elements before the bad
     /// one are still given to the driver.
     pub fn collect<M: Memory>(&mut self, queue: u16, window: &Window<M>, written: &mut Written) -> Result<u16, DeviceError> {
-        self.mirror_driver_fields(window);
-        let Some(private) = self.device_area.as_ref() else { return Ok(0) };
-        let index = window.read_u16(self.layout.used + 2).unwrap_or(self.seen);
+        if let (Some(private), Some(shared)) = (self.driver_area.as_ref().and_then(|area| self.private.0.view(area)), self.shared.0.view(window)) {
+            self.mirror_driver_fields(&private, &shared);
+        }
+        let (Some(private), Some(shared)) = (self.device_area.as_ref().and_then(|area| self.private.1.view(area)), self.shared.1.view(window)) else {
+            return Ok(0);
+        };
+        let index = shared.index();
         let pending = index.wrapping_sub(self.seen);
         if pending == 0 {
             return Ok(0);
@@ -272,9 +276,7 @@ impl<P: Memory> GuardedQueue<P> {
         fence(Ordering::Acquire);
         let mut outcome = Ok(0);
         for taken in 0..pending {
-            let element = self.layout.used + 4 + USED_ELEMENT_SIZE * usize::from(self.seen % self.size);
-            let id = window.read_u32(element).unwrap_or(POISON_ID);
-            let len = window.read_u32(element + 4).unwrap_or(u32::MAX);
+            let (id, len) = shared.element(self.seen);
             let Some(posted) = usize::try_from(id).ok().and_then(|at| self.in_flight.get(at).copied().flatten()) else {
                 outcome = Err(DeviceError::UsedId { queue, id });
                 break;
@@ -292,25 +294,17 @@ impl<P: Memory> GuardedQueue<P> {
             if let Some(offset) = posted.single_writable.and_then(|address| address.checked_sub(window.base())) {
                 written.set(offset as usize, len);
             }
-            let slot = 4 + USED_ELEMENT_SIZE * usize::from(self.given % self.size);
-            let _ = private.write_u32(slot, id);
-            let _ = private.write_u32(slot + 4, len);
+            private.set_element(self.given, id, len);
             self.in_flight[usize::from(head)] = None;
             self.in_flight_count -= 1;
             self.seen = self.seen.wrapping_add(1);
             self.given = self.given.wrapping_add(1);
             outcome = Ok(taken + 1);
         }
-        self.publish_given();
+        // The elements before the index.
+        fence(Ordering::Release);
+        private.set_index(self.given);
         outcome
-    }
-
-    /// Makes the elements given so far visible to the driver.
-    fn publish_given(&self) {
-        if let Some(private) = self.device_area.as_ref() {
-            fence(Ordering::Release);
-            let _ = private.write_u16(2, self.given);
-        }
     }
 
     /// After a failure: gives a driver that waits for this queue one element naming no chain,
@@ -319,19 +313,18 @@ impl<P: Memory> GuardedQueue<P> {
         if self.poisoned || !self.waits_in_notify {
             return;
         }
-        let Some(private) = self.device_area.as_ref() else { return };
-        let slot = 4 + USED_ELEMENT_SIZE * usize::from(self.given % self.size);
-        let _ = private.write_u32(slot, POISON_ID);
-        let _ = private.write_u32(slot + 4, 0);
+        let Some(private) = self.device_area.as_ref().and_then(|area| self.private.1.view(area)) else { return };
+        private.set_element(self.given, POISON_ID, 0);
         self.given = self.given.wrapping_add(1);
         self.poisoned = true;
-        self.publish_given();
+        fence(Ordering::Release);
+        private.set_index(self.given);
     }
 }
 
 /// Copies the chain at `head` from the private descriptor table to the window's, at most a
 /// queue of descriptors; returns what the chain holds, or `None` if `head` is beyond the queue.
-fn mirror_chain<P: Memory, M: Memory>(private: &Window<P>, window: &Window<M>, layout: &QueueLayout, size: u16, head: u16) -> Option<Posted> {
+fn mirror_chain<P: Memory, M: Memory>(private: &DriverView<'_, P>, shared: &DriverView<'_, M>, size: u16, head: u16) -> Option<Posted> {
     if head >= size {
         return None;
     }
@@ -339,20 +332,13 @@ fn mirror_chain<P: Memory, M: Memory>(private: &Window<P>, window: &Window<M>, l
     let mut writables = 0;
     let mut index = head;
     for _ in 0..size {
-        let from = DESCRIPTOR_SIZE * usize::from(index);
-        let to = layout.desc + from;
-        let address = private.read_u64(from).unwrap_or(0);
-        let len = private.read_u32(from + 8).unwrap_or(0);
-        let flags = private.read_u16(from + 12).unwrap_or(0);
-        let next = private.read_u16(from + 14).unwrap_or(0);
-        let _ = window.write_u64(to, address);
-        let _ = window.write_u32(to + 8, len);
-        let _ = window.write_u16(to + 12, flags);
-        let _ = window.write_u16(to + 14, next);
+        let descriptor = private.descriptor(index);
+        shared.set_descriptor(index, descriptor);
+        let (len, flags, next) = (descriptor.len(), descriptor.flags(), descriptor.next());
         if flags & DESC_F_WRITE != 0 {
             posted.writable = posted.writable.saturating_add(len);
             writables += 1;
-            posted.single_writable = (writables == 1).then_some(address);
+            posted.single_writable = (writables == 1).then_some(descriptor.address);
         } else {
             posted.write_only = false;
         }
