@@ -75,28 +75,50 @@ pub fn wait_until(done: impl Fn() -> bool) {
 /// A slot being filled: its handler is not stored yet.
 const CLAIMED: u32 = u32::MAX - 1;
 
+/// The slots `intid` may be in, in the order it is looked for: from its home slot (`intid`
+/// modulo the table's size) on round the table, so an interrupt is found in its home slot
+/// unless another took it first. Slots are never emptied, so a search may stop at the first
+/// empty one.
+fn probe(intid: u32) -> impl Iterator<Item = &'static Slot> {
+    let home = intid as usize % SLOTS;
+    (0..SLOTS).map(move |step| &SLOTS_TABLE[(home + step) % SLOTS])
+}
+
 /// Calls `handler(intid)` whenever `intid` is taken on any CPU of the partition (replacing the
 /// handler it had, if any).
 pub fn register(intid: u32, handler: fn(u32)) -> Result<(), IrqError> {
-    if let Some(slot) = SLOTS_TABLE.iter().find(|slot| slot.intid.load(Ordering::Acquire) == intid) {
-        slot.handler.store(handler as usize, Ordering::Release);
-        return Ok(());
+    for slot in probe(intid) {
+        let held = match slot.intid.compare_exchange(EMPTY, CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
+            // Claimed: the handler first, then the INTID that makes the slot visible to
+            // `handler_for`.
+            Ok(_) => {
+                slot.handler.store(handler as usize, Ordering::Release);
+                slot.intid.store(intid, Ordering::Release);
+                return Ok(());
+            }
+            Err(held) => held,
+        };
+        if held == intid {
+            slot.handler.store(handler as usize, Ordering::Release);
+            return Ok(());
+        }
     }
-    let slot = SLOTS_TABLE
-        .iter()
-        .find(|slot| slot.intid.compare_exchange(EMPTY, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok())
-        .ok_or(IrqError::NoSlot)?;
-    // The handler first, then the INTID that makes the slot visible to `handler_for`.
-    slot.handler.store(handler as usize, Ordering::Release);
-    slot.intid.store(intid, Ordering::Release);
-    Ok(())
+    Err(IrqError::NoSlot)
 }
 
 fn handler_for(intid: u32) -> Option<fn(u32)> {
-    let slot = SLOTS_TABLE.iter().find(|slot| slot.intid.load(Ordering::Acquire) == intid)?;
-    let address = slot.handler.load(Ordering::Acquire);
-    // SAFETY: only `register` stores here, always a `fn(u32)`.
-    (address != 0).then(|| unsafe { core::mem::transmute::<usize, fn(u32)>(address) })
+    for slot in probe(intid) {
+        match slot.intid.load(Ordering::Acquire) {
+            EMPTY => return None,
+            held if held == intid => {
+                let address = slot.handler.load(Ordering::Acquire);
+                // SAFETY: only `register` stores here, always a `fn(u32)`.
+                return (address != 0).then(|| unsafe { core::mem::transmute::<usize, fn(u32)>(address) });
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Interrupts taken that had no handler.

@@ -32,6 +32,7 @@ pub struct Pool {
 }
 
 /// The order of a block that holds `len` bytes.
+#[inline]
 fn order_for(len: usize) -> Option<usize> {
     let size = len.max(1).checked_next_power_of_two()?.max(MIN_BLOCK);
     let order = size.trailing_zeros();
@@ -63,11 +64,13 @@ impl Pool {
         }
     }
 
+    #[inline]
     fn push(&mut self, order: usize, offset: usize) {
         self.free[order].push(offset as u32);
         self.nonempty |= 1 << order;
     }
 
+    #[inline]
     fn pop(&mut self, order: usize) -> Option<usize> {
         let offset = self.free[order].pop()?;
         if self.free[order].is_empty() {
@@ -79,9 +82,21 @@ impl Pool {
     /// `len` bytes at an address aligned to `align` (a power of two): a block of the smallest
     /// order that holds them. A block is aligned to its size from the pool's start, which is
     /// enough when the start is aligned to `align` and the block is no smaller than `align`;
-    /// otherwise the free blocks are searched for an aligned one.
+    /// otherwise the free blocks are searched for an aligned one. A size freed before is a pop,
+    /// inline; the rest (splitting, merging, searching) is out of line.
+    #[inline]
     pub fn allocate(&mut self, len: usize, align: usize) -> Option<usize> {
         let order = order_for(len)?;
+        if self.nonempty & (1 << order) != 0 && self.start.is_multiple_of(align) && (MIN_BLOCK << order) >= align {
+            return self.pop(order).map(|offset| self.start + offset);
+        }
+        self.allocate_split(order, align)
+    }
+
+    /// [`Self::allocate`] with no free block of the order at hand.
+    #[cold]
+    #[inline(never)]
+    fn allocate_split(&mut self, order: usize, align: usize) -> Option<usize> {
         if !self.start.is_multiple_of(align) || (MIN_BLOCK << order) < align {
             return self.allocate_slow(order, align);
         }
@@ -140,6 +155,7 @@ impl Pool {
     }
 
     /// Gives back the block at `address` that an allocation of `len` bytes returned.
+    #[inline]
     pub fn free(&mut self, address: usize, len: usize) {
         let Some(order) = order_for(len) else { return };
         let Some(offset) = address.checked_sub(self.start) else { return };
