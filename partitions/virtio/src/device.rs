@@ -213,6 +213,21 @@ impl Visit for Checksum {
         }
     }
 
+    fn half(&mut self, value: u32) {
+        if self.pending_len > 4 {
+            value.to_le_bytes().into_iter().for_each(|byte| self.byte(byte));
+            return;
+        }
+        self.pending |= u64::from(value) << (8 * self.pending_len);
+        self.pending_len += 4;
+        self.len += 4;
+        if self.pending_len == 8 {
+            let word = self.pending;
+            self.mix(word);
+            (self.pending, self.pending_len) = (0, 0);
+        }
+    }
+
     fn word(&mut self, value: u64) {
         self.len += 8;
         if self.pending_len == 0 {

@@ -329,6 +329,41 @@ fn window_copies_are_exact_at_every_alignment() {
     assert_eq!(window.write_bytes(250, &[0; 7]), Err(crate::window::OutOfWindow { offset: 250, len: 7 }));
 }
 
+/// Sees every byte, in order.
+struct Bytes(Vec<u8>);
+
+impl crate::window::Visit for Bytes {
+    fn byte(&mut self, value: u8) {
+        self.0.push(value);
+    }
+}
+
+#[test]
+fn window_to_window_copies_are_exact_and_seen_in_order_at_every_alignment() {
+    let bytes = cells(256);
+    let window = Window::new(CellMemory(&bytes), BASE);
+    for from in 0..9 {
+        for to in 96..105 {
+            for len in 0..41 {
+                let data: Vec<u8> = (0..len).map(|i| (i * 13 + from + 5) as u8).collect();
+                bytes.iter().for_each(|byte| byte.set(0xee));
+                window.write_bytes(from, &data).unwrap();
+                let mut seen = Bytes(Vec::new());
+                window.copy(from, to, len, &mut seen).unwrap();
+                let mut back = vec![0u8; len];
+                window.read_bytes(to, &mut back).unwrap();
+                assert_eq!((&back, &seen.0), (&data, &data), "from {from} to {to}, {len} bytes");
+                assert!(bytes[to + len..].iter().all(|byte| byte.get() == 0xee), "from {from} to {to}, {len} bytes");
+                // The checksum of the copy, seen in words, fields and bytes, is the frame's.
+                let mut sum = crate::device::Checksum::new(CHECKSUM_SEED);
+                window.copy(from, to, len, &mut sum).unwrap();
+                assert_eq!(sum.finish(), checksum(CHECKSUM_SEED, &data), "from {from} to {to}, {len} bytes");
+            }
+        }
+    }
+    assert_eq!(window.copy(250, 0, 7, &mut ()), Err(crate::window::OutOfWindow { offset: 250, len: 7 }));
+}
+
 #[test]
 fn event_idx_suppresses_and_requests_notifications() {
     assert!(need_event(0, 1, 0));
