@@ -545,6 +545,43 @@ impl<T: Transport> Transport for Placed<T> {
     }
 }
 
+/// Copies `len` bytes from `from` to `to`, a buffer and its bounce block (one of them in the
+/// window): eight bytes at a time when both are 8-byte aligned, as the pool's blocks are and a
+/// driver's buffers usually are (the partitions' target forbids unaligned accesses, so
+/// `memcpy` moves misaligned words in pieces), then the last bytes; `memcpy` otherwise. Every
+/// store is volatile, which also keeps the compiler from turning the loop back into `memcpy`.
+///
+/// # Safety
+///
+/// `from` must be valid for reading and `to` for writing `len` bytes, and the two must not
+/// overlap.
+unsafe fn bounce_copy(from: *const u8, to: *mut u8, len: usize) {
+    if !(from as usize | to as usize).is_multiple_of(8) {
+        // SAFETY: our caller's promise.
+        unsafe { core::ptr::copy_nonoverlapping(from, to, len) };
+        return;
+    }
+    let (from_words, to_words) = (from.cast::<u64>(), to.cast::<u64>());
+    let words = len / 8;
+    for pair in 0..words / 2 {
+        // SAFETY: both are 8-byte aligned, and words `2 * pair` and the next lie in the `len`
+        // bytes.
+        unsafe {
+            let (first, second) = (from_words.add(2 * pair).read(), from_words.add(2 * pair + 1).read());
+            to_words.add(2 * pair).write_volatile(first);
+            to_words.add(2 * pair + 1).write_volatile(second);
+        }
+    }
+    if words % 2 == 1 {
+        // SAFETY: as above, for the last word.
+        unsafe { to_words.add(words - 1).write_volatile(from_words.add(words - 1).read()) };
+    }
+    for index in 8 * words..len {
+        // SAFETY: inside the `len` bytes.
+        unsafe { to.add(index).write_volatile(from.add(index).read()) };
+    }
+}
+
 /// The `Hal` of the link in slot `SLOT`: rings in their fixed places, buffers bounced through
 /// the window's pool.
 pub struct WindowHal<const SLOT: usize>;
@@ -630,7 +667,7 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
             if direction != BufferDirection::DeviceToDriver {
                 // SAFETY: the caller promised `buffer` is valid for the call; the bounce buffer
                 // is ours in the window.
-                unsafe { core::ptr::copy_nonoverlapping(buffer.as_ptr().cast::<u8>(), bounce as *mut u8, len) };
+                unsafe { bounce_copy(buffer.as_ptr().cast::<u8>(), bounce as *mut u8, len) };
             }
             link.ipa(bounce)
         })
@@ -649,7 +686,7 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
                 };
                 // SAFETY: as in `share`; the device has finished with the bounce buffer, and
                 // `written` is at most `len`.
-                unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, buffer.as_ptr().cast::<u8>(), written) };
+                unsafe { bounce_copy(bounce as *const u8, buffer.as_ptr().cast::<u8>(), written) };
             }
             link.pool.free(bounce, len);
         })
