@@ -7,7 +7,9 @@
 //!   [`WindowHal`] hands it exactly those pages, and `queue_set` checks that it used them.
 //! - Buffers are bounced through the window's pool: the peer cannot see the rest of this
 //!   partition's memory. The pool's bookkeeping is kept in private memory, never in the window
-//!   (a hostile device could otherwise steer the driver's allocator).
+//!   (a hostile device could otherwise steer the driver's allocator). A driver that keeps its
+//!   buffers in the pool itself ([`WindowBuffer`], as a driver keeps DMA buffers in memory its
+//!   device can reach) has them shared in place, with no copy.
 //! - `notify` rings the queue's doorbell through the link's [`Notify`].
 //! - Configuration space is read from the window, read-only; there are no registers.
 //! - [`StaticTransport::guarded`] also keeps the driver's rings in private memory and moves
@@ -26,6 +28,7 @@ use crate::window::{RawMemory, Window};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
@@ -103,7 +106,13 @@ struct LinkState {
     /// A guarded link's guard, and the private ring pages it gave the driver.
     guard: Option<Guard<RawMemory>>,
     private: Vec<Private>,
+    /// Which attachment this is (see [`ATTACHMENTS`]).
+    attachment: u64,
 }
+
+/// Attachments of links to slots so far: a [`WindowBuffer`] gives its block back only to the
+/// attachment it came from (a slot's next link has a pool of its own).
+static ATTACHMENTS: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for LinkState {
     /// Frees the private rings. The driver is gone (its transport is dropped first, and a
@@ -223,7 +232,8 @@ pub unsafe fn attach(slot: usize, config: LinkConfig) -> Result<Window<RawMemory
     let pool = Pool::new(config.window + layout.pool.start, layout.pool.len());
     // SAFETY: as above.
     let own = Window::new(unsafe { RawMemory::new(config.window as *mut u8, config.window_size) }, config.window_ipa);
-    *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None, window: own, guard: None, private: Vec::new() });
+    let attachment = ATTACHMENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None, window: own, guard: None, private: Vec::new(), attachment });
     Ok(window)
 }
 
@@ -474,6 +484,58 @@ impl<N: Notify> Transport for StaticTransport<N> {
     }
 }
 
+/// A buffer in the window's pool of the link in slot `SLOT`, which the driver owns (until it is
+/// dropped): handed to the link's driver as a buffer to send or receive into, it is shared with
+/// the device in place, with no bounce copy either way, as a driver shares a DMA buffer.
+///
+/// The buffer lies in the window, so the device can read and write it at any time, not only
+/// while it holds it: what a driver reads from it is as untrusted as anything else in the
+/// window (the guard still checks the used length against the buffer's), and what it writes
+/// there is the device's to see.
+pub struct WindowBuffer<const SLOT: usize> {
+    address: usize,
+    len: usize,
+    attachment: u64,
+}
+
+impl<const SLOT: usize> WindowBuffer<SLOT> {
+    /// `len` bytes (not zeroed) from the pool of the link attached in slot `SLOT`; `None` if
+    /// the slot has no link or its pool has no room.
+    pub fn new(len: usize) -> Option<Self> {
+        let mut link = LINKS.get(SLOT)?.lock();
+        let link = link.as_mut()?;
+        let address = link.pool.allocate(len.max(1), 16)?;
+        Some(Self { address, len, attachment: link.attachment })
+    }
+}
+
+impl<const SLOT: usize> core::ops::Deref for WindowBuffer<SLOT> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the block is ours in the window (allocated from the pool for us alone, mapped
+        // while the partition runs); see the type's description for what the device may do.
+        unsafe { core::slice::from_raw_parts(self.address as *const u8, self.len) }
+    }
+}
+
+impl<const SLOT: usize> core::ops::DerefMut for WindowBuffer<SLOT> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`; `&mut self` makes this the only reference of ours.
+        unsafe { core::slice::from_raw_parts_mut(self.address as *mut u8, self.len) }
+    }
+}
+
+impl<const SLOT: usize> Drop for WindowBuffer<SLOT> {
+    /// Gives the block back to the pool it came from, if that link is still attached.
+    fn drop(&mut self) {
+        let Some(slot) = LINKS.get(SLOT) else { return };
+        if let Some(link) = slot.lock().as_mut().filter(|link| link.attachment == self.attachment) {
+            link.pool.free(self.address, self.len.max(1));
+        }
+    }
+}
+
 /// Another transport (virtio-drivers' `MmioTransport`, for a `mmio-trap` link) that tells the
 /// slot's [`WindowHal`] which queue its driver is setting up, so that the queue's rings go
 /// where the layout puts them; every call passes through unchanged.
@@ -666,6 +728,10 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
     unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
         Self::with(|link| {
             let len = buffer.len();
+            // A buffer the driver keeps in the pool (a `WindowBuffer`) is shared in place.
+            if link.pool.contains(buffer.as_ptr().cast::<u8>() as usize, len) {
+                return link.ipa(buffer.as_ptr().cast::<u8>() as usize);
+            }
             // `share` cannot fail: a link's pool must hold every buffer its driver has in flight.
             let bounce = link.pool.allocate(len, 16).expect("the window's buffer pool is exhausted");
             if direction != BufferDirection::DeviceToDriver {
@@ -681,6 +747,14 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
         Self::with(|link| {
             let bounce = link.address(paddr);
             let len = buffer.len();
+            if bounce == buffer.as_ptr().cast::<u8>() as usize {
+                // Shared in place: nothing to copy or free. The guard's count of what the
+                // device wrote is dropped (the buffer's length is the driver's to check).
+                if let Some(guard) = link.guard.as_mut() {
+                    guard.written((paddr - link.config.window_ipa) as usize, len);
+                }
+                return;
+            }
             if direction != BufferDirection::DriverToDevice {
                 // Only the bytes the device wrote, when the guard saw how many (never more than
                 // the buffer holds): the rest of the driver's buffer is not the device's to fill.

@@ -154,6 +154,12 @@ impl Pool {
         None
     }
 
+    /// Whether the `len` bytes at `address` lie in the pool.
+    #[inline]
+    pub fn contains(&self, address: usize, len: usize) -> bool {
+        address.checked_sub(self.start).is_some_and(|offset| offset.checked_add(len).is_some_and(|end| end <= self.len))
+    }
+
     /// Gives back the block at `address` that an allocation of `len` bytes returned.
     #[inline]
     pub fn free(&mut self, address: usize, len: usize) {

@@ -246,3 +246,61 @@ fn a_driver_that_does_not_accept_every_fixed_feature_refuses_the_link() {
     assert!(outcome.is_err());
     assert_eq!(memory.window().read_u32(offset::DRIVER_STATE + state::STATE), Ok(state::FAILED));
 }
+
+#[test]
+fn buffers_a_driver_keeps_in_the_window_are_shared_in_place_and_given_back_to_their_own_pool() {
+    use trapless_virtio::driver::WindowBuffer;
+    use virtio_drivers::device::net::VirtIONetRaw;
+    const QUEUE: usize = 16;
+    const SLOT: usize = 6;
+    let memory = Memory::new(&link(Kind::Net, QUEUE as u16, fixed(0), std::ptr::null_mut()), 0);
+    let config = link(Kind::Net, QUEUE as u16, fixed(0), memory.base);
+    let backend = Backend::start(&memory, &config, NetEcho::new());
+    let transport = open::<SLOT>(config, &backend).guarded(&config::encode(Kind::Net, 0, 0).0[..12]).lazy(1);
+    let mut net = VirtIONetRaw::<WindowHal<SLOT>, _, QUEUE>::new(transport).unwrap();
+    let window_range = memory.base as usize..memory.base as usize + WINDOW;
+    let mut receive = WindowBuffer::<SLOT>::new(2048).unwrap();
+    assert!(window_range.contains(&(receive.as_ptr() as usize)));
+    // SAFETY: `receive` lives until its token completes below.
+    let receive_token = unsafe { net.receive_begin(&mut receive) }.unwrap();
+    let mut frame = WindowBuffer::<SLOT>::new(12 + 100).unwrap();
+    let header = net.fill_buffer_header(&mut frame).unwrap();
+    frame[header..].iter_mut().enumerate().for_each(|(at, byte)| *byte = at as u8 ^ 0x5a);
+    // SAFETY: `frame` lives until its transmission completes below.
+    let send_token = unsafe { net.transmit_begin(&frame) }.unwrap();
+    // In place: the window's descriptor for the frame holds the frame's own address.
+    let window = memory.window();
+    let table = trapless_virtio::layout::compute(2, QUEUE as u32, WINDOW).unwrap().queues[1].desc;
+    let address = window.read_u64(table + 16 * usize::from(send_token)).unwrap();
+    assert_eq!(address, WINDOW_IPA + (frame.as_ptr() as usize - memory.base as usize) as u64);
+    let token = loop {
+        assert_eq!(driver::sync(SLOT), None);
+        if let Some(token) = net.poll_receive() {
+            break token;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(token, receive_token);
+    // SAFETY: the buffer posted under `token`.
+    let (start, len) = unsafe { net.receive_complete(token, &mut receive) }.unwrap();
+    assert_eq!(&receive[start..start + len], &frame[header..], "the echo, read where the device wrote it");
+    while net.poll_transmit() != Some(send_token) {
+        assert_eq!(driver::sync(SLOT), None);
+        std::thread::yield_now();
+    }
+    // SAFETY: the frame sent under `send_token`.
+    unsafe { net.transmit_complete(send_token, &frame) }.unwrap();
+    let stale = WindowBuffer::<SLOT>::new(64).unwrap();
+    let stale_address = stale.as_ptr() as usize;
+    // The driver goes, and its link with it; a buffer that outlives its link is not given to
+    // the next link's pool.
+    drop(net);
+    drop(receive);
+    drop(frame);
+    assert!(WindowBuffer::<SLOT>::new(64).is_none(), "no link in the slot");
+    let _next = open::<SLOT>(config, &backend);
+    drop(stale);
+    let fresh: Vec<WindowBuffer<SLOT>> = std::iter::from_fn(|| WindowBuffer::<SLOT>::new(64)).collect();
+    assert!(fresh.len() > 1000);
+    assert_eq!(fresh.iter().filter(|buffer| buffer.as_ptr() as usize == stale_address).count(), 1, "the block once, from the new pool's own carving");
+}
