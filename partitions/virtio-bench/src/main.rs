@@ -17,6 +17,11 @@
 //! checked after its round trip is timed. Results go to its own UART, which costs no exit, so
 //! that the exits EL2 counts are the workload's alone; then it stops the link.
 //!
+//! Its frames and receive buffers live in the link's window (`driver::WindowBuffer`, as a
+//! driver keeps DMA buffers where its device reaches them), so the transport shares them in
+//! place; `buffers=bounced` keeps them in the partition's own memory instead, and each is then
+//! copied through a bounce buffer in the window, as the stock drivers' own buffers are.
+//!
 //! The queue size is the link's: 16 or 256 (`VirtIONetRaw` takes it as a type parameter).
 
 #![no_std]
@@ -33,7 +38,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci, time};
-use trapless_virtio::driver::{self, WindowHal};
+use trapless_virtio::driver::{self, WindowBuffer, WindowHal};
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::Transport;
 
@@ -80,6 +85,11 @@ fn main(boot: &Boot) {
         fail(&format!("size={size}: a frame holds 1 to {BULK_FRAME} bytes"));
     }
     let workload = boot.arg("workload").unwrap_or("rtt");
+    let bounced = match boot.arg("buffers") {
+        None | Some("window") => false,
+        Some("bounced") => true,
+        Some(other) => fail(&format!("buffers={other}: the buffers are window or bounced")),
+    };
     if virtio::on_notify(link, woken).is_err() {
         fail("no interrupt handler slot for the link");
     }
@@ -87,8 +97,8 @@ fn main(boot: &Boot) {
 
     let opened = virtio::open_driver(link, 0, DEVICE_WAIT_SECONDS).unwrap_or_else(|problem| fail(&problem));
     let outcome = match link.queue_size {
-        16 => open::<16>(boot, link, opened, workload, iterations, size),
-        256 => open::<256>(boot, link, opened, workload, iterations, size),
+        16 => open::<16>(boot, link, opened, Run { workload, iterations, size, bounced }),
+        256 => open::<256>(boot, link, opened, Run { workload, iterations, size, bounced }),
         other => Err(format!("a queue of {other}: the bench drives queues of 16 or 256")),
     };
     if let Err(problem) = outcome {
@@ -96,13 +106,62 @@ fn main(boot: &Boot) {
     }
 }
 
+/// What to measure.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    workload: &'a str,
+    iterations: usize,
+    size: usize,
+    /// Buffers in this partition's memory, bounced through the window (else in the window).
+    bounced: bool,
+}
+
 /// Measures over the link's transport, with queues of `QUEUE`.
-fn open<const QUEUE: usize>(boot: &Boot, link: &Link, opened: virtio::Opened, workload: &str, iterations: usize, size: usize) -> Result<(), String> {
+fn open<const QUEUE: usize>(boot: &Boot, link: &Link, opened: virtio::Opened, run: Run<'_>) -> Result<(), String> {
     match opened.mmio(link) {
-        Some(mmio) => measure::<_, QUEUE>(mmio?, link, workload, iterations, size),
+        Some(mmio) => measure::<_, QUEUE>(mmio?, link, run),
         None => {
             let bells = Bells::new(boot, link).map_err(|error| format!("its doorbells: {error:?}"))?;
-            measure::<_, QUEUE>(opened.transport(bells).guarded(link.config).lazy(QUEUE_TRANSMIT), link, workload, iterations, size)
+            measure::<_, QUEUE>(opened.transport(bells).guarded(link.config).lazy(QUEUE_TRANSMIT), link, run)
+        }
+    }
+}
+
+/// A frame or receive buffer: in the link's window (shared in place), or in this partition's
+/// memory (bounced).
+enum Buffer {
+    Window(WindowBuffer<0>),
+    Own(Box<[u8]>),
+}
+
+impl Buffer {
+    /// `len` bytes, zeroed, where `bounced` says.
+    fn new(len: usize, bounced: bool) -> Result<Self, String> {
+        if bounced {
+            return Ok(Self::Own(alloc::vec![0; len].into_boxed_slice()));
+        }
+        let mut buffer = WindowBuffer::new(len).ok_or("the window's pool has no room for the bench's buffers")?;
+        buffer.fill(0);
+        Ok(Self::Window(buffer))
+    }
+}
+
+impl core::ops::Deref for Buffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Window(buffer) => buffer,
+            Self::Own(buffer) => buffer,
+        }
+    }
+}
+
+impl core::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Window(buffer) => buffer,
+            Self::Own(buffer) => buffer,
         }
     }
 }
@@ -114,8 +173,9 @@ const QUEUE_TRANSMIT: u16 = 1;
 struct Bench<T: Transport, const QUEUE: usize> {
     net: VirtIONetRaw<WindowHal<0>, T, QUEUE>,
     /// Receive buffers, by the token (descriptor) they were posted under.
-    receive: Vec<Option<Box<[u8; BUFFER]>>>,
+    receive: Vec<Option<Buffer>>,
     polls: bool,
+    bounced: bool,
 }
 
 impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
@@ -133,7 +193,7 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
     }
 
     /// Posts `buffer` for receiving.
-    fn post(&mut self, mut buffer: Box<[u8; BUFFER]>) -> Result<(), String> {
+    fn post(&mut self, mut buffer: Buffer) -> Result<(), String> {
         // SAFETY: the buffer is kept in `receive` until its token completes.
         let token = unsafe { self.net.receive_begin(&mut buffer[..]) }.map_err(|error| format!("posting a receive buffer: {error:?}"))?;
         self.receive[usize::from(token)] = Some(buffer);
@@ -152,7 +212,7 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
     /// Takes a received frame, if one is there, and gives the device a spare receive buffer
     /// in its place: the frame's buffer and its payload's range, to check and keep as the next
     /// spare.
-    fn take(&mut self, spare: &mut Option<Box<[u8; BUFFER]>>) -> Result<Option<(Box<[u8; BUFFER]>, core::ops::Range<usize>)>, String> {
+    fn take(&mut self, spare: &mut Option<Buffer>) -> Result<Option<(Buffer, core::ops::Range<usize>)>, String> {
         let Some(token) = self.net.poll_receive() else { return Ok(None) };
         let mut buffer = self.receive[usize::from(token)].take().ok_or("a receive completed for no buffer")?;
         // SAFETY: `buffer` is the one posted under `token`.
@@ -187,10 +247,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A frame of `len` bytes after the virtio-net header, its payload a pattern.
-fn frame<T: Transport, const QUEUE: usize>(net: &VirtIONetRaw<WindowHal<0>, T, QUEUE>, len: usize) -> Result<Vec<u8>, String> {
-    let mut bytes = alloc::vec![0u8; BUFFER];
-    let header = net.fill_buffer_header(&mut bytes).map_err(|error| format!("{error:?}"))?;
-    bytes.truncate(header + len);
+fn frame<T: Transport, const QUEUE: usize>(bench: &Bench<T, QUEUE>, len: usize) -> Result<Buffer, String> {
+    let mut bytes = Buffer::new(NET_HEADER + len, bench.bounced)?;
+    let header = bench.net.fill_buffer_header(&mut bytes).map_err(|error| format!("{error:?}"))?;
     for (at, byte) in bytes[header..].iter_mut().enumerate() {
         *byte = (at * 7) as u8;
     }
@@ -208,18 +267,19 @@ fn stamp(frame: &mut [u8], index: usize) {
 /// The virtio-net header's bytes, with VERSION_1.
 const NET_HEADER: usize = trapless_virtio::device::NET_HEADER;
 
-fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, workload: &str, iterations: usize, size: usize) -> Result<(), String> {
+fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, run: Run<'_>) -> Result<(), String> {
+    let Run { workload, iterations, size, bounced } = run;
     let net = VirtIONetRaw::<WindowHal<0>, T, QUEUE>::new(transport).map_err(|error| format!("{error:?}: {:?}", driver::failure(0)))?;
-    let mut bench = Bench { net, receive: (0..QUEUE).map(|_| None).collect(), polls: link.polls() };
+    let mut bench = Bench { net, receive: (0..QUEUE).map(|_| None).collect(), polls: link.polls(), bounced };
     for _ in 0..QUEUE {
-        bench.post(Box::new([0; BUFFER]))?;
+        bench.post(Buffer::new(BUFFER, bounced)?)?;
     }
     let frequency = time::frequency();
     match workload {
         "rtt" => {
             let samples = round_trips(&mut bench, iterations, size)?;
             // One write to the UART per line: nothing else runs meanwhile.
-            println!("bench: workload=rtt iterations={iterations} size={size} frequency={frequency}");
+            println!("bench: workload=rtt iterations={iterations} size={size} frequency={frequency} buffers={}", if bounced { "bounced" } else { "window" });
             for chunk in samples.chunks(PER_LINE) {
                 let mut line = String::from("bench: samples");
                 for sample in chunk {
@@ -231,7 +291,7 @@ fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, workload
         "bulk" => {
             let ticks = stream(&mut bench, iterations)?;
             let bytes = iterations * BULK_FRAME;
-            println!("bench: workload=bulk iterations={iterations} size={BULK_FRAME} frequency={frequency}");
+            println!("bench: workload=bulk iterations={iterations} size={BULK_FRAME} frequency={frequency} buffers={}", if bounced { "bounced" } else { "window" });
             println!("bench: bulk frames={iterations} bytes={bytes} ticks={ticks}");
         }
         other => return Err(format!("workload={other}: the workloads are rtt and bulk")),
@@ -248,8 +308,8 @@ fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, workload
 /// taken.
 fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, iterations: usize, size: usize) -> Result<Vec<u64>, String> {
     let mut samples = Vec::with_capacity(iterations);
-    let mut frame = frame(&bench.net, size)?;
-    let mut spare = Some(Box::new([0; BUFFER]));
+    let mut frame = frame(bench, size)?;
+    let mut spare = Some(Buffer::new(BUFFER, bench.bounced)?);
     for index in 0..iterations {
         stamp(&mut frame, index);
         let start = time::now();
@@ -283,10 +343,15 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
 /// ticks from the first send to the last echo. Each echo is compared with the frame sent under
 /// its number.
 fn stream<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, frames: usize) -> Result<u64, String> {
-    let pattern = frame(&bench.net, BULK_FRAME)?;
-    let mut sending: [Option<(u16, Vec<u8>)>; IN_FLIGHT] = Default::default();
-    let mut frames_free: Vec<Vec<u8>> = (0..IN_FLIGHT).map(|_| pattern.clone()).collect();
-    let mut spare = Some(Box::new([0; BUFFER]));
+    let pattern = frame(bench, BULK_FRAME)?;
+    let mut sending: [Option<(u16, Buffer)>; IN_FLIGHT] = Default::default();
+    let mut frames_free: Vec<Buffer> = Vec::with_capacity(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        let mut frame = Buffer::new(pattern.len(), bench.bounced)?;
+        frame.copy_from_slice(&pattern);
+        frames_free.push(frame);
+    }
+    let mut spare = Some(Buffer::new(BUFFER, bench.bounced)?);
     let (mut sent, mut echoed) = (0, 0);
     let start = time::now();
     while echoed < frames {
@@ -305,7 +370,7 @@ fn stream<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, frames:
         bench.look()?;
         while let Some(token) = bench.net.poll_transmit() {
             let slot = sending.iter_mut().find(|slot| slot.as_ref().is_some_and(|(sent, _)| *sent == token)).ok_or("a send completed twice")?;
-            let (_, frame) = slot.take().unwrap_or_default();
+            let (_, frame) = slot.take().ok_or("a send completed twice")?;
             // SAFETY: `frame` is the buffer sent under `token`.
             unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;
             frames_free.push(frame);
