@@ -28,7 +28,7 @@ use crate::window::{RawMemory, Window};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Error, Hal, PhysAddr};
@@ -113,6 +113,28 @@ struct LinkState {
 /// Attachments of links to slots so far: a [`WindowBuffer`] gives its block back only to the
 /// attachment it came from (a slot's next link has a pool of its own).
 static ATTACHMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Where each slot's buffer pool lies (`[start..end)`, empty while the slot has no link), and
+/// what to add to an address in it for the address both sides use: so that sharing and
+/// unsharing a buffer the driver keeps in the pool, which involves nothing else of the link's,
+/// takes no lock.
+struct InPlace {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    to_ipa: AtomicU64,
+}
+
+static IN_PLACE: [InPlace; MAX_LINKS_PER_PARTITION] =
+    [const { InPlace { start: AtomicUsize::new(0), end: AtomicUsize::new(0), to_ipa: AtomicU64::new(0) } }; MAX_LINKS_PER_PARTITION];
+
+impl InPlace {
+    /// The address both sides use for the `len` bytes at `address`, if they lie in the pool.
+    #[inline]
+    fn ipa(&self, address: usize, len: usize) -> Option<PhysAddr> {
+        let inside = address >= self.start.load(Ordering::Relaxed) && address.checked_add(len).is_some_and(|end| end <= self.end.load(Ordering::Relaxed));
+        inside.then(|| (address as u64).wrapping_add(self.to_ipa.load(Ordering::Relaxed)))
+    }
+}
 
 impl Drop for LinkState {
     /// Frees the private rings. The driver is gone (its transport is dropped first, and a
@@ -233,6 +255,10 @@ pub unsafe fn attach(slot: usize, config: LinkConfig) -> Result<Window<RawMemory
     // SAFETY: as above.
     let own = Window::new(unsafe { RawMemory::new(config.window as *mut u8, config.window_size) }, config.window_ipa);
     let attachment = ATTACHMENTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let place = &IN_PLACE[slot];
+    place.to_ipa.store(config.window_ipa.wrapping_sub(config.window as u64), Ordering::Relaxed);
+    place.start.store(config.window + layout.pool.start, Ordering::Relaxed);
+    place.end.store(config.window + layout.pool.end, Ordering::Relaxed);
     *link = Some(LinkState { config, layout, pool, setting_up: None, failure: None, window: own, guard: None, private: Vec::new(), attachment });
     Ok(window)
 }
@@ -240,7 +266,10 @@ pub unsafe fn attach(slot: usize, config: LinkConfig) -> Result<Window<RawMemory
 /// Frees slot `slot` (its driver is gone).
 pub fn detach(slot: usize) {
     if let Some(link) = LINKS.get(slot) {
-        *link.lock() = None;
+        let mut link = link.lock();
+        IN_PLACE[slot].end.store(0, Ordering::Relaxed);
+        IN_PLACE[slot].start.store(0, Ordering::Relaxed);
+        *link = None;
     }
 }
 
@@ -726,14 +755,19 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+        // A buffer the driver keeps in the pool (a `WindowBuffer`) is shared in place.
+        if let Some(ipa) = IN_PLACE[SLOT].ipa(buffer.as_ptr().cast::<u8>() as usize, buffer.len()) {
+            return ipa;
+        }
         Self::with(|link| {
             let len = buffer.len();
-            // A buffer the driver keeps in the pool (a `WindowBuffer`) is shared in place.
-            if link.pool.contains(buffer.as_ptr().cast::<u8>() as usize, len) {
-                return link.ipa(buffer.as_ptr().cast::<u8>() as usize);
-            }
             // `share` cannot fail: a link's pool must hold every buffer its driver has in flight.
             let bounce = link.pool.allocate(len, 16).expect("the window's buffer pool is exhausted");
+            // Whatever the device once wrote into this block while it was someone's buffer
+            // shared in place is not what it will write now.
+            if let Some(guard) = link.guard.as_mut() {
+                guard.written(bounce - link.config.window, 0);
+            }
             if direction != BufferDirection::DeviceToDriver {
                 // SAFETY: the caller promised `buffer` is valid for the call; the bounce buffer
                 // is ours in the window.
@@ -744,17 +778,13 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
     }
 
     unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        // Shared in place: nothing to copy or free.
+        if IN_PLACE[SLOT].ipa(buffer.as_ptr().cast::<u8>() as usize, buffer.len()) == Some(paddr) {
+            return;
+        }
         Self::with(|link| {
             let bounce = link.address(paddr);
             let len = buffer.len();
-            if bounce == buffer.as_ptr().cast::<u8>() as usize {
-                // Shared in place: nothing to copy or free. The guard's count of what the
-                // device wrote is dropped (the buffer's length is the driver's to check).
-                if let Some(guard) = link.guard.as_mut() {
-                    guard.written((paddr - link.config.window_ipa) as usize, len);
-                }
-                return;
-            }
             if direction != BufferDirection::DriverToDevice {
                 // Only the bytes the device wrote, when the guard saw how many (never more than
                 // the buffer holds): the rest of the driver's buffer is not the device's to fill.
