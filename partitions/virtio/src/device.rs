@@ -185,6 +185,7 @@ impl Checksum {
         Self { state: Self::BASIS ^ u64::from(state), pending: 0, pending_len: 0, len: 0 }
     }
 
+    #[inline]
     fn mix(&mut self, word: u64) {
         self.state = (self.state ^ word).wrapping_mul(Self::PRIME);
     }
@@ -202,6 +203,7 @@ impl Checksum {
 }
 
 impl Visit for Checksum {
+    #[inline]
     fn byte(&mut self, value: u8) {
         self.pending |= u64::from(value) << (8 * self.pending_len);
         self.pending_len += 1;
@@ -213,6 +215,7 @@ impl Visit for Checksum {
         }
     }
 
+    #[inline]
     fn half(&mut self, value: u32) {
         if self.pending_len > 4 {
             value.to_le_bytes().into_iter().for_each(|byte| self.byte(byte));
@@ -228,6 +231,7 @@ impl Visit for Checksum {
         }
     }
 
+    #[inline]
     fn word(&mut self, value: u64) {
         self.len += 8;
         if self.pending_len == 0 {
