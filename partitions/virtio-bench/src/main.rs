@@ -201,9 +201,11 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
     }
 
     /// Brings in what the device used, on a guarded link (nothing on the others), and says
-    /// why the link failed if it did.
-    fn look(&self) -> Result<(), String> {
-        match driver::sync(0) {
+    /// why the link failed if it did; transmit completions only if `reap` (the transmit queue
+    /// is reaped lazily, after the receive it waits for).
+    fn look(&self, reap: bool) -> Result<(), String> {
+        let failure = if reap { driver::reap(0) } else { driver::sync(0) };
+        match failure {
             Some(failure) => Err(format!("the link failed: {failure}")),
             None => Ok(()),
         }
@@ -318,7 +320,7 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
         // Nothing comes back before the device has run: wait first, then look.
         let (echo, payload) = loop {
             bench.wait();
-            bench.look()?;
+            bench.look(false)?;
             if let Some(echo) = bench.take(&mut spare)? {
                 break echo;
             }
@@ -328,10 +330,12 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
             return Err(format!("round trip {index}: {size} bytes came back as {} different ones", payload.len()));
         }
         spare = Some(echo);
-        // The device gives the transmit buffer back with the echo.
+        // The device gives the transmit buffer back with the echo: reaped now, after the round
+        // trip.
+        bench.look(true)?;
         while bench.net.poll_transmit() != Some(token) {
             trapless_virtio::relax();
-            bench.look()?;
+            bench.look(true)?;
         }
         // SAFETY: `frame` is the buffer sent under `token`.
         unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;
@@ -367,7 +371,7 @@ fn stream<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, frames:
             *slot = Some((token, frame));
             sent += 1;
         }
-        bench.look()?;
+        bench.look(true)?;
         while let Some(token) = bench.net.poll_transmit() {
             let slot = sending.iter_mut().find(|slot| slot.as_ref().is_some_and(|(sent, _)| *sent == token)).ok_or("a send completed twice")?;
             let (_, frame) = slot.take().ok_or("a send completed twice")?;

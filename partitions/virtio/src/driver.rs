@@ -195,14 +195,25 @@ pub fn failure(slot: usize) -> Option<Failure> {
 }
 
 /// For a guarded link ([`StaticTransport::guarded`]): checks the device's state line and takes
-/// what the device used into the driver's private rings, checked. A driver polling for receive
-/// buffers must call it as it polls: nothing else brings them in (driver-to-device queues are
-/// brought in by `notify`, which waits for them). Returns why the link failed, if it has.
+/// what the device used into the driver's private rings, checked, on every queue but those the
+/// driver reaps lazily ([`StaticTransport::lazy`], which [`reap`] takes). A driver polling for
+/// receive buffers must call it as it polls: nothing else brings them in (driver-to-device
+/// queues are brought in by `notify`, which waits for them). Returns why the link failed, if it
+/// has.
 pub fn sync(slot: usize) -> Option<Failure> {
+    sync_queues(slot, false)
+}
+
+/// [`sync`], lazily reaped queues included: what a driver calls before it polls them.
+pub fn reap(slot: usize) -> Option<Failure> {
+    sync_queues(slot, true)
+}
+
+fn sync_queues(slot: usize, lazy: bool) -> Option<Failure> {
     let mut link = LINKS.get(slot)?.lock();
     let link = link.as_mut()?;
     if let Some(guard) = link.guard.as_mut()
-        && let Some(error) = guard.sync(&link.window)
+        && let Some(error) = guard.sync_queues(&link.window, lazy)
     {
         link.failure.get_or_insert(Failure::Device(error));
     }
@@ -311,10 +322,11 @@ impl<N: Notify> StaticTransport<N> {
         self
     }
 
-    /// A guarded link: the driver reaps `queue`'s used buffers when it next looks at the link
-    /// (it calls [`sync`] before it polls them), never waiting for them: `notify` on it does not
-    /// wait for the device, and the device is asked not to notify them (`used_event` kept out
-    /// of its reach). A transmit queue whose completions are reaped with the next receive, say.
+    /// A guarded link: the driver reaps `queue`'s used buffers when it likes (it calls [`reap`]
+    /// before it polls them; [`sync`] leaves them), never waiting for them: `notify` on it does
+    /// not wait for the device, and the device is asked not to notify them (`used_event` kept
+    /// out of its reach). A transmit queue whose completions are reaped after the receive that
+    /// matters, say.
     pub fn lazy(self, queue: u16) -> Self {
         if let Some(guarded) = LINKS[self.slot].lock().as_mut().and_then(|link| link.guard.as_mut()).and_then(|guard| guard.queue(queue)) {
             guarded.set_lazy();

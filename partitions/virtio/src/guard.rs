@@ -453,10 +453,15 @@ impl<P: Memory> Guard<P> {
     /// Checks the device's state line and takes what it used on every queue; returns the
     /// failure, if the link has failed (now or before).
     pub fn sync<M: Memory>(&mut self, window: &Window<M>) -> Option<DeviceError> {
+        self.sync_queues(window, true)
+    }
+
+    /// [`Self::sync`], leaving lazily reaped queues for later unless `lazy`.
+    pub fn sync_queues<M: Memory>(&mut self, window: &Window<M>, lazy: bool) -> Option<DeviceError> {
         if self.failure.is_none() {
             let outcome = self.check_device(window).and_then(|()| {
                 for (index, guarded) in self.queues.iter_mut().enumerate() {
-                    if let Some(guarded) = guarded.as_mut() {
+                    if let Some(guarded) = guarded.as_mut().filter(|guarded| lazy || !guarded.lazy) {
                         guarded.collect(index as u16, window, &mut self.written)?;
                     }
                 }

@@ -284,8 +284,9 @@ fn buffers_a_driver_keeps_in_the_window_are_shared_in_place_and_given_back_to_th
     // SAFETY: the buffer posted under `token`.
     let (start, len) = unsafe { net.receive_complete(token, &mut receive) }.unwrap();
     assert_eq!(&receive[start..start + len], &frame[header..], "the echo, read where the device wrote it");
+    // The transmit queue is reaped lazily: `sync` leaves it, `reap` takes it.
     while net.poll_transmit() != Some(send_token) {
-        assert_eq!(driver::sync(SLOT), None);
+        assert_eq!(driver::reap(SLOT), None);
         std::thread::yield_now();
     }
     // SAFETY: the frame sent under `send_token`.
