@@ -282,32 +282,36 @@ impl Device for NetEcho {
                 break;
             }
             self.holding = false;
-            let mut reader = self.transmit.reader();
-            let mut writer = self.receive.writer();
-            let frame = reader.remaining().saturating_sub(NET_HEADER);
-            // What the driver's header asks (no offloads are offered) changes nothing.
-            reader.skip(NET_HEADER);
-            if writer.remaining() < NET_HEADER + frame {
+            let frame = self.transmit.readable_bytes().saturating_sub(NET_HEADER);
+            if self.receive.writable_bytes() < NET_HEADER + frame {
                 // As a network drops a frame: the receive buffer stays for the next one.
                 self.dropped += 1;
                 queues[RECEIVE].put_back();
             } else {
-                // A plain frame: no offloads, one buffer (`num_buffers`, bytes 10 and 11, is 1).
-                match writer.piece(NET_HEADER) {
-                    // As two fields where the header is whole and aligned (a pool block is).
-                    Some((at, NET_HEADER)) if at.is_multiple_of(8) => {
-                        window.write_u64(at, 0)?;
-                        window.write_u32(at + 8, 1 << 16)?;
-                        writer.advance(NET_HEADER);
+                // What the driver's header asks (no offloads are offered) changes nothing; the
+                // reply is a plain frame: no offloads, one buffer (`num_buffers`, bytes 10 and
+                // 11, is 1).
+                let mut sum = Checksum::new(self.checksum);
+                let copied = match (self.transmit.readable(), self.receive.writable()) {
+                    // One buffer each way, the header whole in each and aligned in the reply (a
+                    // pool block is): the header as two fields and the frame in one copy.
+                    ([from], [to]) if from.len as usize >= NET_HEADER && to.offset.is_multiple_of(8) => {
+                        let (from, to) = (from.offset as usize, to.offset as usize);
+                        window.write_u64(to, 0)?;
+                        window.write_u32(to + 8, 1 << 16)?;
+                        window.copy(from + NET_HEADER, to + NET_HEADER, frame, &mut sum)?;
+                        frame
                     }
                     _ => {
+                        let mut reader = self.transmit.reader();
+                        let mut writer = self.receive.writer();
+                        reader.skip(NET_HEADER);
                         let mut reply = [0u8; NET_HEADER];
                         reply[10] = 1;
                         writer.write(window, &reply)?;
+                        copy_across(window, &mut reader, &mut writer, &mut sum)?
                     }
-                }
-                let mut sum = Checksum::new(self.checksum);
-                let copied = copy_across(window, &mut reader, &mut writer, &mut sum)?;
+                };
                 self.checksum = sum.finish();
                 self.frames += 1;
                 queues[RECEIVE].push(window, self.receive.head, NET_HEADER + copied)?;

@@ -65,6 +65,16 @@ impl Chain {
         &self.buffers[usize::from(self.readable)..usize::from(self.count)]
     }
 
+    /// Bytes its readable buffers hold.
+    pub fn readable_bytes(&self) -> usize {
+        self.readable_bytes as usize
+    }
+
+    /// Bytes its writable buffers hold.
+    pub fn writable_bytes(&self) -> usize {
+        self.writable_bytes as usize
+    }
+
     /// A cursor over the concatenation of its readable buffers.
     pub fn reader(&self) -> Cursor<'_> {
         Cursor::new(self.readable(), self.readable_bytes as usize)
