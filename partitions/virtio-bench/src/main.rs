@@ -172,8 +172,13 @@ const QUEUE_TRANSMIT: u16 = 1;
 /// The net device, its receive buffers, and how to wait for it.
 struct Bench<T: Transport, const QUEUE: usize> {
     net: VirtIONetRaw<WindowHal<0>, T, QUEUE>,
-    /// Receive buffers, by the token (descriptor) they were posted under.
-    receive: Vec<Option<Buffer>>,
+    /// Receive buffers (one more than the queue holds), by number: they stay put, and only
+    /// their numbers move.
+    buffers: Vec<Buffer>,
+    /// The buffer posted under each token (descriptor), if any.
+    posted: Vec<Option<usize>>,
+    /// The buffer not posted: the last echo, once checked.
+    spare: usize,
     polls: bool,
     bounced: bool,
 }
@@ -192,11 +197,11 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
         self.net.ack_interrupt();
     }
 
-    /// Posts `buffer` for receiving.
-    fn post(&mut self, mut buffer: Buffer) -> Result<(), String> {
-        // SAFETY: the buffer is kept in `receive` until its token completes.
-        let token = unsafe { self.net.receive_begin(&mut buffer[..]) }.map_err(|error| format!("posting a receive buffer: {error:?}"))?;
-        self.receive[usize::from(token)] = Some(buffer);
+    /// Posts buffer `number` for receiving.
+    fn post(&mut self, number: usize) -> Result<(), String> {
+        // SAFETY: the buffer stays in `buffers` until its token completes.
+        let token = unsafe { self.net.receive_begin(&mut self.buffers[number]) }.map_err(|error| format!("posting a receive buffer: {error:?}"))?;
+        self.posted[usize::from(token)] = Some(number);
         Ok(())
     }
 
@@ -211,41 +216,42 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
         }
     }
 
-    /// Takes a received frame, if one is there, and gives the device a spare receive buffer
-    /// in its place: the frame's buffer and its payload's range, to check and keep as the next
-    /// spare.
-    fn take(&mut self, spare: &mut Option<Buffer>) -> Result<Option<(Buffer, core::ops::Range<usize>)>, String> {
+    /// Takes a received frame, if one is there, and gives the device the spare receive buffer
+    /// in its place: the frame's buffer number and its payload's range, to check and then make
+    /// the spare ([`Self::spare`]).
+    fn take(&mut self) -> Result<Option<(usize, core::ops::Range<usize>)>, String> {
         let Some(token) = self.net.poll_receive() else { return Ok(None) };
-        let mut buffer = self.receive[usize::from(token)].take().ok_or("a receive completed for no buffer")?;
-        // SAFETY: `buffer` is the one posted under `token`.
-        let (header, len) = unsafe { self.net.receive_complete(token, &mut buffer[..]) }.map_err(|error| format!("receiving: {error:?}"))?;
-        self.post(spare.take().ok_or("no spare receive buffer")?)?;
-        Ok(Some((buffer, header..header + len)))
+        let number = self.posted[usize::from(token)].take().ok_or("a receive completed for no buffer")?;
+        // SAFETY: buffer `number` is the one posted under `token`.
+        let (header, len) = unsafe { self.net.receive_complete(token, &mut self.buffers[number]) }.map_err(|error| format!("receiving: {error:?}"))?;
+        self.post(self.spare)?;
+        Ok(Some((number, header..header + len)))
     }
 }
 
 /// Whether `a` and `b` hold the same bytes. The partition's target forbids unaligned accesses,
 /// so a comparison of byte slices goes byte by byte unless it is shown aligned words: up to
-/// `a`'s 8-byte boundary byte by byte, then, if `b` is aligned there too (the bench's frames
-/// and buffers are), its words' differences or-ed together (no early exit, which the compiler
-/// keeps to a few instructions a word), then the tail.
+/// `a`'s 16-byte boundary byte by byte, then, if `b` is aligned there too (the bench's frames
+/// and buffers are), its 16-byte words' differences or-ed together (no early exit, which the
+/// compiler keeps to a few vector instructions a word), then the tail.
 fn same(a: &[u8], b: &[u8]) -> bool {
+    let bytes_equal = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x == y);
     if a.len() != b.len() {
         return false;
     }
-    let head = a.as_ptr().align_offset(8).min(a.len());
+    let head = a.as_ptr().align_offset(16).min(a.len());
     let ((a_head, a_rest), (b_head, b_rest)) = (a.split_at(head), b.split_at(head));
-    if a_head != b_head {
+    if !bytes_equal(a_head, b_head) {
         return false;
     }
-    if !b_rest.as_ptr().cast::<u64>().is_aligned() {
-        return a_rest == b_rest;
+    if !b_rest.as_ptr().cast::<u128>().is_aligned() {
+        return bytes_equal(a_rest, b_rest);
     }
-    // SAFETY: any bytes are a valid `u64`; both rests start 8-byte aligned, so neither has a
+    // SAFETY: any bytes are a valid `u128`; both rests start 16-byte aligned, so neither has a
     // prefix and their words and tails have the same lengths.
-    let ((_, a_words, a_tail), (_, b_words, b_tail)) = unsafe { (a_rest.align_to::<u64>(), b_rest.align_to::<u64>()) };
+    let ((_, a_words, a_tail), (_, b_words, b_tail)) = unsafe { (a_rest.align_to::<u128>(), b_rest.align_to::<u128>()) };
     let differ = a_words.iter().zip(b_words).fold(0, |differ, (x, y)| differ | (x ^ y));
-    differ == 0 && a_tail == b_tail
+    differ == 0 && bytes_equal(a_tail, b_tail)
 }
 
 /// A frame of `len` bytes after the virtio-net header, its payload a pattern.
@@ -260,10 +266,9 @@ fn frame<T: Transport, const QUEUE: usize>(bench: &Bench<T, QUEUE>, len: usize) 
 
 /// Stamps `frame` with its number `index`: its first payload bytes (the rest is the pattern).
 fn stamp(frame: &mut [u8], index: usize) {
-    let payload = &mut frame[NET_HEADER..];
-    let bytes = (index as u32).to_le_bytes();
-    let len = payload.len().min(4);
-    payload[..len].copy_from_slice(&bytes[..len]);
+    for (byte, value) in frame[NET_HEADER..].iter_mut().zip((index as u32).to_le_bytes()) {
+        *byte = value;
+    }
 }
 
 /// The virtio-net header's bytes, with VERSION_1.
@@ -272,9 +277,10 @@ const NET_HEADER: usize = trapless_virtio::device::NET_HEADER;
 fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, run: Run<'_>) -> Result<(), String> {
     let Run { workload, iterations, size, bounced } = run;
     let net = VirtIONetRaw::<WindowHal<0>, T, QUEUE>::new(transport).map_err(|error| format!("{error:?}: {:?}", driver::failure(0)))?;
-    let mut bench = Bench { net, receive: (0..QUEUE).map(|_| None).collect(), polls: link.polls(), bounced };
-    for _ in 0..QUEUE {
-        bench.post(Buffer::new(BUFFER, bounced)?)?;
+    let buffers = (0..=QUEUE).map(|_| Buffer::new(BUFFER, bounced)).collect::<Result<_, _>>()?;
+    let mut bench = Bench { net, buffers, posted: alloc::vec![None; QUEUE], spare: QUEUE, polls: link.polls(), bounced };
+    for number in 0..QUEUE {
+        bench.post(number)?;
     }
     let frequency = time::frequency();
     match workload {
@@ -311,7 +317,6 @@ fn measure<T: Transport, const QUEUE: usize>(transport: T, link: &Link, run: Run
 fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, iterations: usize, size: usize) -> Result<Vec<u64>, String> {
     let mut samples = Vec::with_capacity(iterations);
     let mut frame = frame(bench, size)?;
-    let mut spare = Some(Buffer::new(BUFFER, bench.bounced)?);
     for index in 0..iterations {
         stamp(&mut frame, index);
         let start = time::now();
@@ -321,15 +326,15 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
         let (echo, payload) = loop {
             bench.wait();
             bench.look(false)?;
-            if let Some(echo) = bench.take(&mut spare)? {
+            if let Some(echo) = bench.take()? {
                 break echo;
             }
         };
         samples.push(time::now() - start);
-        if !same(&echo[payload.clone()], &frame[NET_HEADER..]) {
+        if !same(&bench.buffers[echo][payload.clone()], &frame[NET_HEADER..]) {
             return Err(format!("round trip {index}: {size} bytes came back as {} different ones", payload.len()));
         }
-        spare = Some(echo);
+        bench.spare = echo;
         // The device gives the transmit buffer back with the echo: reaped now, after the round
         // trip.
         bench.look(true)?;
@@ -348,46 +353,44 @@ fn round_trips<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, it
 /// its number.
 fn stream<T: Transport, const QUEUE: usize>(bench: &mut Bench<T, QUEUE>, frames: usize) -> Result<u64, String> {
     let pattern = frame(bench, BULK_FRAME)?;
-    let mut sending: [Option<(u16, Buffer)>; IN_FLIGHT] = Default::default();
-    let mut frames_free: Vec<Buffer> = Vec::with_capacity(IN_FLIGHT);
+    let mut buffers = Vec::with_capacity(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
         let mut frame = Buffer::new(pattern.len(), bench.bounced)?;
         frame.copy_from_slice(&pattern);
-        frames_free.push(frame);
+        buffers.push(frame);
     }
-    let mut spare = Some(Buffer::new(BUFFER, bench.bounced)?);
+    // The token each frame buffer is in flight under, if it is.
+    let mut sending: [Option<u16>; IN_FLIGHT] = [None; IN_FLIGHT];
     let (mut sent, mut echoed) = (0, 0);
     let start = time::now();
     while echoed < frames {
         let mut progress = false;
-        for slot in sending.iter_mut().filter(|slot| slot.is_none()) {
+        for (frame, slot) in buffers.iter_mut().zip(&mut sending).filter(|(_, slot)| slot.is_none()) {
             if sent == frames {
                 break;
             }
-            let mut frame = frames_free.pop().ok_or("no frame buffer to send")?;
-            stamp(&mut frame, sent);
-            // SAFETY: the frame stays in `sending` until its transmission completes.
-            let token = unsafe { bench.net.transmit_begin(&frame) }.map_err(|error| format!("sending: {error:?}"))?;
-            *slot = Some((token, frame));
+            stamp(frame, sent);
+            // SAFETY: the frame stays in `buffers` until its transmission completes.
+            let token = unsafe { bench.net.transmit_begin(frame) }.map_err(|error| format!("sending: {error:?}"))?;
+            *slot = Some(token);
             sent += 1;
         }
         bench.look(true)?;
         while let Some(token) = bench.net.poll_transmit() {
-            let slot = sending.iter_mut().find(|slot| slot.as_ref().is_some_and(|(sent, _)| *sent == token)).ok_or("a send completed twice")?;
-            let (_, frame) = slot.take().ok_or("a send completed twice")?;
-            // SAFETY: `frame` is the buffer sent under `token`.
-            unsafe { bench.net.transmit_complete(token, &frame) }.map_err(|error| format!("{error:?}"))?;
-            frames_free.push(frame);
+            let at = sending.iter().position(|slot| *slot == Some(token)).ok_or("a send completed twice")?;
+            sending[at] = None;
+            // SAFETY: frame `at` is the buffer sent under `token`.
+            unsafe { bench.net.transmit_complete(token, &buffers[at]) }.map_err(|error| format!("{error:?}"))?;
             progress = true;
         }
-        while let Some((echo, payload)) = bench.take(&mut spare)? {
+        while let Some((echo, payload)) = bench.take()? {
             // Its number, then the pattern.
-            let bytes = &echo[payload.clone()];
-            let whole = bytes.len() == BULK_FRAME && bytes[..4] == (echoed as u32).to_le_bytes() && same(&bytes[4..], &pattern[NET_HEADER + 4..]);
+            let bytes = &bench.buffers[echo][payload.clone()];
+            let whole = bytes.len() == BULK_FRAME && bytes[..4].iter().eq(&(echoed as u32).to_le_bytes()) && same(&bytes[4..], &pattern[NET_HEADER + 4..]);
             if !whole {
                 return Err(format!("frame {echoed}: {} bytes came back, not the {BULK_FRAME} sent under its number", payload.len()));
             }
-            spare = Some(echo);
+            bench.spare = echo;
             echoed += 1;
             progress = true;
         }
