@@ -231,6 +231,14 @@ impl Visit for Checksum {
         }
     }
 
+    /// Four words with the state in registers.
+    #[inline]
+    fn words(&mut self, values: [u64; 4]) {
+        let mut copy = *self;
+        values.into_iter().for_each(|value| copy.word(value));
+        *self = copy;
+    }
+
     #[inline]
     fn word(&mut self, value: u64) {
         self.len += 8;
