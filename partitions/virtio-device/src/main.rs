@@ -25,7 +25,6 @@ use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci};
 use trapless_virtio::binding::Kind;
 use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, Device, NetEcho, QueueSet};
-use trapless_virtio::layout::MAX_QUEUES;
 use trapless_virtio::link::{DeviceLink, Step};
 use trapless_virtio::queue::{DeviceQueue, QueueError};
 use trapless_virtio::window::{Memory, RawMemory, Window};
@@ -180,10 +179,10 @@ fn main(boot: &Boot) {
             let step: Step = served.link.step(&mut served.device, BUDGET);
             served.busy = served.device.used != used;
             busy += u64::from(served.busy);
-            for queue in 0..MAX_QUEUES {
-                if step.notify.has(queue) {
-                    served.bells.ring(queue);
-                }
+            let mut notify = step.notify.0;
+            while notify != 0 {
+                served.bells.ring(notify.trailing_zeros() as usize);
+                notify &= notify - 1;
             }
             if let Some(error) = step.failed {
                 served.failures += 1;

@@ -190,6 +190,13 @@ impl Checksum {
         self.state = (self.state ^ word).wrapping_mul(Self::PRIME);
     }
 
+    /// [`Visit::half`] with more than four bytes pending: byte by byte (a copy that moves fields
+    /// never leaves a word that full).
+    #[cold]
+    fn half_across(&mut self, value: u32) {
+        value.to_le_bytes().into_iter().for_each(|byte| self.byte(byte));
+    }
+
     /// The running state after the frame.
     pub fn finish(mut self) -> u32 {
         if self.pending_len > 0 {
@@ -215,10 +222,10 @@ impl Visit for Checksum {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn half(&mut self, value: u32) {
         if self.pending_len > 4 {
-            value.to_le_bytes().into_iter().for_each(|byte| self.byte(byte));
+            self.half_across(value);
             return;
         }
         self.pending |= u64::from(value) << (8 * self.pending_len);
