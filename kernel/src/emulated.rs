@@ -195,7 +195,10 @@ fn let_go(link: &Link, side: &mut DriverSide, registers: &mut Registers, value: 
             link.counters.late_let_gos.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        core::hint::spin_loop();
+        // `yield`, not `isb` (`spin_loop` on aarch64): an emulator that runs vCPUs in turn
+        // (QEMU counting instructions) lets the device partition's CPU run, which it must, to
+        // let go; on hardware a hint.
+        trapless_virtio::relax();
     }
     registers.let_go_done();
 }

@@ -159,7 +159,7 @@ pub fn start_cpu(cpu: usize, mpidr: u64) -> Result<(), ()> {
     loop {
         match firmware::cpu_on(mpidr, entry, cpu as u64) {
             Ok(()) => return Ok(()),
-            Err(smccc::psci::Error::AlreadyOn) if el2::counter() < deadline => core::hint::spin_loop(),
+            Err(smccc::psci::Error::AlreadyOn) if el2::counter() < deadline => trapless_virtio::relax(),
             Err(_) => {
                 STATE.lock().cpus[cpu].power = Power::Off;
                 return Err(());
@@ -290,7 +290,8 @@ fn wait_until_parked(partition: usize, cpu: usize) -> Result<(), usize> {
                 arch::gic::kick(other, plan.cpus()[other].mpidr);
                 kicked = true;
             }
-            core::hint::spin_loop();
+            // `yield`: the CPUs waited for must run (see `emulated::let_go`).
+            trapless_virtio::relax();
         }
     }
     Ok(())
