@@ -65,7 +65,7 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     let out = trapless_tests::root().join("target").join(format!("bench-counted-test-{}", std::process::id()));
     // Two passes round a ring of 256, so that every position is compared.
     let transports = vec![Transport::Polling, Transport::TrapFree];
-    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports, linux: false };
+    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports, linux: false, bounced: false };
     let report = count(&options).unwrap_or_else(|error| panic!("{error}"));
     for (name, entry) in &report.transports {
         assert!(entry.repeatable, "{name}: a second boot counted the same");

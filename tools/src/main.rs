@@ -278,8 +278,9 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     out: out.clone(),
                     split: !no_split,
                     progress: true,
-                    transports: vec![trapless_tools::bench::Transport::Polling, trapless_tools::bench::Transport::TrapFree],
+                    transports: trapless_tools::bench::Transport::ALL.to_vec(),
                     linux: !no_linux,
+                    bounced: true,
                 };
                 let report = trapless_tools::bench::counted::run(&options)?;
                 print!("{}", trapless_tools::bench::counted::table(&report));

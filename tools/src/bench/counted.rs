@@ -26,12 +26,18 @@ pub struct Options {
     /// with QEMU's exec log each).
     pub split: bool,
     pub progress: bool,
-    /// The transports counted. (Trap-emulate does not finish under instruction counting yet:
-    /// its boot without I/O hangs; see docs/performance.md.)
+    /// The transports counted.
     pub transports: Vec<Transport>,
     /// Also count Linux as the driver (`bench::linux`).
     pub linux: bool,
+    /// Also count trap-free with the bench's buffers in its own memory, bounced through the
+    /// window (`buffers=bounced`), as the stock drivers' own buffers are: round trips at the
+    /// first queue size and the bulk stream, without the profile.
+    pub bounced: bool,
 }
+
+/// The name of the bounced trap-free entry in the report.
+pub const BOUNCED: &str = "trap-free, bounced";
 
 /// Instructions of the round trips of one boot.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -78,6 +84,8 @@ pub struct Counted {
     /// then bulk frame (including each workload's own loop).
     pub split_round_trip: Option<Vec<(String, f64)>>,
     pub split_bulk: Option<Vec<(String, f64)>>,
+    /// EL2's share of those instructions (round trip, bulk frame).
+    pub el2_share: Option<(f64, f64)>,
 }
 
 /// The report (`counted.json`).
@@ -87,10 +95,12 @@ pub struct Report {
     pub size: usize,
     pub platform: String,
     pub transports: BTreeMap<String, Counted>,
-    /// Trap-free's instructions per round trip (p50, first queue size) over trap-emulate's.
+    /// Trap-free's instructions per round trip (p50, first queue size) over trap-emulate's,
+    /// and per bulk frame.
     pub trap_free_over_trap_emulate: Option<f64>,
     /// Linux as the driver, trap-free (its link's queues hold 64).
     pub linux: Option<super::linux::Counted>,
+    pub trap_free_over_trap_emulate_bulk: Option<f64>,
 }
 
 pub(super) fn spread(mut values: Vec<f64>) -> Spread {
@@ -118,23 +128,29 @@ pub fn ring_flatness(samples: &[f64], queue_size: usize) -> f64 {
 pub fn run(options: &Options) -> Result<Report, Error> {
     std::fs::create_dir_all(&options.out).map_err(|error| format!("{}: {error}", options.out.display()))?;
     let first = *options.queue_sizes.first().ok_or_else(|| "no queue size to run at".to_string())?;
-    let boot = |transport: Transport, workload: Workload, iterations: usize, queue_size: u16| {
+    let boot = |transport: Transport, workload: Workload, iterations: usize, queue_size: u16, bounced: bool| {
         if options.progress {
-            eprintln!("bench: counting {} {} x{iterations}, queues of {queue_size}", transport.name(), workload.arg());
+            let buffers = if bounced { ", buffers bounced" } else { "" };
+            eprintln!("bench: counting {} {} x{iterations}, queues of {queue_size}{buffers}", transport.name(), workload.arg());
         }
-        let how = How { log_exits: false, counting: true, queue_size };
+        let how = How { log_exits: false, counting: true, queue_size, bounced };
         boot_as(&options.out, options.platform.as_deref(), options.size, transport, workload, iterations, how)
     };
     let per_instruction = |measured: &Measured| 1e9 / measured.frequency.max(1) as f64;
+    let mut variants: Vec<(Transport, bool)> = options.transports.iter().map(|&transport| (transport, false)).collect();
+    if options.bounced {
+        variants.push((Transport::TrapFree, true));
+    }
     let mut transports = BTreeMap::new();
-    for &transport in &options.transports {
+    for (transport, bounced) in variants {
         let mut repeatable = true;
         let mut round_trips = Vec::new();
-        for &queue_size in &options.queue_sizes {
-            let idle = boot(transport, Workload::RoundTrip, 0, queue_size)?;
-            let measured = boot(transport, Workload::RoundTrip, options.iterations, queue_size)?;
+        let queue_sizes = if bounced { &options.queue_sizes[..1] } else { &options.queue_sizes[..] };
+        for &queue_size in queue_sizes {
+            let idle = boot(transport, Workload::RoundTrip, 0, queue_size, bounced)?;
+            let measured = boot(transport, Workload::RoundTrip, options.iterations, queue_size, bounced)?;
             if queue_size == first {
-                let again = boot(transport, Workload::RoundTrip, options.iterations, queue_size)?;
+                let again = boot(transport, Workload::RoundTrip, options.iterations, queue_size, bounced)?;
                 repeatable &= again.samples == measured.samples && (again.exits, again.notifications) == (measured.exits, measured.notifications);
             }
             let scale = per_instruction(&measured);
@@ -149,9 +165,9 @@ pub fn run(options: &Options) -> Result<Report, Error> {
                 exits_per_io: per_io(measured.exits, idle.exits, count),
             });
         }
-        let idle = boot(transport, Workload::Bulk, 0, first)?;
-        let measured = boot(transport, Workload::Bulk, options.iterations, first)?;
-        let again = boot(transport, Workload::Bulk, options.iterations, first)?;
+        let idle = boot(transport, Workload::Bulk, 0, first, bounced)?;
+        let measured = boot(transport, Workload::Bulk, options.iterations, first, bounced)?;
+        let again = boot(transport, Workload::Bulk, options.iterations, first, bounced)?;
         repeatable &= again.bulk == measured.bulk && (again.exits, again.notifications) == (measured.exits, measured.notifications);
         let stream = measured.bulk.unwrap_or_default();
         let bulk = Bulk {
@@ -161,10 +177,10 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             exits_per_io: per_io(measured.exits, idle.exits, stream.frames),
         };
         let (mut split_round_trip, mut split_bulk) = (None, None);
-        if options.split {
+        if options.split && !bounced {
             for (workload, split) in [(Workload::RoundTrip, &mut split_round_trip), (Workload::Bulk, &mut split_bulk)] {
                 let path = options.out.join("systems").join(format!("profile-{}-{}.toml", transport.name(), workload.arg()));
-                std::fs::write(&path, system_text(transport, workload, 1, options.size, first)?).map_err(|error| format!("{}: {error}", path.display()))?;
+                std::fs::write(&path, system_text(transport, workload, 1, options.size, first, false)?).map_err(|error| format!("{}: {error}", path.display()))?;
                 let profiled = profile::run(&profile::Options {
                     system: path,
                     platform: options.platform.clone(),
@@ -176,7 +192,9 @@ pub fn run(options: &Options) -> Result<Report, Error> {
                 *split = Some(profiled.places);
             }
         }
-        transports.insert(transport.name().to_string(), Counted { round_trips, bulk, repeatable, split_round_trip, split_bulk });
+        let el2_share = split_round_trip.as_deref().zip(split_bulk.as_deref()).map(|(round_trip, bulk)| (el2_share(round_trip), el2_share(bulk)));
+        let name = if bounced { BOUNCED.to_string() } else { transport.name().to_string() };
+        transports.insert(name, Counted { round_trips, bulk, repeatable, split_round_trip, split_bulk, el2_share });
     }
     let p50 = |name: &str| transports.get(name).and_then(|counted: &Counted| counted.round_trips.first()).map_or(0.0, |trips| trips.instructions.p50);
     let linux = if options.linux {
@@ -191,18 +209,27 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     } else {
         None
     };
+    let per_frame = |name: &str| transports.get(name).map_or(0.0, |counted: &Counted| counted.bulk.instructions_per_frame);
     let report = Report {
         linux,
         iterations: options.iterations,
         size: options.size,
         platform: options.platform.clone().unwrap_or_else(|| "qemu-virt".into()),
         trap_free_over_trap_emulate: ratio(p50("trap-free"), p50("trap-emulate")),
+        trap_free_over_trap_emulate_bulk: ratio(per_frame("trap-free"), per_frame("trap-emulate")),
         transports,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|error| format!("the report: {error}"))?;
     let path = options.out.join("counted.json");
     std::fs::write(&path, json + "\n").map_err(|error| format!("{}: {error}", path.display()))?;
     Ok(report)
+}
+
+/// EL2's instructions over all of them, in a split by place (0 if there are none).
+pub fn el2_share(split: &[(String, f64)]) -> f64 {
+    let total: f64 = split.iter().map(|(_, value)| value).sum();
+    let el2: f64 = split.iter().filter(|(place, _)| place == profile::EL2).map(|(_, value)| value).sum();
+    if total > 0.0 { el2 / total } else { 0.0 }
 }
 
 /// The report as a table.
@@ -212,15 +239,16 @@ pub fn table(report: &Report) -> String {
         report.iterations, report.size
     );
     text += &format!(
-        "{:<13} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}\n",
+        "{:<19} {:>6} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}\n",
         "transport", "queue", "rtt p50", "rtt min", "rtt max", "max/min", "notify/io", "exits/io"
     );
-    for transport in Transport::ALL {
-        let Some(entry) = report.transports.get(transport.name()) else { continue };
+    let names = Transport::ALL.iter().map(|transport| transport.name()).chain([BOUNCED]);
+    for name in names {
+        let Some(entry) = report.transports.get(name) else { continue };
         for trips in &entry.round_trips {
             text += &format!(
-                "{:<13} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>8.3} {:>10.2} {:>9.2}\n",
-                transport.name(),
+                "{:<19} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>8.3} {:>10.2} {:>9.2}\n",
+                name,
                 trips.queue_size,
                 trips.instructions.p50,
                 trips.instructions.min,
@@ -232,8 +260,8 @@ pub fn table(report: &Report) -> String {
         }
         let bulk = &entry.bulk;
         text += &format!(
-            "{:<13} {:>6} {:>9.0} per 1514-byte frame {:>17.2} {:>9.2}{}\n",
-            transport.name(),
+            "{:<19} {:>6} {:>9.0} per 1514-byte frame {:>17.2} {:>9.2}{}\n",
+            name,
             "bulk",
             bulk.instructions_per_frame,
             bulk.notifications_per_io,
@@ -243,15 +271,22 @@ pub fn table(report: &Report) -> String {
         for (what, split) in [("round trip", &entry.split_round_trip), ("bulk frame", &entry.split_bulk)] {
             if let Some(split) = split {
                 let parts: Vec<String> = split.iter().map(|(place, value)| format!("{place} {value:.0}")).collect();
-                text += &format!("{:<13} per {what}, whole loop: {}\n", "", parts.join(", "));
+                text += &format!("{:<19} per {what}, whole loop: {}\n", "", parts.join(", "));
             }
+        }
+        if let Some((round_trip, bulk)) = entry.el2_share {
+            text += &format!("{:<19} EL2's share: {:.1} % of a round trip, {:.1} % of a bulk frame\n", "", 100.0 * round_trip, 100.0 * bulk);
         }
     }
     if let Some(linux) = &report.linux {
         text += &super::linux::counted_rows(linux);
     }
     if let Some(ratio) = report.trap_free_over_trap_emulate {
-        text += &format!("trap-free / trap-emulate, instructions per round trip (p50): {ratio:.2}\n");
+        text += &format!("trap-free / trap-emulate, instructions per round trip (p50): {ratio:.2}");
+        if let Some(bulk) = report.trap_free_over_trap_emulate_bulk {
+            text += &format!(", per bulk frame: {bulk:.2}");
+        }
+        text += "\n";
     }
     text
 }
@@ -267,5 +302,12 @@ mod tests {
         assert!((ring_flatness(&samples, 4) - 1.1).abs() < 1e-9);
         assert_eq!(ring_flatness(&[7.0; 3], 4), 0.0, "no second pass: nothing to compare");
         assert_eq!(spread(vec![3.0, 1.0, 2.0]), Spread { p50: 2.0, min: 1.0, max: 3.0, mean: 2.0 });
+    }
+
+    #[test]
+    fn el2s_share_is_its_instructions_over_all_of_them() {
+        let split = [("bench".to_string(), 600.0), (profile::EL2.to_string(), 300.0), ("backend".to_string(), 100.0)];
+        assert!((el2_share(&split) - 0.3).abs() < 1e-9);
+        assert_eq!(el2_share(&[]), 0.0);
     }
 }

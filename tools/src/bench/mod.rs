@@ -169,7 +169,7 @@ impl Measured {
 /// Boots `transport`'s system with `workload` for `iterations`, with QEMU logging exceptions if
 /// `log_exits`, and reads what it showed.
 fn boot(options: &Options, transport: Transport, workload: Workload, iterations: usize, log_exits: bool) -> Result<Measured, Error> {
-    let how = How { log_exits, counting: false, queue_size: QUEUE_SIZE };
+    let how = How { log_exits, counting: false, queue_size: QUEUE_SIZE, bounced: false };
     boot_as(&options.out, options.platform.as_deref(), options.size, transport, workload, iterations, how)
 }
 
@@ -185,22 +185,26 @@ struct How {
     counting: bool,
     /// The link's queue size.
     queue_size: u16,
+    /// The bench partition keeps its buffers in its own memory, bounced through the window
+    /// (`buffers=bounced`), not in the window.
+    bounced: bool,
 }
 
 /// The text of `transport`'s system for a boot of `workload` with `iterations` of `size`
-/// bytes, on a link of `queue_size`.
-fn system_text(transport: Transport, workload: Workload, iterations: usize, size: usize, queue_size: u16) -> Result<String, Error> {
+/// bytes, on a link of `queue_size`, the bench's buffers bounced if `bounced`.
+fn system_text(transport: Transport, workload: Workload, iterations: usize, size: usize, queue_size: u16, bounced: bool) -> Result<String, Error> {
     let text = std::fs::read_to_string(transport.system()).map_err(|error| format!("{}: {error}", transport.system().display()))?;
     let queue = format!("queue-size = {QUEUE_SIZE}");
     if !text.contains(BOOTARGS) || !text.contains(&queue) {
         return Err(format!("{} does not set the bench partition's bootargs to \"{BOOTARGS}\" and the link's {queue}", transport.system().display()).into());
     }
-    let bootargs = format!("workload={} iterations={iterations} size={size}", workload.arg());
+    let buffers = if bounced { " buffers=bounced" } else { "" };
+    let bootargs = format!("workload={} iterations={iterations} size={size}{buffers}", workload.arg());
     Ok(text.replace(BOOTARGS, &bootargs).replace(&queue, &format!("queue-size = {queue_size}")))
 }
 
 fn boot_as(out: &Path, platform: Option<&str>, size: usize, transport: Transport, workload: Workload, iterations: usize, how: How) -> Result<Measured, Error> {
-    let How { log_exits, counting, queue_size } = how;
+    let How { log_exits, counting, queue_size, bounced } = how;
     let scratch = out.join("systems");
     std::fs::create_dir_all(&scratch).map_err(|error| format!("{}: {error}", scratch.display()))?;
     let kind = match (log_exits, counting) {
@@ -208,9 +212,9 @@ fn boot_as(out: &Path, platform: Option<&str>, size: usize, transport: Transport
         (false, true) => "counted",
         (false, false) => "timed",
     };
-    let name = format!("bench-{}-{}-{}-q{queue_size}", transport.name(), workload.arg(), kind);
+    let name = format!("bench-{}-{}-{}-q{queue_size}{}", transport.name(), workload.arg(), kind, if bounced { "-bounced" } else { "" });
     let path = scratch.join(format!("{name}.toml"));
-    let text = system_text(transport, workload, iterations, size, queue_size)?;
+    let text = system_text(transport, workload, iterations, size, queue_size, bounced)?;
     std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
     let log = scratch.join(format!("{name}.log"));
     let mut extra: Vec<String> = if log_exits {
