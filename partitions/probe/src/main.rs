@@ -21,6 +21,11 @@
 //!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
 //! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
 //!   arrived (a partition that owns no sender must get none).
+//! - `probe=ipi iterations=<n> receiver=spin|wfi`: measures, with the architected counter, `n`
+//!   `hvc` exits (PSCI `VERSION`, from the call to its return) and `n` IPIs to its second CPU
+//!   (from just before the trapped `ICC_SGI1R_EL1` write to the receiver's handler, the
+//!   receiver spinning with interrupts on, or asleep in `WFI`), and prints the samples
+//!   (`cargo xtask bench --ipi`, `docs/performance.md`).
 //! - `probe=ping-pong role=initiator|responder rounds=<n> ring=<doorbell> wait=<doorbell>
 //!   [late-cpu=<index>]`: the initiator rings `ring` and waits for `wait`, `n` times; the
 //!   responder rings `ring` each time `wait` rings it. Both report what they counted; nothing
@@ -50,7 +55,7 @@
 
 extern crate alloc;
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use trapless_guest::psci::{self, AffinityState};
 use core::sync::atomic::AtomicBool;
 use trapless_guest::doorbell::{self, Bell};
@@ -69,6 +74,7 @@ fn main(boot: &Boot) {
         Some("sleep-touch") => sleep_touch(boot),
         Some("sgi") => sgi(boot),
         Some("sgi-listen") => sgi_listen(boot),
+        Some("ipi") => ipi(boot),
         Some("ping-pong") => ping_pong(boot),
         Some("doorbell-work") => doorbell_work(boot),
         Some("storm") => storm(boot),
@@ -348,6 +354,100 @@ fn sgi_listen(boot: &Boot) {
     time::delay_us(400_000);
     let received: usize = RECEIVED.iter().map(|count| count.load(Ordering::SeqCst)).sum();
     println!("sgi-listen: received {received} SGIs, {} unhandled interrupts", irq::unhandled());
+}
+
+/// The SGI the IPI measurement sends to the second CPU.
+const SGI_PING: u32 = 4;
+/// The counter when the receiver's handler ran (0: not yet).
+static PINGED_AT: AtomicU64 = AtomicU64::new(0);
+/// The IPI receiver sleeps in `WFI` between IPIs (else it spins with interrupts on).
+static RECEIVER_SLEEPS: AtomicBool = AtomicBool::new(false);
+
+fn pinged(_: u32) {
+    PINGED_AT.store(time::now(), Ordering::SeqCst);
+}
+
+fn ipi_receiver(_: usize) {
+    let Some(boot) = BOOT.get() else { return };
+    if let Err(error) = irq::register(SGI_PING, pinged).and_then(|()| irq::enable_private(boot, SGI_PING)) {
+        println!("ipi: cannot listen for SGI {SGI_PING}: {error:?}");
+        psci::system_reset();
+    }
+    irq::init_cpu();
+    LISTENING.store(true, Ordering::SeqCst);
+    while !FINISHED.load(Ordering::SeqCst) {
+        if RECEIVER_SLEEPS.load(Ordering::Relaxed) {
+            irq::wait();
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Prints `samples` (counter ticks) as `ipi: <what> samples ...` lines.
+fn print_samples(what: &str, samples: &[u64]) {
+    for chunk in samples.chunks(24) {
+        let mut line = alloc::string::String::new();
+        for sample in chunk {
+            let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {sample}"));
+        }
+        println!("ipi: {what} samples{line}");
+    }
+}
+
+fn ipi(boot: &Boot) {
+    let iterations = address(boot, "iterations").unwrap_or(1000) as usize;
+    let sleeps = match boot.arg("receiver") {
+        None | Some("spin") => false,
+        Some("wfi") => true,
+        Some(other) => {
+            println!("ipi: receiver={other}: the receiver spins (spin) or sleeps (wfi)");
+            psci::system_reset();
+        }
+    };
+    if boot.cpus.len() < 2 {
+        println!("ipi: give me two CPUs");
+        psci::system_reset();
+    }
+    RECEIVER_SLEEPS.store(sleeps, Ordering::Relaxed);
+    BOOT.call_once(|| boot.clone());
+    if let Err(error) = smp::start(1, ipi_receiver) {
+        println!("ipi: CPU_ON of my CPU 1 failed: {error}");
+        psci::system_reset();
+    }
+    wait_until("CPU 1 to listen", || LISTENING.load(Ordering::SeqCst));
+    // Long enough for a sleeping receiver to be in WFI.
+    time::delay_us(1000);
+    let mut hvc = alloc::vec::Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = time::now();
+        let _ = psci::version();
+        hvc.push(time::now() - start);
+    }
+    let mut sgi = alloc::vec::Vec::with_capacity(iterations);
+    let receiver = [boot.cpus[1]];
+    for _ in 0..iterations {
+        PINGED_AT.store(0, Ordering::SeqCst);
+        let start = time::now();
+        irq::send_sgi(SGI_PING as u8, &receiver);
+        let mut at = PINGED_AT.load(Ordering::SeqCst);
+        while at == 0 {
+            trapless_virtio::relax();
+            at = PINGED_AT.load(Ordering::SeqCst);
+        }
+        sgi.push(at.saturating_sub(start));
+        // A sleeping receiver is back in WFI before the next.
+        time::delay_us(if sleeps { 200 } else { 20 });
+    }
+    println!("ipi: iterations={iterations} receiver={} frequency={}", if sleeps { "wfi" } else { "spin" }, time::frequency());
+    print_samples("hvc", &hvc);
+    print_samples("sgi", &sgi);
+    FINISHED.store(true, Ordering::SeqCst);
+    irq::send_sgi(SGI_PING as u8, &receiver);
+    while !matches!(psci::affinity_info(boot.cpus[1]), Ok(AffinityState::Off)) {
+        time::delay_us(1000);
+    }
+    println!("ipi: done");
 }
 
 /// Doorbell rings this partition has taken.
