@@ -140,15 +140,9 @@ fn serve_gic_register(frame: &mut GuestFrame, cpu: usize, partition: usize, acce
         gic_cpu_interface::write(register, value);
         return;
     }
-    let plan = &state::kernel().plan;
-    let mut own = [0u64; trapless_plan::MAX_CPUS];
-    let mut count = 0;
-    for index in plan.cpus_of(partition) {
-        own[count] = plan.cpus()[index].mpidr;
-        count += 1;
-    }
-    let caller = plan.cpus()[cpu].mpidr;
-    for &write in gic_sysreg::restrict(value, &own[..count], caller).as_slice() {
+    let kernel = state::kernel();
+    let caller = kernel.plan.cpus()[cpu].mpidr;
+    for write in gic_sysreg::restrict(value, kernel.affinities(partition), caller) {
         gic_cpu_interface::write(register, write);
     }
 }

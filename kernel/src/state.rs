@@ -19,6 +19,8 @@ pub struct Kernel {
     stage2: Vec<Mutex<SharedStage2>>,
     /// Each partition's `VTTBR_EL2`, by partition index.
     vttbr: Vec<u64>,
+    /// Each partition's CPUs' affinities (MPIDRs), by partition index: what its SGIs may reach.
+    affinities: Vec<Vec<u64>>,
 }
 
 /// A stage-2 map, reached only through its mutex.
@@ -73,7 +75,15 @@ pub fn publish(plan: Plan<'static>, maps: Vec<Stage2Map>) {
         .map(|(partition, map)| el2::vttbr(partition.vmid, map.root()))
         .collect();
     let stage2 = maps.into_iter().map(|map| Mutex::new(SharedStage2(map))).collect();
-    KERNEL.call_once(|| Kernel { plan, stage2, vttbr });
+    let affinities = (0..plan.partitions().len()).map(|partition| plan.cpus_of(partition).map(|cpu| plan.cpus()[cpu].mpidr).collect()).collect();
+    KERNEL.call_once(|| Kernel { plan, stage2, vttbr, affinities });
+}
+
+impl Kernel {
+    /// The affinities (MPIDRs) of partition `partition`'s CPUs.
+    pub fn affinities(&self, partition: usize) -> &[u64] {
+        self.affinities.get(partition).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The state the boot CPU published.

@@ -21,11 +21,13 @@
 //!   to a CPU it does not own, then one to "all but self"; reports what its second CPU got.
 //! - `probe=sgi-listen`: enables SGIs on its CPU, listens for a while and reports how many
 //!   arrived (a partition that owns no sender must get none).
-//! - `probe=ipi iterations=<n> receiver=spin|wfi`: measures, with the architected counter, `n`
-//!   `hvc` exits (PSCI `VERSION`, from the call to its return) and `n` IPIs to its second CPU
+//! - `probe=ipi iterations=<n> receiver=spin|wfi [gap-us=<n>]`: measures, with the architected
+//!   counter, `n` `hvc` exits (PSCI `VERSION`, from the call to its return) and `n` IPIs to its
+//!   second CPU
 //!   (from just before the trapped `ICC_SGI1R_EL1` write to the receiver's handler, the
-//!   receiver spinning with interrupts on, or asleep in `WFI`), and prints the samples
-//!   (`cargo xtask bench --ipi`, `docs/performance.md`).
+//!   receiver spinning with interrupts on, or asleep in `WFI`; `gap-us` apart, by default 20
+//!   or, for a receiver that must fall asleep again, 200), and prints the samples (`cargo
+//!   xtask bench --ipi`, `docs/performance.md`).
 //! - `probe=ping-pong role=initiator|responder rounds=<n> ring=<doorbell> wait=<doorbell>
 //!   [late-cpu=<index>]`: the initiator rings `ring` and waits for `wait`, `n` times; the
 //!   responder rings `ring` each time `wait` rings it. Both report what they counted; nothing
@@ -314,7 +316,9 @@ fn wait_until(what: &str, condition: impl Fn() -> bool) {
             println!("sgi: gave up waiting for {what}");
             psci::system_reset();
         }
-        core::hint::spin_loop();
+        // `yield`: lets the CPU waited for run where vCPUs take turns (QEMU counting
+        // instructions).
+        trapless_virtio::relax();
     }
 }
 
@@ -405,6 +409,7 @@ fn ipi(boot: &Boot) {
             psci::system_reset();
         }
     };
+    let gap_us = address(boot, "gap-us").unwrap_or(if sleeps { 200 } else { 20 });
     if boot.cpus.len() < 2 {
         println!("ipi: give me two CPUs");
         psci::system_reset();
@@ -437,7 +442,7 @@ fn ipi(boot: &Boot) {
         }
         sgi.push(at.saturating_sub(start));
         // A sleeping receiver is back in WFI before the next.
-        time::delay_us(if sleeps { 200 } else { 20 });
+        time::delay_us(gap_us);
     }
     println!("ipi: iterations={iterations} receiver={} frequency={}", if sleeps { "wfi" } else { "spin" }, time::frequency());
     print_samples("hvc", &hvc);
