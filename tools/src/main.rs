@@ -76,6 +76,11 @@ enum Command {
         /// Leave out the Linux rows (Linux as the driver, trap-free: a few Linux boots).
         #[arg(long)]
         no_linux: bool,
+        /// Measure an IPI inside a partition against an hvc exit instead, in the same boot,
+        /// under TCG and counting instructions (writes target/bench/ipi.json). --iterations is
+        /// then per boot [default there: 1000].
+        #[arg(long, conflicts_with = "icount")]
+        ipi: bool,
     },
     /// Where a system's instructions go per I/O, by function, partition and EL2: two runs in
     /// QEMU's instruction-counting mode, their exec logs streamed and mapped onto the ELF
@@ -263,11 +268,19 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                 Err(reason) => Err(Error::Failed(format!("{}: {reason}", built.plan.name))),
             }
         }
-        Command::Bench { iterations, size, rounds, platform, icount, queue_sizes, no_split, no_linux } => {
+        Command::Bench { iterations, size, rounds, platform, icount, queue_sizes, no_split, no_linux, ipi } => {
             if !(1..=1514).contains(&size) {
                 return Err(Error::Failed(format!("--size {size}: a frame holds 1 to 1514 bytes")));
             }
             let out = root().join("target").join("bench");
+            if ipi {
+                let iterations = if iterations == 2000 { 1000 } else { iterations };
+                let options = trapless_tools::bench::ipi::Options { iterations, platform, out: out.clone(), progress: true };
+                let report = trapless_tools::bench::ipi::run(&options)?;
+                print!("{}", trapless_tools::bench::ipi::table(&report));
+                println!("xtask: report in {}", out.join("ipi.json").display());
+                return Ok(ExitCode::SUCCESS);
+            }
             if icount {
                 let iterations = if iterations == 2000 { 512 } else { iterations };
                 let options = trapless_tools::bench::counted::Options {

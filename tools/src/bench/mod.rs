@@ -10,6 +10,7 @@
 //! own `-d int` log on a short run of each.
 
 pub mod counted;
+pub mod ipi;
 pub mod linux;
 
 use crate::qemu::{self, Run};
