@@ -51,8 +51,8 @@ pub fn wait() {
 
 /// Waits, sleeping in `WFI`, until `done()` holds. IRQs are masked between the check and the
 /// `WFI` (which still wakes on a pending interrupt), so an interrupt that makes `done()` true
-/// right after the check cannot be missed. Woken, the CPU takes what is pending in line, IRQs
-/// still masked, as the IRQ vector would ([`handle_irq`]): a sleeping CPU has nothing of the
+/// right after the check cannot be missed. Woken, the CPU takes the interrupt that woke it in
+/// line, IRQs still masked, as the IRQ vector would: a sleeping CPU has nothing of the
 /// interrupted code's to save, so it skips the exception entry and return and the 60-odd
 /// registers they save and restore.
 pub fn wait_until(done: impl Fn() -> bool) {
@@ -66,8 +66,8 @@ pub fn wait_until(done: impl Fn() -> bool) {
             return;
         }
         crate::arch::wait_for_interrupt();
-        handle_irq();
-        // SAFETY: as above; anything that became pending since is taken here.
+        handle_one();
+        // SAFETY: as above; anything else pending, or pending since, is taken here.
         unsafe { asm!("msr daifclr, #2", options(nostack)) };
     }
 }
@@ -235,26 +235,35 @@ fn write_sgi1r(value: u64) {
     unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) value, options(nostack)) };
 }
 
-/// Called by the IRQ vector, and by [`wait_until`] woken with IRQs masked: acknowledges,
-/// dispatches and ends pending interrupts, at most [`MAX_PER_ENTRY`] of them.
+/// Called by the IRQ vector: acknowledges, dispatches and ends pending interrupts, at most
+/// [`MAX_PER_ENTRY`] of them.
 pub(crate) extern "C" fn handle_irq() {
     for _ in 0..MAX_PER_ENTRY {
-        let intid: u64;
-        // SAFETY: acknowledging is what the GIC expects of the CPU that took the interrupt. The
-        // DSB makes the acknowledge complete before anything the handler does: an LPI has no
-        // active state, so a late acknowledge could otherwise swallow the next ring.
-        unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) intid, options(nostack)) };
-        let intid = (intid & 0xff_ffff) as u32;
-        if SPECIAL.contains(&intid) {
+        if !handle_one() {
             break;
         }
-        match handler_for(intid) {
-            Some(handler) => handler(intid),
-            None => {
-                UNHANDLED.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        // SAFETY: ends the interrupt acknowledged above (priority drop and deactivation).
-        unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
     }
+}
+
+/// Acknowledges, dispatches and ends one pending interrupt; says whether there was one. A CPU
+/// woken in [`wait_until`] takes one this way, and any other as it unmasks IRQs.
+fn handle_one() -> bool {
+    let intid: u64;
+    // SAFETY: acknowledging is what the GIC expects of the CPU that took the interrupt. The
+    // DSB makes the acknowledge complete before anything the handler does: an LPI has no
+    // active state, so a late acknowledge could otherwise swallow the next ring.
+    unsafe { asm!("mrs {}, icc_iar1_el1", "dsb sy", out(reg) intid, options(nostack)) };
+    let intid = (intid & 0xff_ffff) as u32;
+    if SPECIAL.contains(&intid) {
+        return false;
+    }
+    match handler_for(intid) {
+        Some(handler) => handler(intid),
+        None => {
+            UNHANDLED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: ends the interrupt acknowledged above (priority drop and deactivation).
+    unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid), options(nostack)) };
+    true
 }
