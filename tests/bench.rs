@@ -58,14 +58,14 @@ fn the_bench_measures_every_io_and_counts_exits_as_qemu_does() {
 
 /// `cargo xtask bench --icount` (without the profile, which `cargo xtask profile` runs): the
 /// instruction counts are deterministic, so they are held to budgets, as are the
-/// notifications; and two boots must count the same.
+/// notifications and the classic path's exits; and two boots must count the same.
 #[test]
 fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
-    use trapless_tools::bench::counted::{Options as Counting, run as count};
+    use trapless_tools::bench::counted::{BOUNCED, Options as Counting, run as count};
     let out = trapless_tests::root().join("target").join(format!("bench-counted-test-{}", std::process::id()));
     // Two passes round a ring of 256, so that every position is compared.
-    let transports = vec![Transport::Polling, Transport::TrapFree];
-    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports, linux: false, bounced: false };
+    let transports = Transport::ALL.to_vec();
+    let options = Counting { iterations: 512, size: 64, queue_sizes: vec![16, 256], platform: None, out: out.clone(), split: false, progress: false, transports, linux: false, bounced: true };
     let report = count(&options).unwrap_or_else(|error| panic!("{error}"));
     for (name, entry) in &report.transports {
         assert!(entry.repeatable, "{name}: a second boot counted the same");
@@ -75,19 +75,35 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     for trips in &free.round_trips {
         let queue = trips.queue_size;
         assert_eq!(trips.samples, 512, "queue {queue}");
-        // Budgets in instructions, all CPUs and EL2 (measured 3,696 at 16 and 256, 14,670 per bulk frame: see
-        // docs/performance.md; the issue's goal of 2,000 is not met yet).
-        assert!(trips.instructions.p50 <= 4_000.0 && trips.instructions.max <= 4_600.0, "queue {queue}: {:?}", trips.instructions);
+        // Budgets in instructions, all CPUs and EL2: measured 2,240 (p50) and 2,416 (the first
+        // pass round the ring) at 16, 2,256 and 2,432 at 256; 28,016 before issue 14's work,
+        // 3,696 after its first part (docs/performance.md). The goal of 2,000 is not met.
+        assert!(trips.instructions.p50 <= 2_300.0 && trips.instructions.max <= 2_500.0, "queue {queue}: {:?}", trips.instructions);
         // Flat across the ring (a scan in proportion to the index made it 1.51).
         assert!(trips.ring_max_over_min <= 1.05, "queue {queue}: {}", trips.ring_max_over_min);
         // One doorbell each way, none for transmit completions or receive buffers given back.
         assert!(trips.notifications_per_io <= 2.0, "queue {queue}: {}", trips.notifications_per_io);
         assert_eq!(trips.exits_per_io, 0.0, "queue {queue}");
     }
+    // Measured 4,470 per 1,514-byte frame (14,670 before, 98,800 at first).
     assert!(free.bulk.notifications_per_io <= 0.25, "bulk: {:?}", free.bulk);
-    assert!(free.bulk.instructions_per_frame <= 15_500.0, "bulk: {:?}", free.bulk);
+    assert!(free.bulk.instructions_per_frame <= 4_600.0, "bulk: {:?}", free.bulk);
     assert_eq!(free.bulk.exits_per_io, 0.0);
+    // The same driver with its buffers in its own memory, copied through the window's pool:
+    // measured 2,576 and 5,967.
+    let bounced = &report.transports[BOUNCED];
+    assert!(bounced.round_trips[0].instructions.p50 <= 2_650.0 && bounced.bulk.instructions_per_frame <= 6_100.0, "{bounced:?}");
     assert_eq!(report.transports["polling"].round_trips[0].exits_per_io, 0.0);
+    // The classic path, counted: five exits a round trip (two QueueNotify writes, the
+    // LINK_NOTIFY, the interrupt's status read and acknowledgement) and 3,392 instructions
+    // measured, against trap-free's 2,240.
+    let classic = &report.transports["trap-emulate"];
+    for trips in &classic.round_trips {
+        assert_eq!(trips.exits_per_io, 5.0, "{trips:?}");
+        assert!(trips.instructions.p50 <= 3_500.0, "{trips:?}");
+    }
+    assert!(classic.bulk.exits_per_io > 0.0, "{:?}", classic.bulk);
+    assert!(report.trap_free_over_trap_emulate.is_some_and(|ratio| ratio < 0.7), "{:?}", report.trap_free_over_trap_emulate);
     let _ = std::fs::remove_dir_all(&out);
 }
 
