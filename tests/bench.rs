@@ -94,8 +94,8 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     let bounced = &report.transports[BOUNCED];
     assert!(bounced.round_trips[0].instructions.p50 <= 2_650.0 && bounced.bulk.instructions_per_frame <= 6_100.0, "{bounced:?}");
     assert_eq!(report.transports["polling"].round_trips[0].exits_per_io, 0.0);
-    // The classic path, counted: five exits a round trip (two QueueNotify writes, the
-    // LINK_NOTIFY, the interrupt's status read and acknowledgement) and 3,392 instructions
+    // The classic path, counted: five exits a round trip (its three notifications, each through
+    // EL2, and the interrupt's status read and acknowledgement) and 3,392 instructions
     // measured, against trap-free's 2,240.
     let classic = &report.transports["trap-emulate"];
     for trips in &classic.round_trips {
