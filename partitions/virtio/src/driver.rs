@@ -218,9 +218,7 @@ fn sync_queues(slot: usize, lazy: bool) -> Option<Failure> {
         link.failure.get_or_insert(Failure::Device(error));
     }
     // Only a failure is copied out (a `Failure` is large, and the common answer is none).
-    if link.failure.is_none() {
-        return None;
-    }
+    link.failure.as_ref()?;
     link.failure
 }
 

@@ -178,7 +178,7 @@ impl Pool {
             let mut index = 0;
             while index < blocks.len() {
                 let offset = blocks[index];
-                if offset % (2 * size) == 0 && blocks.get(index + 1) == Some(&(offset + size)) {
+                if offset.is_multiple_of(2 * size) && blocks.get(index + 1) == Some(&(offset + size)) {
                     self.free[order + 1].push(offset);
                     index += 2;
                 } else {
@@ -290,7 +290,7 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            if seed % 3 != 0 || live.is_empty() {
+            if !seed.is_multiple_of(3) || live.is_empty() {
                 let size = 1 + (seed >> 8) as usize % 9000;
                 let align = if seed & 0x10 != 0 { 4096 } else { 16 };
                 if let Some(address) = pool.allocate(size, align) {
