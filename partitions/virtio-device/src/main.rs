@@ -24,10 +24,9 @@ use trapless_guest::facts::{Link, Role};
 use trapless_guest::virtio::{self, Bells};
 use trapless_guest::{Boot, irq, println, psci};
 use trapless_virtio::binding::Kind;
-use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, Device, NetEcho, QueueSet};
+use trapless_virtio::device::{AnyDevice, BlockDevice, ConsoleEcho, NetEcho};
 use trapless_virtio::link::{DeviceLink, Step};
-use trapless_virtio::queue::{DeviceQueue, QueueError};
-use trapless_virtio::window::{Memory, RawMemory, Window};
+use trapless_virtio::window::RawMemory;
 
 trapless_guest::entry!(main);
 
@@ -63,38 +62,15 @@ fn device_for(link: &Link) -> Result<AnyDevice<'static>, String> {
     })
 }
 
-/// A link's device, and how much work each step gave it: the used-ring entries it wrote, over
-/// all steps and at most in one.
+/// How much work each step gave a link: the used-ring entries it wrote, over all steps and at
+/// most in one.
+#[derive(Default)]
 struct Counted {
-    device: AnyDevice<'static>,
     steps: u64,
     used: u64,
     most: u64,
     /// Steps that wrote entries in a look at the links where another link's step did too.
     shared: u64,
-}
-
-impl Device for Counted {
-    fn service<M: Memory>(&mut self, window: &Window<M>, queues: &mut [DeviceQueue], budget: usize) -> Result<QueueSet, QueueError> {
-        let before: u64 = queues.iter().map(|queue| u64::from(queue.used_index())).sum();
-        let outcome = self.device.service(window, queues, budget);
-        // Each queue's used index moves by less than 65536 in one step (at most two entries per
-        // chain of the budget), so the wrapped difference is the count.
-        let after: u64 = queues.iter().map(|queue| u64::from(queue.used_index())).sum();
-        let wrote = after.wrapping_sub(before) % (1 << 16);
-        self.steps += 1;
-        self.used += wrote;
-        self.most = self.most.max(wrote);
-        outcome
-    }
-
-    fn reset(&mut self) {
-        self.device.reset();
-    }
-
-    fn waits_for(&self, queue_count: usize) -> QueueSet {
-        self.device.waits_for(queue_count)
-    }
 }
 
 /// Says what the device of link `name` has done.
@@ -116,7 +92,8 @@ fn report(device: &AnyDevice<'_>, name: &str, rang: u64) {
 struct Served {
     name: &'static str,
     link: DeviceLink<RawMemory>,
-    device: Counted,
+    device: AnyDevice<'static>,
+    counted: Counted,
     bells: Bells,
     polls: bool,
     /// Times its driver broke a ring rule.
@@ -161,8 +138,7 @@ fn main(boot: &Boot) {
         if let Err(error) = virtio::on_notify(link, rung) {
             fail(&format!("link {}: its LPIs: {error:?}", link.name));
         }
-        let device = Counted { device, steps: 0, used: 0, most: 0, shared: 0 };
-        links.push(Served { name: link.name, link: opened, device, bells, polls: link.polls(), failures: 0, busy: false, done: false });
+        links.push(Served { name: link.name, link: opened, device, counted: Counted::default(), bells, polls: link.polls(), failures: 0, busy: false, done: false });
     }
     if links.is_empty() {
         fail("this partition serves no link");
@@ -175,9 +151,12 @@ fn main(boot: &Boot) {
         let mut again = false;
         let mut busy = 0u64;
         for served in links.iter_mut().filter(|served| !served.done) {
-            let used = served.device.used;
             let step: Step = served.link.step(&mut served.device, BUDGET);
-            served.busy = served.device.used != used;
+            let counted = &mut served.counted;
+            counted.steps += 1;
+            counted.used += u64::from(step.used);
+            counted.most = counted.most.max(u64::from(step.used));
+            served.busy = step.used != 0;
             busy += u64::from(served.busy);
             let mut notify = step.notify.0;
             while notify != 0 {
@@ -196,8 +175,8 @@ fn main(boot: &Boot) {
             }
             if step.stopped {
                 served.done = true;
-                report(&served.device.device, served.name, served.bells.rung);
-                let counted = &served.device;
+                report(&served.device, served.name, served.bells.rung);
+                let counted = &served.counted;
                 println!(
                     "virtio-device: link {}: {} steps, {} used entries, at most {} in one step (budget {BUDGET} chains), {} steps in looks where another link had work too; the driver broke ring rules {} times",
                     served.name, counted.steps, counted.used, counted.most, counted.shared, served.failures
@@ -206,7 +185,7 @@ fn main(boot: &Boot) {
             again |= step.more || served.polls;
         }
         if busy > 1 {
-            links.iter_mut().filter(|served| served.busy).for_each(|served| served.device.shared += 1);
+            links.iter_mut().filter(|served| served.busy).for_each(|served| served.counted.shared += 1);
         }
         if links.iter().all(|served| served.done) {
             break;

@@ -51,6 +51,8 @@ pub struct Step {
     pub failed: Option<QueueError>,
     /// The driver says it has stopped (it is done with the link, and the device has let go).
     pub stopped: bool,
+    /// Used-ring entries this step wrote, over all queues.
+    pub used: u32,
 }
 
 /// The device side of one link.
@@ -192,8 +194,13 @@ impl<M: Memory> DeviceLink<M> {
         let mut pending = false;
         let wanted = device.waits_for(queues.len());
         for (index, queue) in queues.iter().enumerate() {
-            if used.has(index) && queue.should_notify(window, before[index])? {
-                step.notify.mark(index);
+            if used.has(index) {
+                // A step writes at most two entries per chain of its budget: far fewer than
+                // 65,536, so the wrapped difference is the count.
+                step.used += u32::from(queue.used_index().wrapping_sub(before[index]));
+                if queue.should_notify(window, before[index])? {
+                    step.notify.mark(index);
+                }
             }
             // A doorbell only where it may be needed: never when polling; else for the queues
             // the device takes work from now (it may sleep next), not for buffers it has no use

@@ -668,9 +668,9 @@ fn with_event_idx_a_batch_costs_one_notification_each_way_and_the_budget_bounds_
     assert_eq!(rings, 1, "eight buffers, one doorbell to the device");
     // used_event = 0: the driver wants to hear once anything is used. A budget of 5 leaves 3.
     let step = link.step(&mut device, 5);
-    assert_eq!((step.notify.0, step.more), (1, true));
+    assert_eq!((step.notify.0, step.more, step.used), (1, true, 5));
     let step = link.step(&mut device, 5);
-    assert_eq!((step.notify.0, step.more), (0, false), "the driver has not caught up: no second doorbell");
+    assert_eq!((step.notify.0, step.more, step.used), (0, false, 3), "the driver has not caught up: no second doorbell");
     assert_eq!((0..8).filter_map(|_| driver.pop_used()).count(), 8);
 }
 
