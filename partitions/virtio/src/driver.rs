@@ -413,8 +413,8 @@ impl<N: Notify> Transport for StaticTransport<N> {
         // waits for this queue (one look at the link decides all three).
         let (ring, wait) = match LINKS[self.slot].lock().as_mut() {
             Some(LinkState { guard: Some(guard), window, .. }) => {
-                let ring = guard.publish(queue, window);
-                (ring, guard.queue(queue).is_some_and(|guarded| guarded.waits_in_notify()))
+                let notified = guard.notified(queue, window);
+                (notified.ring, notified.wait)
             }
             _ => (true, false),
         };

@@ -356,10 +356,21 @@ pub fn waits_in_notify(kind: Kind, queue: u16) -> bool {
     !(matches!(kind, Kind::Console | Kind::Net) && queue == 0)
 }
 
+/// What a `notify` of a guarded queue comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notified {
+    /// Ring the device: it asked to hear of the chains just published.
+    pub ring: bool,
+    /// The driver waits for the queue's chains right after notifying.
+    pub wait: bool,
+}
+
 /// The guard of one link.
 pub struct Guard<P: Memory> {
     event_idx: bool,
+    /// The link's queues (the first `queue_count`; the rest are `None`).
     queues: [Option<GuardedQueue<P>>; MAX_QUEUES],
+    queue_count: usize,
     /// The driver generation started (0: not started), and whether the device has said it
     /// serves it.
     generation: u32,
@@ -376,7 +387,8 @@ impl<P: Memory> Guard<P> {
             let queue = index as u16;
             (queue < layout.queue_count).then(|| GuardedQueue::new(layout.queues[index], layout.queue_size, waits_in_notify(kind, queue)))
         });
-        Self { event_idx, queues, generation: 0, served: false, failure: None, written: Written::new(layout.pool.clone()) }
+        let queue_count = usize::from(layout.queue_count).min(MAX_QUEUES);
+        Self { event_idx, queues, queue_count, generation: 0, served: false, failure: None, written: Written::new(layout.pool.clone()) }
     }
 
     /// Bytes to copy back from the receive buffer at window offset `offset`, of `len` bytes:
@@ -441,13 +453,22 @@ impl<P: Memory> Guard<P> {
     /// Copies queue `queue`'s new chains to the window; returns whether to ring the device.
     /// Nothing crosses once the link has failed.
     pub fn publish<M: Memory>(&mut self, queue: u16, window: &Window<M>) -> bool {
-        if self.failure.is_some() {
-            return false;
-        }
+        self.notified(queue, window).ring
+    }
+
+    /// What the transport's `notify` of queue `queue` does, in one look at the queue:
+    /// [`Self::publish`], and whether the driver then waits for the queue
+    /// ([`GuardedQueue::waits_in_notify`]).
+    pub fn notified<M: Memory>(&mut self, queue: u16, window: &Window<M>) -> Notified {
         let event_idx = self.event_idx;
-        let Some(guarded) = self.queue(queue) else { return false };
+        let failed = self.failure.is_some();
+        let Some(guarded) = self.queue(queue) else { return Notified { ring: false, wait: false } };
+        let wait = guarded.waits_in_notify;
+        if failed {
+            return Notified { ring: false, wait };
+        }
         let (old, new) = guarded.publish(window);
-        guarded.device_wants_notification(window, event_idx, old, new)
+        Notified { ring: guarded.device_wants_notification(window, event_idx, old, new), wait }
     }
 
     /// Checks the device's state line and takes what it used on every queue; returns the
@@ -460,7 +481,7 @@ impl<P: Memory> Guard<P> {
     pub fn sync_queues<M: Memory>(&mut self, window: &Window<M>, lazy: bool) -> Option<DeviceError> {
         if self.failure.is_none() {
             let outcome = self.check_device(window).and_then(|()| {
-                for (index, guarded) in self.queues.iter_mut().enumerate() {
+                for (index, guarded) in self.queues[..self.queue_count].iter_mut().enumerate() {
                     if let Some(guarded) = guarded.as_mut().filter(|guarded| lazy || !guarded.lazy) {
                         guarded.collect(index as u16, window, &mut self.written)?;
                     }
