@@ -213,7 +213,8 @@ fn sync_queues(slot: usize, lazy: bool) -> Option<Failure> {
     let mut link = LINKS.get(slot)?.lock();
     let link = link.as_mut()?;
     if let Some(guard) = link.guard.as_mut()
-        && let Some(error) = guard.sync_queues(&link.window, lazy)
+        && guard.sync_queues(&link.window, lazy)
+        && let Some(error) = guard.failure()
     {
         link.failure.get_or_insert(Failure::Device(error));
     }

@@ -474,11 +474,13 @@ impl<P: Memory> Guard<P> {
     /// Checks the device's state line and takes what it used on every queue; returns the
     /// failure, if the link has failed (now or before).
     pub fn sync<M: Memory>(&mut self, window: &Window<M>) -> Option<DeviceError> {
-        self.sync_queues(window, true)
+        if self.sync_queues(window, true) { self.failure } else { None }
     }
 
-    /// [`Self::sync`], leaving lazily reaped queues for later unless `lazy`.
-    pub fn sync_queues<M: Memory>(&mut self, window: &Window<M>, lazy: bool) -> Option<DeviceError> {
+    /// [`Self::sync`], leaving lazily reaped queues for later unless `lazy`; says only whether
+    /// the link has failed ([`Self::failure`] says why), so that the common answer costs no
+    /// copy.
+    pub fn sync_queues<M: Memory>(&mut self, window: &Window<M>, lazy: bool) -> bool {
         if self.failure.is_none() {
             let outcome = self.check_device(window).and_then(|()| {
                 for (index, guarded) in self.queues[..self.queue_count].iter_mut().enumerate() {
@@ -492,7 +494,7 @@ impl<P: Memory> Guard<P> {
                 self.fail(error);
             }
         }
-        self.failure
+        self.failure.is_some()
     }
 }
 
