@@ -175,8 +175,9 @@ impl<M: Memory> DeviceLink<M> {
         if self.failure.is_some() {
             return Step::default();
         }
-        match self.serve(device, budget) {
-            Ok(step) => step,
+        let mut step = Step::default();
+        match self.serve(device, budget, &mut step) {
+            Ok(()) => step,
             Err(error) => {
                 self.failure = Some(error);
                 self.write_line(state::FAILED, self.serving, state::ERROR_RING);
@@ -185,12 +186,13 @@ impl<M: Memory> DeviceLink<M> {
         }
     }
 
-    fn serve<D: Device>(&mut self, device: &mut D, budget: usize) -> Result<Step, QueueError> {
+    /// Serves `device` for at most `budget` chains, saying what it did in `step` (filled in
+    /// place: a step is large to move, for the error it may carry).
+    fn serve<D: Device>(&mut self, device: &mut D, budget: usize, step: &mut Step) -> Result<(), QueueError> {
         let window = &self.window;
         let queues = &mut self.queues[..self.queue_count];
         let before: [u16; MAX_QUEUES] = core::array::from_fn(|index| queues.get(index).map_or(0, DeviceQueue::used_index));
         let used = device.service(window, queues, budget)?;
-        let mut step = Step::default();
         let mut pending = false;
         let wanted = device.waits_for(queues.len());
         for (index, queue) in queues.iter().enumerate() {
@@ -217,7 +219,7 @@ impl<M: Memory> DeviceLink<M> {
         // Look again only if this step got somewhere: a device waiting for buffers on one
         // queue (an echo with nowhere to echo to) must not spin on the other's.
         step.more = pending && used != QueueSet::default();
-        Ok(step)
+        Ok(())
     }
 }
 
