@@ -52,7 +52,7 @@ fn copy_across<M: Memory>(
     let mut copied = 0;
     while let Some((source, len)) = from.piece(usize::MAX) {
         let Some((target, len)) = to.piece(len) else { break };
-        window.copy(source, target, len, visit)?;
+        window.copy(source, target, len, &mut *visit)?;
         from.advance(len);
         to.advance(len);
         copied += len;
@@ -190,13 +190,6 @@ impl Checksum {
         self.state = (self.state ^ word).wrapping_mul(Self::PRIME);
     }
 
-    /// [`Visit::half`] with more than four bytes pending: byte by byte (a copy that moves fields
-    /// never leaves a word that full).
-    #[cold]
-    fn half_across(&mut self, value: u32) {
-        value.to_le_bytes().into_iter().for_each(|byte| self.byte(byte));
-    }
-
     /// The running state after the frame.
     pub fn finish(mut self) -> u32 {
         if self.pending_len > 0 {
@@ -222,19 +215,19 @@ impl Visit for Checksum {
         }
     }
 
+    /// Its bytes join those pending; a word that fills is mixed, and what is left of the
+    /// field stays pending.
     #[inline(always)]
     fn half(&mut self, value: u32) {
-        if self.pending_len > 4 {
-            self.half_across(value);
-            return;
-        }
-        self.pending |= u64::from(value) << (8 * self.pending_len);
-        self.pending_len += 4;
+        let shift = 8 * self.pending_len;
+        let word = self.pending | u64::from(value) << shift;
         self.len += 4;
-        if self.pending_len == 8 {
-            let word = self.pending;
+        if self.pending_len < 4 {
+            (self.pending, self.pending_len) = (word, self.pending_len + 4);
+        } else {
             self.mix(word);
-            (self.pending, self.pending_len) = (0, 0);
+            // The field's bytes past the word (none when four were pending: `value` has 32 bits).
+            (self.pending, self.pending_len) = (u64::from(value) >> (64 - shift), self.pending_len - 4);
         }
     }
 
@@ -314,7 +307,7 @@ impl Device for NetEcho {
                         let (from, to) = (from.offset as usize, to.offset as usize);
                         window.write_u64(to, 0)?;
                         window.write_u32(to + 8, 1 << 16)?;
-                        window.copy(from + NET_HEADER, to + NET_HEADER, frame, &mut sum)?;
+                        sum = window.copy(from + NET_HEADER, to + NET_HEADER, frame, sum)?;
                         frame
                     }
                     _ => {

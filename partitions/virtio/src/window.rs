@@ -175,11 +175,16 @@ impl<M: Memory> Window<M> {
     /// at a time where both offsets are equally aligned to 8, four where they are to 4, one
     /// otherwise. Both ranges are checked once, before anything is copied. (Ranges that
     /// overlap, which a peer may name, get bytes in an unspecified order, but every access stays
-    /// in the window.)
-    #[inline]
-    pub fn copy(&self, from: usize, to: usize, len: usize, visit: &mut impl Visit) -> Result<(), OutOfWindow> {
+    /// in the window.) `visit` is taken and given back by value, so that it is kept in
+    /// registers through the copy (pass `&mut visitor` to have it seen in place instead). Never
+    /// inlined: its loops want registers of their own.
+    #[inline(never)]
+    pub fn copy<V: Visit>(&self, from: usize, to: usize, len: usize, visit: V) -> Result<V, OutOfWindow> {
         self.span(from, len)?;
         self.span(to, len)?;
+        // A local of its own, which the compiler keeps in registers (the argument lies in the
+        // caller's memory).
+        let mut visit = visit;
         let memory = &self.memory;
         // Every access below is inside the ranges checked above, and aligned to its size (words
         // and fields only where `from` and `to` both are).
@@ -196,7 +201,7 @@ impl<M: Memory> Window<M> {
                 visit.byte(copy_byte(from, to));
                 (from, to, left) = (from + 1, to + 1, left - 1);
             }
-            return Ok(());
+            return Ok(visit);
         }
         while left > 0 && !from.is_multiple_of(4) {
             visit.byte(copy_byte(from, to));
@@ -243,7 +248,7 @@ impl<M: Memory> Window<M> {
             visit.byte(copy_byte(from, to));
             (from, to, left) = (from + 1, to + 1, left - 1);
         }
-        Ok(())
+        Ok(visit)
     }
 
     /// Checks that `len` bytes from `offset` lie in the window, and returns the offsets among
@@ -278,6 +283,26 @@ pub trait Visit {
     /// The next 32 bytes, as four words.
     fn words(&mut self, values: [u64; 4]) {
         values.into_iter().for_each(|value| self.word(value));
+    }
+}
+
+/// A visitor seen through a reference: it stays where it is.
+impl<V: Visit + ?Sized> Visit for &mut V {
+    #[inline(always)]
+    fn byte(&mut self, value: u8) {
+        (**self).byte(value);
+    }
+    #[inline(always)]
+    fn half(&mut self, value: u32) {
+        (**self).half(value);
+    }
+    #[inline(always)]
+    fn word(&mut self, value: u64) {
+        (**self).word(value);
+    }
+    #[inline(always)]
+    fn words(&mut self, values: [u64; 4]) {
+        (**self).words(values);
     }
 }
 
