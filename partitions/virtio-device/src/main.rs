@@ -146,6 +146,8 @@ fn main(boot: &Boot) {
     irq::init_cpu();
 
     let mut looks = 0u64;
+    // Links whose driver has not stopped yet.
+    let mut serving = links.len();
     loop {
         looks += 1;
         let mut again = false;
@@ -175,6 +177,7 @@ fn main(boot: &Boot) {
             }
             if step.stopped {
                 served.done = true;
+                serving -= 1;
                 report(&served.device, served.name, served.bells.rung);
                 let counted = &served.counted;
                 println!(
@@ -187,7 +190,7 @@ fn main(boot: &Boot) {
         if busy > 1 {
             links.iter_mut().filter(|served| served.busy).for_each(|served| served.counted.shared += 1);
         }
-        if links.iter().all(|served| served.done) {
+        if serving == 0 {
             break;
         }
         if !again {
