@@ -155,7 +155,10 @@ pub struct NetEcho {
 /// each frame's bytes in turn.
 pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
     let mut sum = Checksum::new(state);
-    let words = bytes.chunks_exact(8);
+    // The first four bytes complete the first word ([`Checksum`]).
+    let (head, rest) = bytes.split_at(bytes.len().min(Checksum::LEAD));
+    head.iter().for_each(|&byte| sum.byte(byte));
+    let words = rest.chunks_exact(8);
     let tail = words.remainder();
     for word in words {
         sum.word(u64::from_le_bytes(word.try_into().unwrap_or_default()));
@@ -164,9 +167,12 @@ pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
     sum.finish()
 }
 
-/// [`checksum`] of one frame as its bytes come, in pieces of any size: FNV-1a over the frame's
-/// 8-byte little-endian words (the last zero-padded) and its length, folded to 32 bits. Fed
-/// whole words it costs two multiplications' worth a word, where FNV-1a by bytes costs eight.
+/// [`checksum`] of one frame as its bytes come, in pieces of any size: FNV-1a over 8-byte
+/// little-endian words and the frame's length, folded to 32 bits. The words are four zero bytes
+/// then the frame (the last word zero-padded): a frame lies after the 12-byte virtio-net header
+/// in a buffer aligned to 8, so these are its words as they lie in memory, and a copy mixes each
+/// word as it moves it. Fed whole words it costs two multiplications' worth a word, where
+/// FNV-1a by bytes costs eight.
 #[derive(Clone, Copy, Debug)]
 pub struct Checksum {
     state: u64,
@@ -180,9 +186,13 @@ impl Checksum {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 
+    /// Zero bytes before a frame's first byte in its first word: four, where a frame after
+    /// the 12-byte net header starts in an 8-byte-aligned buffer.
+    pub const LEAD: usize = NET_HEADER % 8;
+
     /// A frame's checksum, carrying on from `state`.
     pub fn new(state: u32) -> Self {
-        Self { state: Self::BASIS ^ u64::from(state), pending: 0, pending_len: 0, len: 0 }
+        Self { state: Self::BASIS ^ u64::from(state), pending: 0, pending_len: Self::LEAD as u32, len: 0 }
     }
 
     #[inline]
