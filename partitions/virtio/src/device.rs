@@ -164,7 +164,7 @@ pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
         sum.word(u64::from_le_bytes(word.try_into().unwrap_or_default()));
     }
     tail.iter().for_each(|&byte| sum.byte(byte));
-    sum.finish()
+    sum.finish(bytes.len())
 }
 
 /// [`checksum`] of one frame as its bytes come, in pieces of any size: FNV-1a over 8-byte
@@ -176,15 +176,18 @@ pub fn checksum(state: u32, bytes: &[u8]) -> u32 {
 #[derive(Clone, Copy, Debug)]
 pub struct Checksum {
     state: u64,
-    /// Bytes not yet making a whole word, in the low bits, and how many.
+    /// Bytes not yet making a whole word (at most seven) in the low bits, and how many in the
+    /// top byte: the whole checksum is two words, which a copy takes and gives back in
+    /// registers.
     pending: u64,
-    pending_len: u32,
-    len: u64,
 }
 
 impl Checksum {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    /// Where the count of pending bytes lies in `pending`, and the bytes below it.
+    const COUNT: u32 = 56;
+    const BYTES: u64 = (1 << Self::COUNT) - 1;
 
     /// Zero bytes before a frame's first byte in its first word: four, where a frame after
     /// the 12-byte net header starts in an 8-byte-aligned buffer.
@@ -192,22 +195,35 @@ impl Checksum {
 
     /// A frame's checksum, carrying on from `state`.
     pub fn new(state: u32) -> Self {
-        Self { state: Self::BASIS ^ u64::from(state), pending: 0, pending_len: Self::LEAD as u32, len: 0 }
+        let mut sum = Self { state: Self::BASIS ^ u64::from(state), pending: 0 };
+        sum.set_pending(0, Self::LEAD as u32);
+        sum
     }
 
-    #[inline]
+    #[inline(always)]
     fn mix(&mut self, word: u64) {
         self.state = (self.state ^ word).wrapping_mul(Self::PRIME);
     }
 
-    /// The running state after the frame.
-    pub fn finish(mut self) -> u32 {
-        if self.pending_len > 0 {
-            let pending = self.pending;
-            self.mix(pending);
+    /// The pending bytes and how many.
+    #[inline(always)]
+    fn pending(&self) -> (u64, u32) {
+        (self.pending & Self::BYTES, (self.pending >> Self::COUNT) as u32)
+    }
+
+    /// `count` (at most seven) pending bytes, `bytes` (below bit 56).
+    #[inline(always)]
+    fn set_pending(&mut self, bytes: u64, count: u32) {
+        self.pending = bytes | u64::from(count) << Self::COUNT;
+    }
+
+    /// The running state after the frame, of `len` bytes.
+    pub fn finish(mut self, len: usize) -> u32 {
+        let (bytes, count) = self.pending();
+        if count > 0 {
+            self.mix(bytes);
         }
-        let len = self.len;
-        self.mix(len);
+        self.mix(len as u64);
         (self.state ^ (self.state >> 32)) as u32
     }
 }
@@ -215,13 +231,13 @@ impl Checksum {
 impl Visit for Checksum {
     #[inline]
     fn byte(&mut self, value: u8) {
-        self.pending |= u64::from(value) << (8 * self.pending_len);
-        self.pending_len += 1;
-        self.len += 1;
-        if self.pending_len == 8 {
-            let word = self.pending;
+        let (bytes, count) = self.pending();
+        let word = bytes | u64::from(value) << (8 * count);
+        if count == 7 {
             self.mix(word);
-            (self.pending, self.pending_len) = (0, 0);
+            self.pending = 0;
+        } else {
+            self.set_pending(word, count + 1);
         }
     }
 
@@ -229,15 +245,15 @@ impl Visit for Checksum {
     /// field stays pending.
     #[inline(always)]
     fn half(&mut self, value: u32) {
-        let shift = 8 * self.pending_len;
-        let word = self.pending | u64::from(value) << shift;
-        self.len += 4;
-        if self.pending_len < 4 {
-            (self.pending, self.pending_len) = (word, self.pending_len + 4);
+        let (bytes, count) = self.pending();
+        let shift = 8 * count;
+        let word = bytes | u64::from(value) << shift;
+        if count < 4 {
+            self.set_pending(word, count + 4);
         } else {
             self.mix(word);
             // The field's bytes past the word (none when four were pending: `value` has 32 bits).
-            (self.pending, self.pending_len) = (u64::from(value) >> (64 - shift), self.pending_len - 4);
+            self.set_pending(u64::from(value) >> (64 - shift), count - 4);
         }
     }
 
@@ -251,14 +267,13 @@ impl Visit for Checksum {
 
     #[inline]
     fn word(&mut self, value: u64) {
-        self.len += 8;
-        if self.pending_len == 0 {
+        let (bytes, count) = self.pending();
+        if count == 0 {
             self.mix(value);
         } else {
-            let shift = 8 * self.pending_len;
-            let word = self.pending | value << shift;
-            self.mix(word);
-            self.pending = value >> (64 - shift);
+            let shift = 8 * count;
+            self.mix(bytes | value << shift);
+            self.set_pending(value >> (64 - shift), count);
         }
     }
 }
@@ -330,7 +345,7 @@ impl Device for NetEcho {
                         copy_across(window, &mut reader, &mut writer, &mut sum)?
                     }
                 };
-                self.checksum = sum.finish();
+                self.checksum = sum.finish(copied);
                 self.frames += 1;
                 queues[RECEIVE].push(window, self.receive.head, NET_HEADER + copied)?;
                 used.mark(RECEIVE);

@@ -176,18 +176,26 @@ impl<M: Memory> Window<M> {
     /// otherwise. Both ranges are checked once, before anything is copied. (Ranges that
     /// overlap, which a peer may name, get bytes in an unspecified order, but every access stays
     /// in the window.) `visit` is taken and given back by value, so that it is kept in
-    /// registers through the copy (pass `&mut visitor` to have it seen in place instead). Never
-    /// inlined: its loops want registers of their own.
-    #[inline(never)]
+    /// registers through the copy (pass `&mut visitor` to have it seen in place instead).
+    #[inline]
     pub fn copy<V: Visit>(&self, from: usize, to: usize, len: usize, visit: V) -> Result<V, OutOfWindow> {
         self.span(from, len)?;
         self.span(to, len)?;
-        // A local of its own, which the compiler keeps in registers (the argument lies in the
-        // caller's memory).
-        let mut visit = visit;
+        // SAFETY: `span` found both ranges in the window.
+        Ok(unsafe { self.copy_checked(from, to, len, visit) })
+    }
+
+    /// [`Self::copy`], the ranges checked. Never inlined: its loops want registers of their own
+    /// (and a small visitor comes and goes in registers).
+    ///
+    /// # Safety
+    ///
+    /// `len` bytes from `from` and from `to` lie in the window.
+    #[inline(never)]
+    unsafe fn copy_checked<V: Visit>(&self, from: usize, to: usize, len: usize, mut visit: V) -> V {
         let memory = &self.memory;
-        // Every access below is inside the ranges checked above, and aligned to its size (words
-        // and fields only where `from` and `to` both are).
+        // Every access below is inside the ranges our caller promised, and aligned to its size
+        // (words and fields only where `from` and `to` both are).
         let (mut from, mut to, mut left) = (from, to, len);
         let copy_byte = |from: usize, to: usize| {
             // SAFETY: see above.
@@ -201,7 +209,7 @@ impl<M: Memory> Window<M> {
                 visit.byte(copy_byte(from, to));
                 (from, to, left) = (from + 1, to + 1, left - 1);
             }
-            return Ok(visit);
+            return visit;
         }
         while left > 0 && !from.is_multiple_of(4) {
             visit.byte(copy_byte(from, to));
@@ -248,7 +256,7 @@ impl<M: Memory> Window<M> {
             visit.byte(copy_byte(from, to));
             (from, to, left) = (from + 1, to + 1, left - 1);
         }
-        Ok(visit)
+        visit
     }
 
     /// Checks that `len` bytes from `offset` lie in the window, and returns the offsets among
