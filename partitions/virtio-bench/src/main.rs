@@ -198,6 +198,7 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
     }
 
     /// Posts buffer `number` for receiving.
+    #[inline(always)]
     fn post(&mut self, number: usize) -> Result<(), String> {
         // SAFETY: the buffer stays in `buffers` until its token completes.
         let token = unsafe { self.net.receive_begin(&mut self.buffers[number]) }.map_err(|error| format!("posting a receive buffer: {error:?}"))?;
@@ -219,6 +220,7 @@ impl<T: Transport, const QUEUE: usize> Bench<T, QUEUE> {
     /// Takes a received frame, if one is there, and gives the device the spare receive buffer
     /// in its place: the frame's buffer number and its payload's range, to check and then make
     /// the spare ([`Self::spare`]).
+    #[inline(always)]
     fn take(&mut self) -> Result<Option<(usize, core::ops::Range<usize>)>, String> {
         let Some(token) = self.net.poll_receive() else { return Ok(None) };
         let number = self.posted[usize::from(token)].take().ok_or("a receive completed for no buffer")?;
