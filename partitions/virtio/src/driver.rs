@@ -209,6 +209,7 @@ pub fn reap(slot: usize) -> Option<Failure> {
     sync_queues(slot, true)
 }
 
+#[inline(always)]
 fn sync_queues(slot: usize, lazy: bool) -> Option<Failure> {
     let mut link = LINKS.get(slot)?.lock();
     let link = link.as_mut()?;
