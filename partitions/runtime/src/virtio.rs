@@ -83,6 +83,7 @@ impl Bells {
 }
 
 impl Notify for Bells {
+    #[inline(always)]
     fn notify(&mut self, queue: u16) {
         self.ring(usize::from(queue));
     }
