@@ -247,6 +247,7 @@ pub(crate) extern "C" fn handle_irq() {
 
 /// Acknowledges, dispatches and ends one pending interrupt; says whether there was one. A CPU
 /// woken in [`wait_until`] takes one this way, and any other as it unmasks IRQs.
+#[inline(always)]
 fn handle_one() -> bool {
     let intid: u64;
     // SAFETY: acknowledging is what the GIC expects of the CPU that took the interrupt. The
