@@ -766,11 +766,36 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
         unreachable!("static virtio has no MMIO registers")
     }
 
+    #[inline(always)]
     unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
         // A buffer the driver keeps in the pool (a `WindowBuffer`) is shared in place.
         if let Some(ipa) = IN_PLACE[SLOT].ipa(buffer.as_ptr().cast::<u8>() as usize, buffer.len()) {
             return ipa;
         }
+        // SAFETY: our caller's promise.
+        unsafe { Self::share_bounced(buffer, direction) }
+    }
+
+    #[inline(always)]
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        // Shared in place: nothing to copy or free.
+        if IN_PLACE[SLOT].ipa(buffer.as_ptr().cast::<u8>() as usize, buffer.len()) == Some(paddr) {
+            return;
+        }
+        // SAFETY: our caller's promise.
+        unsafe { Self::unshare_bounced(paddr, buffer, direction) }
+    }
+}
+
+impl<const SLOT: usize> WindowHal<SLOT> {
+    /// [`Hal::share`] through a bounce block in the pool (the in-place test is made in line,
+    /// this out of it).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Hal::share`].
+    #[inline(never)]
+    unsafe fn share_bounced(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
         Self::with(|link| {
             let len = buffer.len();
             // `share` cannot fail: a link's pool must hold every buffer its driver has in flight.
@@ -789,11 +814,13 @@ unsafe impl<const SLOT: usize> Hal for WindowHal<SLOT> {
         })
     }
 
-    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
-        // Shared in place: nothing to copy or free.
-        if IN_PLACE[SLOT].ipa(buffer.as_ptr().cast::<u8>() as usize, buffer.len()) == Some(paddr) {
-            return;
-        }
+    /// [`Hal::unshare`] of a buffer bounced by [`Self::share_bounced`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Hal::unshare`].
+    #[inline(never)]
+    unsafe fn unshare_bounced(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
         Self::with(|link| {
             let bounce = link.address(paddr);
             let len = buffer.len();
