@@ -44,6 +44,25 @@ pub unsafe trait Memory {
     /// # Safety
     /// `offset` is in bounds and 8-byte aligned.
     unsafe fn write_u64(&self, offset: usize, value: u64);
+    /// Sixteen bytes, little-endian (an implementation may read them at once).
+    ///
+    /// # Safety
+    /// `offset` is in bounds and 16-byte aligned.
+    unsafe fn read_u128(&self, offset: usize) -> u128 {
+        // SAFETY: our caller's promise.
+        unsafe { u128::from(self.read_u64(offset)) | u128::from(self.read_u64(offset + 8)) << 64 }
+    }
+    /// Writes sixteen bytes, little-endian (an implementation may write them at once).
+    ///
+    /// # Safety
+    /// `offset` is in bounds and 16-byte aligned.
+    unsafe fn write_u128(&self, offset: usize, value: u128) {
+        // SAFETY: our caller's promise.
+        unsafe {
+            self.write_u64(offset, value as u64);
+            self.write_u64(offset + 8, (value >> 64) as u64);
+        }
+    }
 }
 
 /// An access that would have left the window (or was misaligned).
@@ -224,6 +243,21 @@ impl<M: Memory> Window<M> {
                 unsafe { memory.write_u32(to, value) };
                 visit.half(value);
                 (from, to, left) = (from + 4, to + 4, left - 4);
+            }
+            // Both 16-byte aligned (a pool block's frame, past the first word): two fields of
+            // 16 bytes a turn.
+            if from % 16 == 0 && to % 16 == 0 {
+                while left >= 32 {
+                    // SAFETY: see above; both are 16-byte aligned.
+                    let (low, high) = unsafe { (memory.read_u128(from), memory.read_u128(from + 16)) };
+                    // SAFETY: as above.
+                    unsafe {
+                        memory.write_u128(to, low);
+                        memory.write_u128(to + 16, high);
+                    }
+                    visit.words([low as u64, (low >> 64) as u64, high as u64, (high >> 64) as u64]);
+                    (from, to, left) = (from + 32, to + 32, left - 32);
+                }
             }
             while left >= 32 {
                 // SAFETY: see above.
@@ -421,4 +455,5 @@ unsafe impl Memory for RawMemory {
     raw_access!(read_u16, write_u16, u16);
     raw_access!(read_u32, write_u32, u32);
     raw_access!(read_u64, write_u64, u64);
+    raw_access!(read_u128, write_u128, u128);
 }
