@@ -247,17 +247,19 @@ impl<M: Memory> Window<M> {
             // Both 16-byte aligned (a pool block's frame, past the first word): two fields of
             // 16 bytes a turn.
             if from % 16 == 0 && to % 16 == 0 {
-                while left >= 32 {
+                // One count for both ends.
+                let turns = left / 32;
+                for at in (0..turns).map(|turn| 32 * turn) {
                     // SAFETY: see above; both are 16-byte aligned.
-                    let (low, high) = unsafe { (memory.read_u128(from), memory.read_u128(from + 16)) };
+                    let (low, high) = unsafe { (memory.read_u128(from + at), memory.read_u128(from + at + 16)) };
                     // SAFETY: as above.
                     unsafe {
-                        memory.write_u128(to, low);
-                        memory.write_u128(to + 16, high);
+                        memory.write_u128(to + at, low);
+                        memory.write_u128(to + at + 16, high);
                     }
                     visit.words([low as u64, (low >> 64) as u64, high as u64, (high >> 64) as u64]);
-                    (from, to, left) = (from + 32, to + 32, left - 32);
                 }
+                (from, to, left) = (from + 32 * turns, to + 32 * turns, left - 32 * turns);
             }
             while left >= 32 {
                 // SAFETY: see above.
