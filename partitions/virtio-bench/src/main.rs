@@ -261,8 +261,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
             differ[lane] |= x[lane] ^ y[lane];
         }
     }
-    let left = a_left.iter().zip(b_left).fold(0, |differ, (x, y)| differ | (x ^ y));
-    differ == [0; 4] && left == 0 && bytes_equal(a_tail, b_tail)
+    // The words left (fewer than four) into the lanes too.
+    for (lane, (x, y)) in differ.iter_mut().zip(a_left.iter().zip(b_left)) {
+        *lane |= x ^ y;
+    }
+    differ.iter().fold(0, |any, lane| any | lane) == 0 && bytes_equal(a_tail, b_tail)
 }
 
 /// A frame of `len` bytes after the virtio-net header, its payload a pattern.
