@@ -246,13 +246,20 @@ impl Visit for Checksum {
     #[inline(always)]
     fn half(&mut self, value: u32) {
         let (bytes, count) = self.pending();
+        // Four pending (a frame's first field, or its last after whole words) is the common
+        // case: it completes the word.
+        if count == 4 {
+            self.mix(bytes | u64::from(value) << 32);
+            self.pending = 0;
+            return;
+        }
         let shift = 8 * count;
         let word = bytes | u64::from(value) << shift;
         if count < 4 {
             self.set_pending(word, count + 4);
         } else {
             self.mix(word);
-            // The field's bytes past the word (none when four were pending: `value` has 32 bits).
+            // The field's bytes past the word.
             self.set_pending(u64::from(value) >> (64 - shift), count - 4);
         }
     }
