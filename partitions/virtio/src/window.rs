@@ -249,16 +249,17 @@ impl<M: Memory> Window<M> {
             if from % 16 == 0 && to % 16 == 0 {
                 // One count for both ends.
                 let turns = left / 32;
-                for at in (0..turns).map(|turn| 32 * turn) {
-                    // SAFETY: see above; both are 16-byte aligned.
+                visit.runs(turns, |turn| {
+                    let at = 32 * turn;
+                    // SAFETY: see above (`turn` is below `turns`); both are 16-byte aligned.
                     let (low, high) = unsafe { (memory.read_u128(from + at), memory.read_u128(from + at + 16)) };
                     // SAFETY: as above.
                     unsafe {
                         memory.write_u128(to + at, low);
                         memory.write_u128(to + at + 16, high);
                     }
-                    visit.words([low as u64, (low >> 64) as u64, high as u64, (high >> 64) as u64]);
-                }
+                    [low as u64, (low >> 64) as u64, high as u64, (high >> 64) as u64]
+                });
                 (from, to, left) = (from + 32 * turns, to + 32 * turns, left - 32 * turns);
             }
             while left >= 32 {
@@ -328,6 +329,13 @@ pub trait Visit {
     fn words(&mut self, values: [u64; 4]) {
         values.into_iter().for_each(|value| self.word(value));
     }
+    /// The next `turns` times 32 bytes, turn `turn`'s four words from `next(turn)`, called in
+    /// order: a visitor may look at its own state once for them all.
+    fn runs(&mut self, turns: usize, mut next: impl FnMut(usize) -> [u64; 4]) {
+        for turn in 0..turns {
+            self.words(next(turn));
+        }
+    }
 }
 
 /// A visitor seen through a reference: it stays where it is.
@@ -347,6 +355,10 @@ impl<V: Visit + ?Sized> Visit for &mut V {
     #[inline(always)]
     fn words(&mut self, values: [u64; 4]) {
         (**self).words(values);
+    }
+    #[inline(always)]
+    fn runs(&mut self, turns: usize, next: impl FnMut(usize) -> [u64; 4]) {
+        (**self).runs(turns, next);
     }
 }
 
