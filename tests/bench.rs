@@ -78,8 +78,8 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
     for trips in &free.round_trips {
         let queue = trips.queue_size;
         assert_eq!(trips.samples, 512, "queue {queue}");
-        // Budgets in instructions, all CPUs and EL2: measured 2,000 (p50, the goal) and 2,176
-        // (the first pass round the ring) at 16, 2,000 and 2,160 at 256; 28,016 before issue 14's
+        // Budgets in instructions, all CPUs and EL2: measured 2,000 (p50, the goal) and 2,160
+        // (the first pass round the ring) at 16, 2,000 and 2,176 at 256; 28,016 before issue 14's
         // work, 3,696 after its first part, 2,240 and 2,256 after its second
         // (docs/performance.md). A sample moves in whole ticks of the counter (16 instructions),
         // and where a round trip starts against the tick moves with any change to the loop
@@ -91,14 +91,15 @@ fn the_counted_bench_holds_the_lean_path_to_its_instruction_budgets() {
         assert!(trips.notifications_per_io <= 2.0, "queue {queue}: {}", trips.notifications_per_io);
         assert_eq!(trips.exits_per_io, 0.0, "queue {queue}");
     }
-    // Measured 3,114 per 1,514-byte frame (4,470, 14,670 and 98,800 before).
+    // Measured 2,928 per 1,514-byte frame (4,470, 14,670 and 98,800 before); the budget is the
+    // issue's goal.
     assert!(free.bulk.notifications_per_io <= 0.25, "bulk: {:?}", free.bulk);
-    assert!(free.bulk.instructions_per_frame <= 3_200.0, "bulk: {:?}", free.bulk);
+    assert!(free.bulk.instructions_per_frame <= 3_000.0, "bulk: {:?}", free.bulk);
     assert_eq!(free.bulk.exits_per_io, 0.0);
     // The same driver with its buffers in its own memory, copied through the window's pool:
-    // measured 2,368 and 4,657.
+    // measured 2,368 and 4,471.
     let bounced = &report.transports[BOUNCED];
-    assert!(bounced.round_trips[0].instructions.p50 <= 2_450.0 && bounced.bulk.instructions_per_frame <= 4_800.0, "{bounced:?}");
+    assert!(bounced.round_trips[0].instructions.p50 <= 2_450.0 && bounced.bulk.instructions_per_frame <= 4_600.0, "{bounced:?}");
     assert_eq!(report.transports["polling"].round_trips[0].exits_per_io, 0.0);
     // The classic path, counted: five exits a round trip (its three notifications, each through
     // EL2, and the interrupt's status read and acknowledgement) and 3,168 instructions
