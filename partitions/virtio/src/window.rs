@@ -431,9 +431,9 @@ impl RawMemory {
     ///
     /// # Safety
     ///
-    /// `[base..base + len)` must be mapped, readable and writable, 8-byte aligned at `base`,
-    /// and stay so while this lives. Others may write it concurrently (that is what a window is
-    /// for): every access is volatile.
+    /// `[base..base + len)` must be mapped, readable and writable, 16-byte aligned at `base`
+    /// (windows and private ring areas are page-aligned), and stay so while this lives. Others
+    /// may write it concurrently (that is what a window is for): every access is volatile.
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         Self { base, len }
     }
