@@ -213,25 +213,6 @@ pub fn count(options: &Options) -> Result<Counted, Error> {
     Ok(Counted { round_trip, bulk: bulk_counted, repeatable: same(&rtt, &rtt_again) && same(&bulk, &bulk_again), between_boots })
 }
 
-/// The Linux row of the timed table.
-pub fn row(report: &Report) -> String {
-    let (rtt, bulk) = (&report.round_trip, &report.bulk);
-    let us = |ns: f64| ns / 1000.0;
-    format!(
-        "{:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>6.2}/{:<6.2} {:>6.2}/{:<6.2}\n",
-        "linux",
-        us(rtt.round_trip_ns.p50),
-        us(rtt.round_trip_ns.p90),
-        us(rtt.round_trip_ns.p99),
-        us(rtt.round_trip_ns.max),
-        bulk.throughput_mib_s,
-        rtt.exits_per_io,
-        bulk.exits_per_io,
-        rtt.notifications_per_io,
-        bulk.notifications_per_io,
-    )
-}
-
 /// The Linux rows of the counted table.
 pub fn counted_rows(counted: &Counted) -> String {
     let trips = &counted.round_trip;

@@ -530,6 +530,25 @@ fn draw_histogram(path: &Path, transport: &str, samples: &[u64], frequency: u64)
     draw().map_err(|error| format!("{}: {error}", path.display()))
 }
 
+/// One row of the timed table: a transport's (or Linux's) round trip percentiles in µs,
+/// throughput, and exits and notifications per round trip / bulk frame.
+fn row(name: &str, rtt: &RoundTrips, bulk: &Stream) -> String {
+    let us = |ns: f64| ns / 1000.0;
+    format!(
+        "{:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>6.2}/{:<6.2} {:>6.2}/{:<6.2}\n",
+        name,
+        us(rtt.round_trip_ns.p50),
+        us(rtt.round_trip_ns.p90),
+        us(rtt.round_trip_ns.p99),
+        us(rtt.round_trip_ns.max),
+        bulk.throughput_mib_s,
+        rtt.exits_per_io,
+        bulk.exits_per_io,
+        rtt.notifications_per_io,
+        bulk.notifications_per_io,
+    )
+}
+
 /// The report as a table, with the ratios under it.
 pub fn table(report: &Report) -> String {
     let mut text = format!(
@@ -542,21 +561,7 @@ pub fn table(report: &Report) -> String {
     );
     for transport in Transport::ALL {
         let entry = &report.transports[transport.name()];
-        let (rtt, bulk) = (&entry.round_trip, &entry.bulk);
-        let us = |ns: f64| ns / 1000.0;
-        text += &format!(
-            "{:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>6.2}/{:<6.2} {:>6.2}/{:<6.2}\n",
-            transport.name(),
-            us(rtt.round_trip_ns.p50),
-            us(rtt.round_trip_ns.p90),
-            us(rtt.round_trip_ns.p99),
-            us(rtt.round_trip_ns.max),
-            bulk.throughput_mib_s,
-            rtt.exits_per_io,
-            bulk.exits_per_io,
-            rtt.notifications_per_io,
-            bulk.notifications_per_io,
-        );
+        text += &row(transport.name(), &entry.round_trip, &entry.bulk);
     }
     let times = |value: Option<f64>| value.map_or("n/a".to_string(), |value| format!("{value:.2}x"));
     let line = |name: &str, ratio: &Ratio| {
@@ -568,7 +573,7 @@ pub fn table(report: &Report) -> String {
         )
     };
     if let Some(linux) = &report.linux {
-        text += &linux::row(linux);
+        text += &row("linux", &linux.round_trip, &linux.bulk);
     }
     text += "(exits/io and notify/io: round trip / bulk frame)\n";
     text += &line("trap-free / trap-emulate", &report.trap_free_over_trap_emulate);
