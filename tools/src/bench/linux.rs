@@ -143,18 +143,12 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     let frequency = rtt.frequency.max(1);
     let mut samples = rtt.samples.clone();
     samples.sort_unstable();
-    let nanoseconds = |ticks: u64| ticks as f64 * 1e9 / frequency as f64;
     let histogram = "rtt-linux-trap-free.svg".to_string();
     draw_histogram(&options.out.join(&histogram), "linux trap-free", &samples, frequency)?;
     let count = samples.len() as u64;
     let round_trip = RoundTrips {
         samples: samples.len(),
-        round_trip_ns: Percentiles {
-            p50: nanoseconds(quantile(&samples, 0.5)),
-            p90: nanoseconds(quantile(&samples, 0.9)),
-            p99: nanoseconds(quantile(&samples, 0.99)),
-            max: nanoseconds(samples.last().copied().unwrap_or(0)),
-        },
+        round_trip_ns: Percentiles::of(&samples, frequency),
         exits_per_io: per_io(rtt.exits, idle.exits, count),
         exits_per_io_qemu: qemu_per_io(&rtt_checked, Workload::RoundTrip),
         notifications_per_io: per_io(rtt.notifications, idle.notifications, count),

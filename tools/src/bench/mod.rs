@@ -248,6 +248,19 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+impl Percentiles {
+    /// Of `sorted`, round trip times in ticks of a counter at `frequency` Hz.
+    pub fn of(sorted: &[u64], frequency: u64) -> Self {
+        let nanoseconds = |ticks: u64| ticks as f64 * 1e9 / frequency.max(1) as f64;
+        Self {
+            p50: nanoseconds(quantile(sorted, 0.5)),
+            p90: nanoseconds(quantile(sorted, 0.9)),
+            p99: nanoseconds(quantile(sorted, 0.99)),
+            max: nanoseconds(sorted.last().copied().unwrap_or(0)),
+        }
+    }
+}
+
 /// One transport's round trips.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RoundTrips {
@@ -415,17 +428,11 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         let frequency = timed[&rtt][0].frequency.max(1);
         let mut samples: Vec<u64> = timed[&rtt].iter().flat_map(|run| run.samples.iter().copied()).collect();
         samples.sort_unstable();
-        let nanoseconds = |ticks: u64| ticks as f64 * 1e9 / frequency as f64;
         let histogram = format!("rtt-{}.svg", transport.name());
         draw_histogram(&options.out.join(&histogram), transport.name(), &samples, frequency)?;
         let round_trip = RoundTrips {
             samples: samples.len(),
-            round_trip_ns: Percentiles {
-                p50: nanoseconds(quantile(&samples, 0.5)),
-                p90: nanoseconds(quantile(&samples, 0.9)),
-                p99: nanoseconds(quantile(&samples, 0.99)),
-                max: nanoseconds(samples.last().copied().unwrap_or(0)),
-            },
+            round_trip_ns: Percentiles::of(&samples, frequency),
             exits_per_io: per_io_over(rtt, |run| run.exits),
             exits_per_io_qemu: qemu_per_io(rtt),
             notifications_per_io: per_io_over(rtt, |run| run.notifications),
